@@ -1,0 +1,80 @@
+// softmax_entropy: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)).
+#include <algorithm>
+#include <tuple>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "isa.h"
+#include "thermokern/checks.h"
+
+namespace thermokern::cpu {
+
+namespace {
+
+// [Note: grain size]
+// at::parallel_for splits rows across threads. A task of ~64K elements (256 KB of fp32)
+// amortises the thread hand-off (a few microseconds) while still giving every core work for
+// N x C = 4096 x 32000; rows are never split, so small-N, huge-C inputs use fewer threads.
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t{1} << 16) / C); }
+
+std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cpu(const at::Tensor& logits,
+                                                           double temperature) {
+  check_floating(logits, "logits");
+  check_rows(logits, "logits");
+  check_temperature(temperature);
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
+  if (N == 0) return {entropy, lse};
+  const auto fn = kernels().entropy_fwd;
+  const auto dtype = logits.scalar_type();
+  const void* x = logits.const_data_ptr();
+  const int64_t stride = logits.stride(0);
+  void* h = entropy.mutable_data_ptr();
+  void* l = lse.mutable_data_ptr();
+  at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+    fn(dtype, x, begin, end, C, stride, 1.0 / temperature, h, l);
+  });
+  return {entropy, lse};
+}
+
+at::Tensor softmax_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
+                                   const at::Tensor& entropy, const at::Tensor& lse,
+                                   double temperature) {
+  check_floating(logits, "logits");
+  check_rows(logits, "logits");
+  check_temperature(temperature);
+  check_floating(grad, "grad");
+  check_row_vector(grad, logits, "grad", /*acc=*/false);
+  check_row_vector(entropy, logits, "entropy", /*acc=*/true);
+  check_row_vector(lse, logits, "lse", /*acc=*/true);
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor h = entropy.contiguous();
+  at::Tensor l = lse.contiguous();
+  at::Tensor grad_x = at::empty({N, C}, logits.options());
+  if (N == 0) return grad_x;
+  const auto fn = kernels().entropy_bwd;
+  const auto dtype = logits.scalar_type();
+  const void* x = logits.const_data_ptr();
+  const int64_t stride = logits.stride(0);
+  at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
+    fn(dtype, g.const_data_ptr(), x, h.const_data_ptr(), l.const_data_ptr(),
+       grad_x.mutable_data_ptr(), begin, end, C, stride, 1.0 / temperature);
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
+  m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_cpu);
+  m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_cpu);
+}
+
+}  // namespace thermokern::cpu

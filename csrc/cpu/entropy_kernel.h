@@ -1,0 +1,265 @@
+// softmax_entropy CPU kernels, compiled once per ISA (see csrc/cpu/isa.h).
+//
+// [Note: one read of each row]
+// A row is processed in chunks of kChunk elements (8 KB of fp32, well inside L1). Each chunk
+// is swept twice, once for its maximum and once for sum e^{y} and sum y e^{y} with
+// y = x/T - max, and then merged into the row's running statistics (row_stats.h). Memory
+// sees every element once; the second sweep hits L1. 16-bit inputs are widened into a float
+// buffer chunk by chunk. The exponential is at::vec's exp_u20 for float (a degree-5
+// polynomial, about 20 ulp, several times cheaper than the 1-ulp Sleef exp): the entropy's
+// float tolerance is far looser than that, and the exponential is what bounds the speed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "thermokern/row_stats.h"
+
+#define TK_CAT_(a, b) a##_##b
+#define TK_CAT(a, b) TK_CAT_(a, b)
+
+namespace thermokern::cpu {
+inline namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kChunk = 2048;
+
+template <typename T>
+using acc_type_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename acc_t>
+inline Vectorized<acc_t> fast_exp(const Vectorized<acc_t>& v) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return v.exp_u20();
+  } else {
+    return v.exp();
+  }
+}
+
+// Widen n elements of src into buf (no copy when src already has the accumulation type).
+template <typename scalar_t, typename acc_t>
+inline const acc_t* load_chunk(const scalar_t* src, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    using Vs = Vectorized<scalar_t>;
+    using Vf = Vectorized<float>;
+    int64_t i = 0;
+    for (; i + Vs::size() <= n; i += Vs::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(Vs::loadu(src + i));
+      lo.store(buf + i);
+      hi.store(buf + i + Vf::size());
+    }
+    for (; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+    return buf;
+  }
+}
+
+// Narrow n floats of buf into dst.
+template <typename scalar_t>
+inline void store_chunk(const float* buf, int64_t n, scalar_t* dst) {
+  using Vs = Vectorized<scalar_t>;
+  using Vf = Vectorized<float>;
+  int64_t i = 0;
+  for (; i + Vs::size() <= n; i += Vs::size()) {
+    Vs v = at::vec::convert_from_float<scalar_t>(Vf::loadu(buf + i),
+                                                 Vf::loadu(buf + i + Vf::size()));
+    v.store(dst + i);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(buf[i]);
+}
+
+template <typename T>
+inline T nan_max(T a, T b) {
+  // NaN in either argument wins, as torch.max does.
+  if (a != a) return a;
+  return (b != b || b > a) ? b : a;
+}
+
+// Statistics (max, sum e^y, sum y e^y) of one chunk of z = x * inv_t, in accumulation type.
+template <typename acc_t>
+inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+
+  V vmax0(-kInf), vmax1(-kInf);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    vmax0 = at::vec::maximum(vmax0, V::loadu(p + i));
+    vmax1 = at::vec::maximum(vmax1, V::loadu(p + i + W));
+  }
+  for (; i + W <= n; i += W) vmax0 = at::vec::maximum(vmax0, V::loadu(p + i));
+  vmax0 = at::vec::maximum(vmax0, vmax1);
+  alignas(64) acc_t lanes[W];
+  vmax0.store(lanes);
+  acc_t mx = -kInf;
+  for (int64_t k = 0; k < W; ++k) mx = nan_max(mx, lanes[k]);
+  for (; i < n; ++i) mx = nan_max(mx, p[i]);
+  if (mx == -kInf) return row_stats_empty<acc_t>();  // all -inf: contributes nothing
+
+  const acc_t mz = mx * inv_t;
+  const V vinv(inv_t), vneg_mz(-mz), vlow(std::numeric_limits<acc_t>::lowest());
+  V d0(0), d1(0), s0(0), s1(0);
+  i = 0;
+  // y = x/T - max; y * e^y is computed as max(y, lowest) * e^y so that x = -inf gives
+  // (-huge) * 0 = 0 instead of NaN, while a NaN y still propagates.
+  for (; i + 2 * W <= n; i += 2 * W) {
+    V y0 = at::vec::fmadd(V::loadu(p + i), vinv, vneg_mz);
+    V y1 = at::vec::fmadd(V::loadu(p + i + W), vinv, vneg_mz);
+    V e0 = fast_exp(y0);
+    V e1 = fast_exp(y1);
+    d0 = d0 + e0;
+    d1 = d1 + e1;
+    s0 = at::vec::fmadd(at::vec::clamp_min(y0, vlow), e0, s0);
+    s1 = at::vec::fmadd(at::vec::clamp_min(y1, vlow), e1, s1);
+  }
+  for (; i + W <= n; i += W) {
+    V y0 = at::vec::fmadd(V::loadu(p + i), vinv, vneg_mz);
+    V e0 = fast_exp(y0);
+    d0 = d0 + e0;
+    s0 = at::vec::fmadd(at::vec::clamp_min(y0, vlow), e0, s0);
+  }
+  d0 = d0 + d1;
+  s0 = s0 + s1;
+  alignas(64) acc_t dl[W];
+  alignas(64) acc_t sl[W];
+  d0.store(dl);
+  s0.store(sl);
+  acc_t d = 0, s = 0;
+  for (int64_t k = 0; k < W; ++k) {
+    d += dl[k];
+    s += sl[k];
+  }
+  for (; i < n; ++i) {
+    const acc_t y = p[i] * inv_t - mz;
+    const acc_t e = std::exp(y);
+    d += e;
+    s += (y == -kInf ? acc_t(0) : y * e);
+  }
+  return RowStats<acc_t>{mz, d, s};
+}
+
+template <typename scalar_t>
+void entropy_fwd_rows(const scalar_t* x, int64_t row_begin, int64_t row_end, int64_t C,
+                      int64_t row_stride, double inv_t_d, acc_type_t<scalar_t>* entropy,
+                      acc_type_t<scalar_t>* lse) {
+  using acc_t = acc_type_t<scalar_t>;
+  alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
+  const acc_t inv_t = static_cast<acc_t>(inv_t_d);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const scalar_t* row = x + r * row_stride;
+    // Chunks merge in double: a few flops per chunk, and C = 262144 merges 128 chunks.
+    RowStats<double> st = row_stats_empty<double>();
+    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, C - c0);
+      const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, buf);
+      const RowStats<acc_t> cs = chunk_stats<acc_t>(p, n, inv_t);
+      st = row_stats_merge(st, RowStats<double>{static_cast<double>(cs.m),
+                                                static_cast<double>(cs.d),
+                                                static_cast<double>(cs.s)});
+    }
+    entropy[r] = static_cast<acc_t>(row_stats_entropy(st));
+    lse[r] = static_cast<acc_t>(row_stats_lse(st));
+  }
+}
+
+// grad_x = coef * e^{logp} * (logp + H) over one chunk, coef = -g/T, logp = x/T - lse.
+template <typename acc_t>
+inline void entropy_bwd_chunk(const acc_t* p, int64_t n, acc_t inv_t, acc_t lse, acc_t h,
+                              acc_t coef, acc_t* out) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t W = V::size();
+  const V vinv(inv_t), vneg_lse(-lse), vh(h), vcoef(coef),
+      vlow(std::numeric_limits<acc_t>::lowest());
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    V logp = at::vec::fmadd(V::loadu(p + i), vinv, vneg_lse);
+    V e = fast_exp(logp);
+    V g = vcoef * e * (at::vec::clamp_min(logp, vlow) + vh);
+    g.store(out + i);
+  }
+  for (; i < n; ++i) {
+    const acc_t logp = p[i] * inv_t - lse;
+    const acc_t e = std::exp(logp);
+    out[i] = (logp == -std::numeric_limits<acc_t>::infinity()) ? acc_t(0) * coef
+                                                                 : coef * e * (logp + h);
+  }
+}
+
+template <typename scalar_t>
+void entropy_bwd_rows(const acc_type_t<scalar_t>* grad, const scalar_t* x,
+                      const acc_type_t<scalar_t>* entropy, const acc_type_t<scalar_t>* lse,
+                      scalar_t* grad_x, int64_t row_begin, int64_t row_end, int64_t C,
+                      int64_t row_stride, double inv_t_d) {
+  using acc_t = acc_type_t<scalar_t>;
+  constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
+  alignas(64) acc_t in_buf[kWiden ? kChunk : 1];
+  alignas(64) acc_t out_buf[kWiden ? kChunk : 1];
+  const acc_t inv_t = static_cast<acc_t>(inv_t_d);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const scalar_t* row = x + r * row_stride;
+    scalar_t* grow = grad_x + r * C;
+    const acc_t coef = -grad[r] * inv_t;
+    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, C - c0);
+      const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, in_buf);
+      if constexpr (kWiden) {
+        entropy_bwd_chunk<acc_t>(p, n, inv_t, lse[r], entropy[r], coef, out_buf);
+        store_chunk<scalar_t>(out_buf, n, grow + c0);
+      } else {
+        entropy_bwd_chunk<acc_t>(p, n, inv_t, lse[r], entropy[r], coef, grow + c0);
+      }
+    }
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+
+#define TK_DISPATCH_FLOAT_TYPES(DTYPE, ...)                                      \
+  switch (DTYPE) {                                                               \
+    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; } \
+    case c10::ScalarType::Double: { using scalar_t = double; __VA_ARGS__; break; } \
+    case c10::ScalarType::BFloat16: {                                            \
+      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                      \
+    case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
+    default: break;                                                              \
+  }
+
+void TK_CAT(entropy_fwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* x, int64_t row_begin,
+                                         int64_t row_end, int64_t C, int64_t row_stride,
+                                         double inv_t, void* entropy, void* lse) {
+  TK_DISPATCH_FLOAT_TYPES(dtype, {
+    using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
+    CPU_CAPABILITY::entropy_fwd_rows<scalar_t>(static_cast<const scalar_t*>(x), row_begin,
+                                               row_end, C, row_stride, inv_t,
+                                               static_cast<acc_t*>(entropy),
+                                               static_cast<acc_t*>(lse));
+  })
+}
+
+void TK_CAT(entropy_bwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* grad, const void* x,
+                                         const void* entropy, const void* lse, void* grad_x,
+                                         int64_t row_begin, int64_t row_end, int64_t C,
+                                         int64_t row_stride, double inv_t) {
+  TK_DISPATCH_FLOAT_TYPES(dtype, {
+    using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
+    CPU_CAPABILITY::entropy_bwd_rows<scalar_t>(
+        static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(x),
+        static_cast<const acc_t*>(entropy), static_cast<const acc_t*>(lse),
+        static_cast<scalar_t*>(grad_x), row_begin, row_end, C, row_stride, inv_t);
+  })
+}
+
+#undef TK_DISPATCH_FLOAT_TYPES
+
+}  // namespace thermokern::cpu

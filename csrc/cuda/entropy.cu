@@ -1,0 +1,255 @@
+// softmax_entropy: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+//
+// One thread block per row (grid-stride over rows). Forward: each thread keeps online
+// statistics (row_stats.h) over the elements it owns, read with 16-byte vector loads when the
+// row is aligned; warps merge with shuffles, then the block through shared memory. Backward
+// recomputes p = exp(x/T - lse) and writes -(g/T) p (log p + H) in the same single sweep.
+// Offsets are int64 throughout (rows * stride can exceed 2^31); nothing syncs with the host.
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "thermokern/checks.h"
+#include "thermokern/row_stats.h"
+
+namespace thermokern::cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxThreads = 512;
+constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this many rows
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+template <typename T>
+__device__ __forceinline__ T nan_max(T a, T b) {
+  if (a != a) return a;
+  return (b != b || b > a) ? b : a;
+}
+
+template <typename T>
+__device__ __forceinline__ RowStats<T> shfl_xor_stats(const RowStats<T>& r, int mask) {
+  return RowStats<T>{__shfl_xor_sync(0xffffffffu, r.m, mask),
+                     __shfl_xor_sync(0xffffffffu, r.d, mask),
+                     __shfl_xor_sync(0xffffffffu, r.s, mask)};
+}
+
+// Merge the statistics of all threads of the block; the result is valid in thread 0.
+template <typename T>
+__device__ RowStats<T> block_merge(RowStats<T> r) {
+  __shared__ T sm[kMaxThreads / kWarp], sd[kMaxThreads / kWarp], ss[kMaxThreads / kWarp];
+  for (int mask = kWarp / 2; mask > 0; mask >>= 1) r = row_stats_merge(r, shfl_xor_stats(r, mask));
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int n_warps = blockDim.x / kWarp;
+  if (lane == 0) {
+    sm[warp] = r.m;
+    sd[warp] = r.d;
+    ss[warp] = r.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    r = lane < n_warps ? RowStats<T>{sm[lane], sd[lane], ss[lane]} : row_stats_empty<T>();
+    for (int mask = kWarp / 2; mask > 0; mask >>= 1) r = row_stats_merge(r, shfl_xor_stats(r, mask));
+  }
+  __syncthreads();  // the shared buffers are reused by the next row
+  return r;
+}
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
+                                           int64_t N, int64_t C, int64_t row_stride,
+                                           acc_t inv_t,
+                                           acc_t* __restrict__ entropy,  // (N,)
+                                           acc_t* __restrict__ lse) {    // (N,)
+  const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const Pack<scalar_t, VEC>* rp =
+        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
+    acc_t m = -INFINITY, d = 0, s = 0;
+    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
+      const Pack<scalar_t, VEC> p = rp[v];
+      acc_t z[VEC];
+      acc_t cm = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        z[k] = static_cast<acc_t>(p.v[k]) * inv_t;
+        cm = nan_max(cm, z[k]);
+      }
+      if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
+        if (m != -INFINITY) {
+          const acc_t delta = m - cm;
+          const acc_t sc = tk_exp(delta);
+          s = (s + delta * d) * sc;
+          d = d * sc;
+        }
+        m = cm;
+      }
+      if (m == -INFINITY) continue;  // everything so far is -inf: nothing to add
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const acc_t y = z[k] - m;
+        const acc_t e = tk_exp(y);
+        d += e;
+        s += (y == -INFINITY) ? acc_t(0) : y * e;
+      }
+    }
+    const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s});
+    if (threadIdx.x == 0) {
+      entropy[row] = row_stats_entropy(r);
+      lse[row] = row_stats_lse(r);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     // (N,)
+                                           const scalar_t* __restrict__ x,     // (N, C)
+                                           const acc_t* __restrict__ entropy,  // (N,)
+                                           const acc_t* __restrict__ lse,      // (N,)
+                                           scalar_t* __restrict__ grad_x,      // (N, C) contig
+                                           int64_t N, int64_t C, int64_t row_stride,
+                                           acc_t inv_t) {
+  const int64_t n_vec = C / VEC;
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const Pack<scalar_t, VEC>* rp =
+        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
+    Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
+    const acc_t coef = -grad[row] * inv_t;
+    const acc_t l = lse[row];
+    const acc_t h = entropy[row];
+    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
+      const Pack<scalar_t, VEC> p = rp[v];
+      Pack<scalar_t, VEC> out;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const acc_t logp = static_cast<acc_t>(p.v[k]) * inv_t - l;
+        const acc_t g = (logp == -INFINITY) ? acc_t(0) : coef * tk_exp(logp) * (logp + h);
+        out.v[k] = static_cast<scalar_t>(g);
+      }
+      gp[v] = out;
+    }
+  }
+}
+
+int threads_for(int64_t n_vec) {
+  int t = kWarp;
+  while (t < kMaxThreads && t < n_vec) t *= 2;
+  return t;
+}
+
+// Largest vector width (elements per 16-byte load) that the pointers, row stride and C allow.
+template <typename scalar_t>
+int vec_width(const void* a, const void* b, int64_t row_stride, int64_t C) {
+  int vec = static_cast<int>(16 / sizeof(scalar_t));
+  while (vec > 1) {
+    const uintptr_t bytes = static_cast<uintptr_t>(vec) * sizeof(scalar_t);
+    if (reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0 &&
+        row_stride % vec == 0 && C % vec == 0) {
+      break;
+    }
+    vec /= 2;
+  }
+  return vec;
+}
+
+#define TK_VEC_SWITCH(VEC_RT, ...)                          \
+  switch (VEC_RT) {                                        \
+    case 8: { constexpr int VEC = 8; __VA_ARGS__; break; } \
+    case 4: { constexpr int VEC = 4; __VA_ARGS__; break; } \
+    case 2: { constexpr int VEC = 2; __VA_ARGS__; break; } \
+    default: { constexpr int VEC = 1; __VA_ARGS__; break; } \
+  }
+
+std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(const at::Tensor& logits,
+                                                            double temperature) {
+  check_floating(logits, "logits");
+  check_rows(logits, "logits");
+  check_temperature(temperature);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
+  if (N == 0) return {entropy, lse};
+  const int64_t stride = logits.stride(0);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+                                  "softmax_entropy_fwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
+    const int vec = vec_width<scalar_t>(xp, xp, stride, C);
+    const int threads = threads_for((C + vec - 1) / vec);
+    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
+    TK_VEC_SWITCH(vec, {
+      if constexpr (VEC * sizeof(scalar_t) <= 16) {
+        softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+            xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
+            entropy.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    })
+  });
+  return {entropy, lse};
+}
+
+at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
+                                    const at::Tensor& entropy, const at::Tensor& lse,
+                                    double temperature) {
+  check_floating(logits, "logits");
+  check_rows(logits, "logits");
+  check_temperature(temperature);
+  check_floating(grad, "grad");
+  check_row_vector(grad, logits, "grad", /*acc=*/false);
+  check_row_vector(entropy, logits, "entropy", /*acc=*/true);
+  check_row_vector(lse, logits, "lse", /*acc=*/true);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor g = grad.to(acc).contiguous();
+  at::Tensor h = entropy.contiguous();
+  at::Tensor l = lse.contiguous();
+  at::Tensor grad_x = at::empty({N, C}, logits.options());
+  if (N == 0) return grad_x;
+  const int64_t stride = logits.stride(0);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+                                  "softmax_entropy_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    const int vec = vec_width<scalar_t>(xp, gxp, stride, C);
+    const int threads = threads_for((C + vec - 1) / vec);
+    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
+    TK_VEC_SWITCH(vec, {
+      if constexpr (VEC * sizeof(scalar_t) <= 16) {
+        softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+            g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), l.const_data_ptr<acc_t>(),
+            gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    })
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
+  m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_cuda);
+  m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_cuda);
+}
+
+}  // namespace thermokern::cuda

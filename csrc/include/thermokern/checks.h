@@ -1,0 +1,49 @@
+// Argument checks shared by the CPU and CUDA op implementations. Messages name the
+// argument, so a user calling torch.ops.thermokern.* directly gets the same clarity as
+// through the Python API (which checks first).
+#pragma once
+
+#include <cmath>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace thermokern {
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                   name, ": expected a float32, float64, float16 or bfloat16 tensor, got ", st);
+}
+
+inline void check_temperature(double temperature) {
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0,
+                    "temperature: expected a finite value > 0, got ", temperature);
+}
+
+inline void check_rows(const at::Tensor& logits, const char* name) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, name, ": expected a 2-D (rows, classes) tensor, got ",
+                    logits.dim(), " dims");
+  TORCH_CHECK_VALUE(logits.size(1) > 0, name, ": the reduced dimension has size 0");
+  TORCH_CHECK_VALUE(logits.size(1) <= 1 || logits.stride(1) == 1, name,
+                    ": expected unit stride along the reduced dimension, got stride ",
+                    logits.stride(1));
+}
+
+inline at::ScalarType acc_dtype(at::ScalarType st) {
+  return st == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_row_vector(const at::Tensor& t, const at::Tensor& logits, const char* name,
+                             bool acc) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == logits.size(0), name,
+                    ": expected shape (", logits.size(0), "), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == logits.device(), name, ": expected device ", logits.device(),
+                    ", got ", t.device());
+  if (acc) {
+    TORCH_CHECK_TYPE(t.scalar_type() == acc_dtype(logits.scalar_type()), name, ": expected dtype ",
+                     acc_dtype(logits.scalar_type()), ", got ", t.scalar_type());
+  }
+}
+
+}  // namespace thermokern

@@ -1,0 +1,78 @@
+// thermokern._C: the op schemas (the single source of truth for every backend) and a small
+// pybind11 module with build and runtime facts used by thermokern._backend and the tests.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+#include "thermokern/philox.h"
+
+TORCH_LIBRARY(thermokern, m) {
+  // softmax_entropy over the last dim of a (rows, C) tensor with unit inner stride.
+  // Returns per-row (entropy, lse) in the accumulation dtype (float32; float64 for float64):
+  // lse and the fp32 entropy are what the backward needs, so no (rows, C) tensor is saved.
+  m.def("softmax_entropy_fwd(Tensor logits, float temperature) -> (Tensor entropy, Tensor lse)");
+  m.def(
+      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor lse, "
+      "float temperature) -> Tensor");
+}
+
+namespace {
+
+bool cuda_compiled() {
+#ifdef THERMOKERN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::vector<std::string> cuda_archs() {
+#ifdef THERMOKERN_CUDA_ARCHS
+  std::vector<std::string> out;
+  std::string s = THERMOKERN_CUDA_ARCHS;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(';', start);
+    if (end == std::string::npos) end = s.size();
+    if (end > start) out.push_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+#else
+  return {};
+#endif
+}
+
+// Philox4x32-10 words for counters offset .. offset + n - 1 (4 words each), for tests that
+// compare the C++ generator with Triton's tl.randint4x.
+std::vector<uint32_t> philox_randint4x(uint64_t seed, uint64_t offset, int64_t n) {
+  std::vector<uint32_t> out;
+  out.reserve(static_cast<size_t>(n) * 4);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto r = thermokern::philox_randint4x(seed, offset + static_cast<uint64_t>(i));
+    out.insert(out.end(), r.x, r.x + 4);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "thermokern native extension: registers torch.ops.thermokern.*";
+  m.def("cuda_compiled", &cuda_compiled, "Whether the CUDA kernels were compiled in.");
+  m.def("cuda_archs", &cuda_archs, "CUDA architectures the kernels were compiled for.");
+  m.def("cpu_isa", [] { return thermokern::cpu::isa_name(thermokern::cpu::active_isa()); },
+        "ISA of the CPU kernels in use: default, avx2 or avx512.");
+  m.def("cpu_best_isa",
+        [] { return thermokern::cpu::isa_name(thermokern::cpu::best_supported_isa()); },
+        "Widest ISA this CPU supports among default, avx2, avx512.");
+  m.def("_set_cpu_isa", &thermokern::cpu::set_active_isa, pybind11::arg("name"),
+        "Force the CPU kernel ISA ('' restores the best one).");
+  m.def("_philox_randint4x", &philox_randint4x, pybind11::arg("seed"), pybind11::arg("offset"),
+        pybind11::arg("n"));
+}
