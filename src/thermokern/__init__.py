@@ -1,0 +1,14 @@
+"""thermokern: fused entropy, partition-function and Langevin kernels for PyTorch.
+
+Importing thermokern loads the native extension ``thermokern._C`` (which registers
+``torch.ops.thermokern.*``); the Triton kernels load on first use.
+"""
+
+from __future__ import annotations
+
+from thermokern._backend import BACKENDS, BackendInfo, available_backends
+from thermokern.ops.entropy import softmax_entropy
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "BackendInfo", "__version__", "available_backends", "softmax_entropy"]

@@ -1,0 +1,169 @@
+"""Entropy ops: ``softmax_entropy``.
+
+Layers (one per concern): the schema lives in csrc/thermokern.cpp; the CPU and CUDA kernels
+register under it; this module adds the fake (meta) implementations, autograd, the Triton
+ops (``torch.library.triton_op``, so they trace under torch.compile) and the public function
+with its argument checks and dispatch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from thermokern import _backend, reference
+from thermokern.ops._checks import check_dim, check_float_tensor, check_temperature
+
+__all__ = ["softmax_entropy"]
+
+_ops = torch.ops.thermokern if _backend._C is not None else None
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- C++ ops
+if _ops is not None:
+
+    @torch.library.register_fake("thermokern::softmax_entropy_fwd")
+    def _fwd_fake(logits: torch.Tensor, temperature: float):
+        torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
+        n = logits.shape[0]
+        acc = _acc_dtype(logits.dtype)
+        return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+
+    @torch.library.register_fake("thermokern::softmax_entropy_bwd")
+    def _bwd_fake(grad, logits, entropy, lse, temperature):
+        torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
+        return logits.new_empty(logits.shape)
+
+    def _setup_context(ctx, inputs, output):
+        logits, temperature = inputs
+        entropy, lse = output
+        ctx.save_for_backward(logits, entropy, lse)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)  # an unused lse output arrives as None
+
+    def _backward_cpp(ctx, grad_entropy, grad_lse):
+        logits, entropy, lse = ctx.saved_tensors
+        if grad_lse is not None:
+            raise RuntimeError("softmax_entropy_fwd: the lse output is not differentiable")
+        if grad_entropy is None:
+            return None, None
+        return _ops.softmax_entropy_bwd(grad_entropy, logits, entropy, lse, ctx.temperature), None
+
+    torch.library.register_autograd(
+        "thermokern::softmax_entropy_fwd", _backward_cpp, setup_context=_setup_context
+    )
+
+
+# ----------------------------------------------------------------------------- Triton ops
+_triton_fwd = None
+
+
+def _triton_ops():
+    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing)."""
+    global _triton_fwd
+    if _triton_fwd is not None:
+        return _triton_fwd
+    from thermokern.kernels import entropy as tk
+
+    @torch.library.triton_op("thermokern::softmax_entropy_fwd_triton", mutates_args=())
+    def fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return tk.softmax_entropy_fwd(logits, temperature)
+
+    @torch.library.triton_op("thermokern::softmax_entropy_bwd_triton", mutates_args=())
+    def bwd(
+        grad: torch.Tensor, logits: torch.Tensor, entropy: torch.Tensor, lse: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        return tk.softmax_entropy_bwd(grad, logits, entropy, lse, temperature)
+
+    def backward(ctx, grad_entropy, grad_lse):
+        logits, entropy, lse = ctx.saved_tensors
+        if grad_lse is not None:
+            raise RuntimeError("softmax_entropy_fwd_triton: the lse output is not differentiable")
+        if grad_entropy is None:
+            return None, None
+        return bwd(grad_entropy, logits, entropy, lse, ctx.temperature), None
+
+    def setup_context(ctx, inputs, output):
+        logits, temperature = inputs
+        entropy, lse = output
+        ctx.save_for_backward(logits, entropy, lse)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)  # an unused lse output arrives as None
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    _triton_fwd = fwd
+    return fwd
+
+
+# ----------------------------------------------------------------------------- public API
+def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
+    """View ``x`` as (rows, C) with the reduced dim last and unit stride along it.
+
+    Copies only when the reduced dim is not already the unit-stride one (a non-last ``dim``
+    of a contiguous tensor, or a transposed input); leading dims are flattened as a view when
+    their strides allow.
+    """
+    moved = x.movedim(dim, -1)
+    out_shape = moved.shape[:-1]
+    c = moved.shape[-1]
+    rows = moved.reshape(-1, c)
+    if c > 1 and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    return rows, out_shape
+
+
+def softmax_entropy(
+    logits: torch.Tensor,
+    dim: int = -1,
+    *,
+    temperature: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Shannon entropy of ``softmax(logits / temperature)`` along ``dim``.
+
+    ``H = -sum_j p_j log p_j`` with ``p = softmax(logits / T)``, computed in one pass over each
+    row with online statistics, never materialising ``p``. Differentiable w.r.t. ``logits``:
+    ``dH/dlogits = -(p / T) (log p + H)``; the backward recomputes ``p`` from two saved fp32
+    numbers per row.
+
+    Args:
+        logits: float32, float64, float16 or bfloat16 tensor of any shape (non-contiguous is
+            fine). 16-bit inputs accumulate in float32.
+        dim: the class dimension to reduce.
+        temperature: a finite float > 0.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
+            :func:`thermokern.available_backends`).
+
+    Returns:
+        The entropy, shaped like ``logits`` without ``dim``, in ``logits.dtype``. Rows that
+        are all ``-inf`` or hold ``+inf``/NaN give NaN, as softmax does.
+
+    Raises:
+        TypeError: non-float ``logits`` or a non-numeric ``temperature``.
+        ValueError: ``temperature`` <= 0 or non-finite, an empty class dimension, an unknown
+            backend.
+        IndexError: ``dim`` out of range (the exception is also a ValueError).
+        RuntimeError: the requested backend cannot run here.
+
+    Example:
+        >>> import torch, thermokern
+        >>> thermokern.softmax_entropy(torch.zeros(2, 4))  # uniform: log 4
+        tensor([1.3863, 1.3863])
+    """
+    check_float_tensor(logits, "logits")
+    dim = check_dim(dim, logits.dim())
+    temperature = check_temperature(temperature)
+    if logits.shape[dim] == 0:
+        raise ValueError(f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined")
+    name = _backend.resolve_backend(backend, logits)
+    if name == "reference":
+        return reference.softmax_entropy(logits, dim, temperature=temperature)
+    rows, out_shape = _as_rows(logits, dim)
+    if name == "triton":
+        entropy, _ = _triton_ops()(rows, temperature)
+    else:
+        entropy, _ = _ops.softmax_entropy_fwd(rows, temperature)
+    return entropy.to(logits.dtype).reshape(out_shape)
