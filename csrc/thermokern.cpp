@@ -1,5 +1,6 @@
 // thermokern._C: the op schemas (the single source of truth for every backend) and a small
 // pybind11 module with build and runtime facts used by thermokern._backend and the tests.
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -9,17 +10,28 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "thermokern/checks.h"
 #include "thermokern/philox.h"
 
 TORCH_LIBRARY(thermokern, m) {
   // softmax_entropy over the last dim of a (rows, C) tensor with unit inner stride.
-  // Returns per-row (entropy, lse) in the accumulation dtype (float32; float64 for float64):
-  // lse and the fp32 entropy are what the backward needs, so no (rows, C) tensor is saved.
-  m.def("softmax_entropy_fwd(Tensor logits, float temperature) -> (Tensor entropy, Tensor lse)");
+  // Returns per-row (entropy, row_max, log_norm) in the accumulation dtype (float32; float64
+  // for float64), with log p = (x - row_max) / T - log_norm (row_stats.h). These three
+  // numbers are all the backward needs: no (rows, C) tensor is saved.
   m.def(
-      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor lse, "
-      "float temperature) -> Tensor");
+      "softmax_entropy_fwd(Tensor logits, float temperature) -> "
+      "(Tensor entropy, Tensor row_max, Tensor log_norm)");
+  m.def(
+      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor row_max, "
+      "Tensor log_norm, float temperature) -> Tensor");
 }
+
+namespace thermokern {
+namespace {
+std::atomic<bool> g_poison_outputs{false};
+}  // namespace
+bool poison_outputs_enabled() { return g_poison_outputs.load(std::memory_order_relaxed); }
+}  // namespace thermokern
 
 namespace {
 
@@ -73,6 +85,9 @@ PYBIND11_MODULE(_C, m) {
         "Widest ISA this CPU supports among default, avx2, avx512.");
   m.def("_set_cpu_isa", &thermokern::cpu::set_active_isa, pybind11::arg("name"),
         "Force the CPU kernel ISA ('' restores the best one).");
+  m.def("_set_poison_outputs", [](bool on) { thermokern::g_poison_outputs.store(on); },
+        pybind11::arg("on"), "Fill new op outputs with NaN before the kernels run (tests).");
+  m.def("_poison_outputs", &thermokern::poison_outputs_enabled);
   m.def("_philox_randint4x", &philox_randint4x, pybind11::arg("seed"), pybind11::arg("offset"),
         pybind11::arg("n"));
 }

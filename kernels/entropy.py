@@ -1,8 +1,9 @@
 """Triton kernels for softmax_entropy, with their launchers.
 
 One program per row; each program walks its row in blocks of BLOCK_C columns keeping scalar
-online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h:
-    m = max z,  d = sum e^{z-m},  s = sum (z-m) e^{z-m},  lse = m + log d,  H = log d - s/d.
+online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 1/T:
+    m = max x,  d = sum e^{k(x-m)},  s = sum k(x-m) e^{k(x-m)},  H = log d - s/d,
+    log p = k(x - m) - log d.
 Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The launchers go
 through ``torch.library.wrap_triton`` so that ``torch.compile`` can trace them when they run
 inside a ``triton_op``.
@@ -21,7 +22,8 @@ import triton.language as tl
 def _softmax_entropy_fwd_kernel(
     x_ptr,  # (N, C) input, unit stride along C
     entropy_ptr,  # (N,) out: entropy, accumulation dtype
-    lse_ptr,  # (N,) out: log-sum-exp of x / T, accumulation dtype
+    row_max_ptr,  # (N,) out: max of the row (input units), accumulation dtype
+    log_norm_ptr,  # (N,) out: log sum e^{(x - max)/T}, accumulation dtype
     C,  # number of classes
     row_stride,  # elements between rows of x
     inv_t,  # 1 / temperature
@@ -36,20 +38,22 @@ def _softmax_entropy_fwd_kernel(
     s = tl.zeros((), ACC)
     for c0 in range(0, C, BLOCK_C):
         mask = c0 + cols < C
-        z = tl.load(x_row + c0 + cols, mask=mask, other=float("-inf")).to(ACC) * inv_t
-        m_new = tl.maximum(m, tl.max(z, axis=0))
+        x = tl.load(x_row + c0 + cols, mask=mask, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
         # Shift by 0 while everything seen is -inf, so that -inf - -inf never appears.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new).to(ACC)
-        alpha = tl.exp(m - m_safe)
-        s = tl.where(m == float("-inf"), 0.0, (s + (m - m_safe) * d) * alpha).to(ACC)
+        delta = (m - m_safe) * inv_t
+        alpha = tl.exp(delta)
+        s = tl.where(m == float("-inf"), 0.0, (s + delta * d) * alpha).to(ACC)
         d = d * alpha
-        y = z - m_safe
+        y = (x - m_safe) * inv_t  # subtract first: exact for x near the max, whatever T
         e = tl.exp(y)
         d += tl.sum(e, axis=0)
-        s += tl.sum(tl.where(z == float("-inf"), 0.0, y * e), axis=0)
+        s += tl.sum(tl.where(x == float("-inf"), 0.0, y * e), axis=0)
         m = m_new
     log_d = tl.log(d)
-    tl.store(lse_ptr + row, m + log_d)
+    tl.store(row_max_ptr + row, m)
+    tl.store(log_norm_ptr + row, log_d)
     tl.store(entropy_ptr + row, log_d - s / d)
 
 
@@ -58,7 +62,8 @@ def _softmax_entropy_bwd_kernel(
     grad_ptr,  # (N,) upstream gradient of the entropy, accumulation dtype
     x_ptr,  # (N, C) input, unit stride along C
     entropy_ptr,  # (N,) entropy saved by the forward, accumulation dtype
-    lse_ptr,  # (N,) lse saved by the forward, accumulation dtype
+    row_max_ptr,  # (N,) row maximum saved by the forward
+    log_norm_ptr,  # (N,) log-normaliser saved by the forward
     grad_x_ptr,  # (N, C) out, contiguous, input dtype
     C,  # number of classes
     row_stride,  # elements between rows of x
@@ -71,13 +76,24 @@ def _softmax_entropy_bwd_kernel(
     g_row = grad_x_ptr + row * C
     cols = tl.arange(0, BLOCK_C)
     coef = -tl.load(grad_ptr + row).to(ACC) * inv_t
-    lse = tl.load(lse_ptr + row).to(ACC)
+    mx = tl.load(row_max_ptr + row).to(ACC)
+    ln = tl.load(log_norm_ptr + row).to(ACC)
     h = tl.load(entropy_ptr + row).to(ACC)
     for c0 in range(0, C, BLOCK_C):
         mask = c0 + cols < C
-        logp = tl.load(x_row + c0 + cols, mask=mask, other=0.0).to(ACC) * inv_t - lse
+        x = tl.load(x_row + c0 + cols, mask=mask, other=0.0).to(ACC)
+        logp = (x - mx) * inv_t - ln
         g = tl.where(logp == float("-inf"), 0.0, coef * tl.exp(logp) * (logp + h))
         tl.store(g_row + c0 + cols, g.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+def _poison(*tensors: torch.Tensor) -> None:
+    """Fill fresh outputs with NaN when the tests ask for it (see thermokern._C._set_poison_outputs)."""
+    from thermokern import _backend
+
+    if _backend.poison_outputs_enabled():
+        for t in tensors:
+            t.fill_(float("nan"))
 
 
 def _interpreting() -> bool:
@@ -96,35 +112,43 @@ def _acc(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (entropy, lse) of a (N, C) tensor with unit stride along C."""
+def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (entropy, row_max, log_norm) of a (N, C) tensor with unit stride along C."""
     N, C = logits.shape
     acc_t, acc_tl = _acc(logits.dtype)
     entropy = torch.empty(N, device=logits.device, dtype=acc_t)
-    lse = torch.empty(N, device=logits.device, dtype=acc_t)
+    row_max = torch.empty(N, device=logits.device, dtype=acc_t)
+    log_norm = torch.empty(N, device=logits.device, dtype=acc_t)
+    _poison(entropy, row_max, log_norm)
     if N == 0:
-        return entropy, lse
+        return entropy, row_max, log_norm
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
-        logits, entropy, lse, C, logits.stride(0), 1.0 / temperature,
+        logits, entropy, row_max, log_norm, C, logits.stride(0), 1.0 / temperature,
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )
-    return entropy, lse
+    return entropy, row_max, log_norm
 
 
 def softmax_entropy_bwd(
-    grad: torch.Tensor, logits: torch.Tensor, entropy: torch.Tensor, lse: torch.Tensor, temperature: float
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    entropy: torch.Tensor,
+    row_max: torch.Tensor,
+    log_norm: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
     """Gradient w.r.t. a (N, C) logits tensor, as a contiguous (N, C) tensor of its dtype."""
     N, C = logits.shape
     acc_t, acc_tl = _acc(logits.dtype)
     grad_x = torch.empty((N, C), device=logits.device, dtype=logits.dtype)
+    _poison(grad_x)
     if N == 0:
         return grad_x
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
-        grad.to(acc_t).contiguous(), logits, entropy.contiguous(), lse.contiguous(), grad_x,
-        C, logits.stride(0), 1.0 / temperature,
+        grad.to(acc_t).contiguous(), logits, entropy.contiguous(), row_max.contiguous(),
+        log_norm.contiguous(), grad_x, C, logits.stride(0), 1.0 / temperature,
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )
     return grad_x

@@ -20,51 +20,59 @@ namespace {
 // N x C = 4096 x 32000; rows are never split, so small-N, huge-C inputs use fewer threads.
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t{1} << 16) / C); }
 
-std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cpu(const at::Tensor& logits,
-                                                           double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cpu(const at::Tensor& logits,
+                                                                       double temperature) {
   check_floating(logits, "logits");
   check_rows(logits, "logits");
   check_temperature(temperature);
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
-  if (N == 0) return {entropy, lse};
+  at::Tensor row_max = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
+  maybe_poison(entropy);
+  maybe_poison(row_max);
+  maybe_poison(log_norm);
+  if (N == 0) return {entropy, row_max, log_norm};
   const auto fn = kernels().entropy_fwd;
   const auto dtype = logits.scalar_type();
   const void* x = logits.const_data_ptr();
   const int64_t stride = logits.stride(0);
   void* h = entropy.mutable_data_ptr();
-  void* l = lse.mutable_data_ptr();
+  void* mx = row_max.mutable_data_ptr();
+  void* ln = log_norm.mutable_data_ptr();
   at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
-    fn(dtype, x, begin, end, C, stride, 1.0 / temperature, h, l);
+    fn(dtype, x, begin, end, C, stride, 1.0 / temperature, h, mx, ln);
   });
-  return {entropy, lse};
+  return {entropy, row_max, log_norm};
 }
 
 at::Tensor softmax_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                                   const at::Tensor& entropy, const at::Tensor& lse,
-                                   double temperature) {
+                                   const at::Tensor& entropy, const at::Tensor& row_max,
+                                   const at::Tensor& log_norm, double temperature) {
   check_floating(logits, "logits");
   check_rows(logits, "logits");
   check_temperature(temperature);
   check_floating(grad, "grad");
   check_row_vector(grad, logits, "grad", /*acc=*/false);
   check_row_vector(entropy, logits, "entropy", /*acc=*/true);
-  check_row_vector(lse, logits, "lse", /*acc=*/true);
+  check_row_vector(row_max, logits, "row_max", /*acc=*/true);
+  check_row_vector(log_norm, logits, "log_norm", /*acc=*/true);
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor g = grad.to(acc).contiguous();
   at::Tensor h = entropy.contiguous();
-  at::Tensor l = lse.contiguous();
+  at::Tensor mx = row_max.contiguous();
+  at::Tensor ln = log_norm.contiguous();
   at::Tensor grad_x = at::empty({N, C}, logits.options());
+  maybe_poison(grad_x);
   if (N == 0) return grad_x;
   const auto fn = kernels().entropy_bwd;
   const auto dtype = logits.scalar_type();
   const void* x = logits.const_data_ptr();
   const int64_t stride = logits.stride(0);
   at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
-    fn(dtype, g.const_data_ptr(), x, h.const_data_ptr(), l.const_data_ptr(),
+    fn(dtype, g.const_data_ptr(), x, h.const_data_ptr(), mx.const_data_ptr(), ln.const_data_ptr(),
        grad_x.mutable_data_ptr(), begin, end, C, stride, 1.0 / temperature);
   });
   return grad_x;

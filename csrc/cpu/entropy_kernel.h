@@ -85,7 +85,8 @@ inline T nan_max(T a, T b) {
   return (b != b || b > a) ? b : a;
 }
 
-// Statistics (max, sum e^y, sum y e^y) of one chunk of z = x * inv_t, in accumulation type.
+// Statistics of one chunk (row_stats.h): m = max x, d = sum e^y, s = sum y e^y with
+// y = (x - m) / T, in the accumulation type.
 template <typename acc_t>
 inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
   using V = Vectorized<acc_t>;
@@ -106,16 +107,20 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
   for (int64_t k = 0; k < W; ++k) mx = nan_max(mx, lanes[k]);
   for (; i < n; ++i) mx = nan_max(mx, p[i]);
   if (mx == -kInf) return row_stats_empty<acc_t>();  // all -inf: contributes nothing
+  if (mx != mx) {
+    const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+    return RowStats<acc_t>{nan, nan, nan};
+  }
 
-  const acc_t mz = mx * inv_t;
-  const V vinv(inv_t), vneg_mz(-mz), vlow(std::numeric_limits<acc_t>::lowest());
+  const V vinv(inv_t), vmx(mx), vlow(std::numeric_limits<acc_t>::lowest());
   V d0(0), d1(0), s0(0), s1(0);
   i = 0;
-  // y = x/T - max; y * e^y is computed as max(y, lowest) * e^y so that x = -inf gives
-  // (-huge) * 0 = 0 instead of NaN, while a NaN y still propagates.
+  // y = (x - m) / T: the subtraction first keeps y exact for x near m, whatever T.
+  // y * e^y is computed as max(y, lowest) * e^y so that x = -inf gives (-huge) * 0 = 0
+  // instead of NaN, while a NaN y (x = m = +inf) still propagates.
   for (; i + 2 * W <= n; i += 2 * W) {
-    V y0 = at::vec::fmadd(V::loadu(p + i), vinv, vneg_mz);
-    V y1 = at::vec::fmadd(V::loadu(p + i + W), vinv, vneg_mz);
+    V y0 = (V::loadu(p + i) - vmx) * vinv;
+    V y1 = (V::loadu(p + i + W) - vmx) * vinv;
     V e0 = fast_exp(y0);
     V e1 = fast_exp(y1);
     d0 = d0 + e0;
@@ -124,7 +129,7 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
     s1 = at::vec::fmadd(at::vec::clamp_min(y1, vlow), e1, s1);
   }
   for (; i + W <= n; i += W) {
-    V y0 = at::vec::fmadd(V::loadu(p + i), vinv, vneg_mz);
+    V y0 = (V::loadu(p + i) - vmx) * vinv;
     V e0 = fast_exp(y0);
     d0 = d0 + e0;
     s0 = at::vec::fmadd(at::vec::clamp_min(y0, vlow), e0, s0);
@@ -141,18 +146,18 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
     s += sl[k];
   }
   for (; i < n; ++i) {
-    const acc_t y = p[i] * inv_t - mz;
+    const acc_t y = (p[i] - mx) * inv_t;
     const acc_t e = std::exp(y);
     d += e;
     s += (y == -kInf ? acc_t(0) : y * e);
   }
-  return RowStats<acc_t>{mz, d, s};
+  return RowStats<acc_t>{mx, d, s};
 }
 
 template <typename scalar_t>
 void entropy_fwd_rows(const scalar_t* x, int64_t row_begin, int64_t row_end, int64_t C,
                       int64_t row_stride, double inv_t_d, acc_type_t<scalar_t>* entropy,
-                      acc_type_t<scalar_t>* lse) {
+                      acc_type_t<scalar_t>* row_max, acc_type_t<scalar_t>* log_norm) {
   using acc_t = acc_type_t<scalar_t>;
   alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
   const acc_t inv_t = static_cast<acc_t>(inv_t_d);
@@ -164,32 +169,35 @@ void entropy_fwd_rows(const scalar_t* x, int64_t row_begin, int64_t row_end, int
       const int64_t n = std::min(kChunk, C - c0);
       const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, buf);
       const RowStats<acc_t> cs = chunk_stats<acc_t>(p, n, inv_t);
-      st = row_stats_merge(st, RowStats<double>{static_cast<double>(cs.m),
-                                                static_cast<double>(cs.d),
-                                                static_cast<double>(cs.s)});
+      st = row_stats_merge(st,
+                           RowStats<double>{static_cast<double>(cs.m), static_cast<double>(cs.d),
+                                            static_cast<double>(cs.s)},
+                           static_cast<double>(inv_t));
     }
     entropy[r] = static_cast<acc_t>(row_stats_entropy(st));
-    lse[r] = static_cast<acc_t>(row_stats_lse(st));
+    row_max[r] = static_cast<acc_t>(st.m);
+    log_norm[r] = static_cast<acc_t>(row_stats_log_norm(st));
   }
 }
 
-// grad_x = coef * e^{logp} * (logp + H) over one chunk, coef = -g/T, logp = x/T - lse.
+// grad_x = coef * e^{log p} * (log p + H) over one chunk, coef = -g/T,
+// log p = (x - m) / T - log_norm.
 template <typename acc_t>
-inline void entropy_bwd_chunk(const acc_t* p, int64_t n, acc_t inv_t, acc_t lse, acc_t h,
-                              acc_t coef, acc_t* out) {
+inline void entropy_bwd_chunk(const acc_t* p, int64_t n, acc_t inv_t, acc_t m, acc_t log_norm,
+                              acc_t h, acc_t coef, acc_t* out) {
   using V = Vectorized<acc_t>;
   constexpr int64_t W = V::size();
-  const V vinv(inv_t), vneg_lse(-lse), vh(h), vcoef(coef),
+  const V vinv(inv_t), vm(m), vneg_ln(-log_norm), vh(h), vcoef(coef),
       vlow(std::numeric_limits<acc_t>::lowest());
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    V logp = at::vec::fmadd(V::loadu(p + i), vinv, vneg_lse);
+    V logp = at::vec::fmadd(V::loadu(p + i) - vm, vinv, vneg_ln);
     V e = fast_exp(logp);
     V g = vcoef * e * (at::vec::clamp_min(logp, vlow) + vh);
     g.store(out + i);
   }
   for (; i < n; ++i) {
-    const acc_t logp = p[i] * inv_t - lse;
+    const acc_t logp = (p[i] - m) * inv_t - log_norm;
     const acc_t e = std::exp(logp);
     out[i] = (logp == -std::numeric_limits<acc_t>::infinity()) ? acc_t(0) * coef
                                                                  : coef * e * (logp + h);
@@ -198,9 +206,9 @@ inline void entropy_bwd_chunk(const acc_t* p, int64_t n, acc_t inv_t, acc_t lse,
 
 template <typename scalar_t>
 void entropy_bwd_rows(const acc_type_t<scalar_t>* grad, const scalar_t* x,
-                      const acc_type_t<scalar_t>* entropy, const acc_type_t<scalar_t>* lse,
-                      scalar_t* grad_x, int64_t row_begin, int64_t row_end, int64_t C,
-                      int64_t row_stride, double inv_t_d) {
+                      const acc_type_t<scalar_t>* entropy, const acc_type_t<scalar_t>* row_max,
+                      const acc_type_t<scalar_t>* log_norm, scalar_t* grad_x, int64_t row_begin,
+                      int64_t row_end, int64_t C, int64_t row_stride, double inv_t_d) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
   alignas(64) acc_t in_buf[kWiden ? kChunk : 1];
@@ -213,12 +221,9 @@ void entropy_bwd_rows(const acc_type_t<scalar_t>* grad, const scalar_t* x,
     for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
       const int64_t n = std::min(kChunk, C - c0);
       const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, in_buf);
-      if constexpr (kWiden) {
-        entropy_bwd_chunk<acc_t>(p, n, inv_t, lse[r], entropy[r], coef, out_buf);
-        store_chunk<scalar_t>(out_buf, n, grow + c0);
-      } else {
-        entropy_bwd_chunk<acc_t>(p, n, inv_t, lse[r], entropy[r], coef, grow + c0);
-      }
+      acc_t* out = kWiden ? out_buf : reinterpret_cast<acc_t*>(grow + c0);
+      entropy_bwd_chunk<acc_t>(p, n, inv_t, row_max[r], log_norm[r], entropy[r], coef, out);
+      if constexpr (kWiden) store_chunk<scalar_t>(out_buf, n, grow + c0);
     }
   }
 }
@@ -237,26 +242,28 @@ void entropy_bwd_rows(const acc_type_t<scalar_t>* grad, const scalar_t* x,
 
 void TK_CAT(entropy_fwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* x, int64_t row_begin,
                                          int64_t row_end, int64_t C, int64_t row_stride,
-                                         double inv_t, void* entropy, void* lse) {
+                                         double inv_t, void* entropy, void* row_max,
+                                         void* log_norm) {
   TK_DISPATCH_FLOAT_TYPES(dtype, {
     using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
-    CPU_CAPABILITY::entropy_fwd_rows<scalar_t>(static_cast<const scalar_t*>(x), row_begin,
-                                               row_end, C, row_stride, inv_t,
-                                               static_cast<acc_t*>(entropy),
-                                               static_cast<acc_t*>(lse));
+    CPU_CAPABILITY::entropy_fwd_rows<scalar_t>(
+        static_cast<const scalar_t*>(x), row_begin, row_end, C, row_stride, inv_t,
+        static_cast<acc_t*>(entropy), static_cast<acc_t*>(row_max), static_cast<acc_t*>(log_norm));
   })
 }
 
 void TK_CAT(entropy_bwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* grad, const void* x,
-                                         const void* entropy, const void* lse, void* grad_x,
-                                         int64_t row_begin, int64_t row_end, int64_t C,
-                                         int64_t row_stride, double inv_t) {
+                                         const void* entropy, const void* row_max,
+                                         const void* log_norm, void* grad_x, int64_t row_begin,
+                                         int64_t row_end, int64_t C, int64_t row_stride,
+                                         double inv_t) {
   TK_DISPATCH_FLOAT_TYPES(dtype, {
     using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
     CPU_CAPABILITY::entropy_bwd_rows<scalar_t>(
         static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(x),
-        static_cast<const acc_t*>(entropy), static_cast<const acc_t*>(lse),
-        static_cast<scalar_t*>(grad_x), row_begin, row_end, C, row_stride, inv_t);
+        static_cast<const acc_t*>(entropy), static_cast<const acc_t*>(row_max),
+        static_cast<const acc_t*>(log_norm), static_cast<scalar_t*>(grad_x), row_begin, row_end,
+        C, row_stride, inv_t);
   })
 }
 

@@ -16,17 +16,18 @@ namespace thermokern::cpu {
 enum class Isa : int { Default = 0, Avx2 = 1, Avx512 = 2 };
 
 // Forward of softmax_entropy over rows [row_begin, row_end) of a (rows, C) matrix whose rows
-// are `row_stride` elements apart (unit stride inside a row). Writes H and lse in the
-// accumulation type (float for float/half/bfloat16, double for double).
+// are `row_stride` elements apart (unit stride inside a row). Writes the entropy, the row
+// maximum and log_norm (row_stats.h) in the accumulation type (float for float, half and
+// bfloat16; double for double).
 using EntropyFwdFn = void (*)(c10::ScalarType dtype, const void* x, int64_t row_begin,
                               int64_t row_end, int64_t C, int64_t row_stride, double inv_t,
-                              void* entropy, void* lse);
-// Backward: grad_x = -(g / T) p (log p + H), p recomputed from lse. `grad`, `entropy`, `lse`
-// are per-row in the accumulation type; grad_x is contiguous (rows, C) in the input dtype.
+                              void* entropy, void* row_max, void* log_norm);
+// Backward: grad_x = -(g / T) p (log p + H), log p = (x - row_max) / T - log_norm. The
+// per-row inputs are in the accumulation type; grad_x is contiguous (rows, C), input dtype.
 using EntropyBwdFn = void (*)(c10::ScalarType dtype, const void* grad, const void* x,
-                              const void* entropy, const void* lse, void* grad_x,
-                              int64_t row_begin, int64_t row_end, int64_t C, int64_t row_stride,
-                              double inv_t);
+                              const void* entropy, const void* row_max, const void* log_norm,
+                              void* grad_x, int64_t row_begin, int64_t row_end, int64_t C,
+                              int64_t row_stride, double inv_t);
 
 struct Kernels {
   EntropyFwdFn entropy_fwd;
@@ -35,9 +36,9 @@ struct Kernels {
 
 #define TK_DECLARE_ISA(ISA)                                                                   \
   void entropy_fwd_##ISA(c10::ScalarType, const void*, int64_t, int64_t, int64_t, int64_t,  \
-                         double, void*, void*);                                             \
+                         double, void*, void*, void*);                                      \
   void entropy_bwd_##ISA(c10::ScalarType, const void*, const void*, const void*, const void*, \
-                         void*, int64_t, int64_t, int64_t, int64_t, double);
+                         const void*, void*, int64_t, int64_t, int64_t, int64_t, double);
 TK_DECLARE_ISA(DEFAULT)
 #if defined(__x86_64__)
 TK_DECLARE_ISA(AVX2)

@@ -3,7 +3,7 @@
 // One thread block per row (grid-stride over rows). Forward: each thread keeps online
 // statistics (row_stats.h) over the elements it owns, read with 16-byte vector loads when the
 // row is aligned; warps merge with shuffles, then the block through shared memory. Backward
-// recomputes p = exp(x/T - lse) and writes -(g/T) p (log p + H) in the same single sweep.
+// recomputes log p = (x - max) / T - log_norm and writes -(g/T) p (log p + H) in one sweep.
 // Offsets are int64 throughout (rows * stride can exceed 2^31); nothing syncs with the host.
 #include <algorithm>
 #include <cstdint>
@@ -49,9 +49,11 @@ __device__ __forceinline__ RowStats<T> shfl_xor_stats(const RowStats<T>& r, int 
 
 // Merge the statistics of all threads of the block; the result is valid in thread 0.
 template <typename T>
-__device__ RowStats<T> block_merge(RowStats<T> r) {
+__device__ RowStats<T> block_merge(RowStats<T> r, T inv_t) {
   __shared__ T sm[kMaxThreads / kWarp], sd[kMaxThreads / kWarp], ss[kMaxThreads / kWarp];
-  for (int mask = kWarp / 2; mask > 0; mask >>= 1) r = row_stats_merge(r, shfl_xor_stats(r, mask));
+  for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
+    r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
+  }
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int n_warps = blockDim.x / kWarp;
   if (lane == 0) {
@@ -62,7 +64,9 @@ __device__ RowStats<T> block_merge(RowStats<T> r) {
   __syncthreads();
   if (warp == 0) {
     r = lane < n_warps ? RowStats<T>{sm[lane], sd[lane], ss[lane]} : row_stats_empty<T>();
-    for (int mask = kWarp / 2; mask > 0; mask >>= 1) r = row_stats_merge(r, shfl_xor_stats(r, mask));
+    for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
+      r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
+    }
   }
   __syncthreads();  // the shared buffers are reused by the next row
   return r;
@@ -72,8 +76,9 @@ template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
                                            int64_t N, int64_t C, int64_t row_stride,
                                            acc_t inv_t,
-                                           acc_t* __restrict__ entropy,  // (N,)
-                                           acc_t* __restrict__ lse) {    // (N,)
+                                           acc_t* __restrict__ entropy,    // (N,)
+                                           acc_t* __restrict__ row_max,    // (N,)
+                                           acc_t* __restrict__ log_norm) { // (N,)
   const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
   for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
     const Pack<scalar_t, VEC>* rp =
@@ -81,16 +86,16 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
     acc_t m = -INFINITY, d = 0, s = 0;
     for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
       const Pack<scalar_t, VEC> p = rp[v];
-      acc_t z[VEC];
+      acc_t xv[VEC];
       acc_t cm = -INFINITY;
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        z[k] = static_cast<acc_t>(p.v[k]) * inv_t;
-        cm = nan_max(cm, z[k]);
+        xv[k] = static_cast<acc_t>(p.v[k]);
+        cm = nan_max(cm, xv[k]);
       }
       if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
         if (m != -INFINITY) {
-          const acc_t delta = m - cm;
+          const acc_t delta = (m - cm) * inv_t;
           const acc_t sc = tk_exp(delta);
           s = (s + delta * d) * sc;
           d = d * sc;
@@ -100,16 +105,17 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
       if (m == -INFINITY) continue;  // everything so far is -inf: nothing to add
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const acc_t y = z[k] - m;
+        const acc_t y = (xv[k] - m) * inv_t;  // exact for x near m, whatever T
         const acc_t e = tk_exp(y);
         d += e;
         s += (y == -INFINITY) ? acc_t(0) : y * e;
       }
     }
-    const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s});
+    const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s}, inv_t);
     if (threadIdx.x == 0) {
       entropy[row] = row_stats_entropy(r);
-      lse[row] = row_stats_lse(r);
+      row_max[row] = r.m;
+      log_norm[row] = row_stats_log_norm(r);
     }
   }
 }
@@ -117,8 +123,9 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     // (N,)
                                            const scalar_t* __restrict__ x,     // (N, C)
-                                           const acc_t* __restrict__ entropy,  // (N,)
-                                           const acc_t* __restrict__ lse,      // (N,)
+                                           const acc_t* __restrict__ entropy,   // (N,)
+                                           const acc_t* __restrict__ row_max,   // (N,)
+                                           const acc_t* __restrict__ log_norm,  // (N,)
                                            scalar_t* __restrict__ grad_x,      // (N, C) contig
                                            int64_t N, int64_t C, int64_t row_stride,
                                            acc_t inv_t) {
@@ -128,14 +135,15 @@ __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     /
         reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
     Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
     const acc_t coef = -grad[row] * inv_t;
-    const acc_t l = lse[row];
+    const acc_t mx = row_max[row];
+    const acc_t ln = log_norm[row];
     const acc_t h = entropy[row];
     for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
       const Pack<scalar_t, VEC> p = rp[v];
       Pack<scalar_t, VEC> out;
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        const acc_t logp = static_cast<acc_t>(p.v[k]) * inv_t - l;
+        const acc_t logp = (static_cast<acc_t>(p.v[k]) - mx) * inv_t - ln;
         const acc_t g = (logp == -INFINITY) ? acc_t(0) : coef * tk_exp(logp) * (logp + h);
         out.v[k] = static_cast<scalar_t>(g);
       }
@@ -173,8 +181,8 @@ int vec_width(const void* a, const void* b, int64_t row_stride, int64_t C) {
     default: { constexpr int VEC = 1; __VA_ARGS__; break; } \
   }
 
-std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(const at::Tensor& logits,
-                                                            double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
+    const at::Tensor& logits, double temperature) {
   check_floating(logits, "logits");
   check_rows(logits, "logits");
   check_temperature(temperature);
@@ -182,8 +190,12 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(const at::Tensor& lo
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor lse = at::empty({N}, logits.options().dtype(acc));
-  if (N == 0) return {entropy, lse};
+  at::Tensor row_max = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
+  maybe_poison(entropy);
+  maybe_poison(row_max);
+  maybe_poison(log_norm);
+  if (N == 0) return {entropy, row_max, log_norm};
   const int64_t stride = logits.stride(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
@@ -197,31 +209,35 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(const at::Tensor& lo
       if constexpr (VEC * sizeof(scalar_t) <= 16) {
         softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
             xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
-            entropy.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>());
+            entropy.mutable_data_ptr<acc_t>(), row_max.mutable_data_ptr<acc_t>(),
+            log_norm.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     })
   });
-  return {entropy, lse};
+  return {entropy, row_max, log_norm};
 }
 
 at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                    const at::Tensor& entropy, const at::Tensor& lse,
-                                    double temperature) {
+                                    const at::Tensor& entropy, const at::Tensor& row_max,
+                                    const at::Tensor& log_norm, double temperature) {
   check_floating(logits, "logits");
   check_rows(logits, "logits");
   check_temperature(temperature);
   check_floating(grad, "grad");
   check_row_vector(grad, logits, "grad", /*acc=*/false);
   check_row_vector(entropy, logits, "entropy", /*acc=*/true);
-  check_row_vector(lse, logits, "lse", /*acc=*/true);
+  check_row_vector(row_max, logits, "row_max", /*acc=*/true);
+  check_row_vector(log_norm, logits, "log_norm", /*acc=*/true);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor g = grad.to(acc).contiguous();
   at::Tensor h = entropy.contiguous();
-  at::Tensor l = lse.contiguous();
+  at::Tensor mx = row_max.contiguous();
+  at::Tensor ln = log_norm.contiguous();
   at::Tensor grad_x = at::empty({N, C}, logits.options());
+  maybe_poison(grad_x);
   if (N == 0) return grad_x;
   const int64_t stride = logits.stride(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -236,8 +252,8 @@ at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& lo
     TK_VEC_SWITCH(vec, {
       if constexpr (VEC * sizeof(scalar_t) <= 16) {
         softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-            g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), l.const_data_ptr<acc_t>(),
-            gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
+            g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(),
+            ln.const_data_ptr<acc_t>(), gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     })

@@ -14,7 +14,6 @@ Backends:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from typing import NamedTuple
 
@@ -46,14 +45,21 @@ def triton_interpret() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton)"
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "triton":
+            return "triton is not installed (pip install triton)"
+        return f"triton failed to import: {exc}"
     except Exception as exc:  # pragma: no cover - broken installs
         return f"triton failed to import: {exc}"
     return None
+
+
+def poison_outputs_enabled() -> bool:
+    """Whether ops fill new outputs with NaN before their kernels run (a test aid)."""
+    return _C is not None and bool(_C._poison_outputs())
 
 
 def cuda_compiled() -> bool:

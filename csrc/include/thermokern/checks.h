@@ -30,6 +30,15 @@ inline void check_rows(const at::Tensor& logits, const char* name) {
                     logits.stride(1));
 }
 
+// Debug aid for the tests: when on, every op fills its freshly allocated outputs with NaN
+// before the kernel runs, so an element a kernel forgets to write cannot pass by luck.
+// Defined in csrc/thermokern.cpp; set with thermokern._C._set_poison_outputs.
+bool poison_outputs_enabled();
+
+inline void maybe_poison(at::Tensor& t) {
+  if (poison_outputs_enabled() && t.numel() > 0) t.fill_(NAN);
+}
+
 inline at::ScalarType acc_dtype(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -30,27 +30,28 @@ if _ops is not None:
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         n = logits.shape[0]
         acc = _acc_dtype(logits.dtype)
-        return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+        return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
 
     @torch.library.register_fake("thermokern::softmax_entropy_bwd")
-    def _bwd_fake(grad, logits, entropy, lse, temperature):
+    def _bwd_fake(grad, logits, entropy, row_max, log_norm, temperature):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         return logits.new_empty(logits.shape)
 
     def _setup_context(ctx, inputs, output):
         logits, temperature = inputs
-        entropy, lse = output
-        ctx.save_for_backward(logits, entropy, lse)
+        entropy, row_max, log_norm = output
+        ctx.save_for_backward(logits, entropy, row_max, log_norm)
         ctx.temperature = temperature
-        ctx.set_materialize_grads(False)  # an unused lse output arrives as None
+        ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 
-    def _backward_cpp(ctx, grad_entropy, grad_lse):
-        logits, entropy, lse = ctx.saved_tensors
-        if grad_lse is not None:
-            raise RuntimeError("softmax_entropy_fwd: the lse output is not differentiable")
+    def _backward_cpp(ctx, grad_entropy, grad_row_max, grad_log_norm):
+        logits, entropy, row_max, log_norm = ctx.saved_tensors
+        if grad_row_max is not None or grad_log_norm is not None:
+            raise RuntimeError("softmax_entropy_fwd: only the entropy output is differentiable")
         if grad_entropy is None:
             return None, None
-        return _ops.softmax_entropy_bwd(grad_entropy, logits, entropy, lse, ctx.temperature), None
+        grad = _ops.softmax_entropy_bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature)
+        return grad, None
 
     torch.library.register_autograd(
         "thermokern::softmax_entropy_fwd", _backward_cpp, setup_context=_setup_context
@@ -69,29 +70,34 @@ def _triton_ops():
     from thermokern.kernels import entropy as tk
 
     @torch.library.triton_op("thermokern::softmax_entropy_fwd_triton", mutates_args=())
-    def fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return tk.softmax_entropy_fwd(logits, temperature)
 
     @torch.library.triton_op("thermokern::softmax_entropy_bwd_triton", mutates_args=())
     def bwd(
-        grad: torch.Tensor, logits: torch.Tensor, entropy: torch.Tensor, lse: torch.Tensor, temperature: float
+        grad: torch.Tensor,
+        logits: torch.Tensor,
+        entropy: torch.Tensor,
+        row_max: torch.Tensor,
+        log_norm: torch.Tensor,
+        temperature: float,
     ) -> torch.Tensor:
-        return tk.softmax_entropy_bwd(grad, logits, entropy, lse, temperature)
+        return tk.softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature)
 
-    def backward(ctx, grad_entropy, grad_lse):
-        logits, entropy, lse = ctx.saved_tensors
-        if grad_lse is not None:
-            raise RuntimeError("softmax_entropy_fwd_triton: the lse output is not differentiable")
+    def backward(ctx, grad_entropy, grad_row_max, grad_log_norm):
+        logits, entropy, row_max, log_norm = ctx.saved_tensors
+        if grad_row_max is not None or grad_log_norm is not None:
+            raise RuntimeError("softmax_entropy_fwd_triton: only the entropy output is differentiable")
         if grad_entropy is None:
             return None, None
-        return bwd(grad_entropy, logits, entropy, lse, ctx.temperature), None
+        return bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature), None
 
     def setup_context(ctx, inputs, output):
         logits, temperature = inputs
-        entropy, lse = output
-        ctx.save_for_backward(logits, entropy, lse)
+        entropy, row_max, log_norm = output
+        ctx.save_for_backward(logits, entropy, row_max, log_norm)
         ctx.temperature = temperature
-        ctx.set_materialize_grads(False)  # an unused lse output arrives as None
+        ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 
     fwd.register_autograd(backward, setup_context=setup_context)
     _triton_fwd = fwd
@@ -126,8 +132,8 @@ def softmax_entropy(
 
     ``H = -sum_j p_j log p_j`` with ``p = softmax(logits / T)``, computed in one pass over each
     row with online statistics, never materialising ``p``. Differentiable w.r.t. ``logits``:
-    ``dH/dlogits = -(p / T) (log p + H)``; the backward recomputes ``p`` from two saved fp32
-    numbers per row.
+    ``dH/dlogits = -(p / T) (log p + H)``; the backward recomputes ``p`` from three saved fp32
+    numbers per row (entropy, max, log-normaliser).
 
     Args:
         logits: float32, float64, float16 or bfloat16 tensor of any shape (non-contiguous is
@@ -163,7 +169,7 @@ def softmax_entropy(
         return reference.softmax_entropy(logits, dim, temperature=temperature)
     rows, out_shape = _as_rows(logits, dim)
     if name == "triton":
-        entropy, _ = _triton_ops()(rows, temperature)
+        entropy = _triton_ops()(rows, temperature)[0]
     else:
-        entropy, _ = _ops.softmax_entropy_fwd(rows, temperature)
+        entropy = _ops.softmax_entropy_fwd(rows, temperature)[0]
     return entropy.to(logits.dtype).reshape(out_shape)

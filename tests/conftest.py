@@ -1,0 +1,57 @@
+"""Test setup: Triton's interpreter on (before triton is imported), seeds, poisoned outputs."""
+
+from __future__ import annotations
+
+import os
+
+# Triton kernels run on CPU tensors only through the interpreter, which must be chosen
+# before triton is imported anywhere. A GPU run (bench/gpu_check.sh) sets it to 0.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import hashlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import thermokern  # noqa: E402
+from thermokern import _C  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_configure(config):
+    # Every op output starts as NaN, so an element that a kernel forgets to write fails.
+    _C._set_poison_outputs(True)
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """A fresh but reproducible seed per test (derived from its id)."""
+    seed = int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
+    torch.manual_seed(seed)
+    yield
+
+
+def cpu_backends() -> list[str]:
+    """Backends that can run on CPU tensors here (triton through the interpreter)."""
+    info = thermokern.available_backends()
+    return [b for b in ("cpu", "triton", "reference") if info[b].available and "cpu" in info[b].devices]
+
+
+def gpu_backends() -> list[str]:
+    info = thermokern.available_backends()
+    return [b for b in ("cuda", "triton") if info[b].available and "cuda" in info[b].devices]
+
+
+def cpu_isas() -> list[str]:
+    """Every CPU kernel ISA this machine can run, narrowest first."""
+    order = ["default", "avx2", "avx512"]
+    return order[: order.index(_C.cpu_best_isa()) + 1]
+
+
+@pytest.fixture(params=cpu_isas())
+def cpu_isa(request):
+    """Run a test once per CPU kernel variant (default, avx2, avx512 as supported)."""
+    _C._set_cpu_isa(request.param)
+    yield request.param
+    _C._set_cpu_isa("")

@@ -1,0 +1,247 @@
+"""softmax_entropy: every backend that runs here x dtype against the float64 reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import HAS_GPU, cpu_backends, gpu_backends
+from _util import DTYPES, assert_close
+
+import thermokern
+from thermokern import reference
+
+# Shapes chosen to hit each code path of the kernels (CPU chunk = 2048 columns, vector widths
+# 8/16/32 lanes, Triton blocks of up to 16384 columns under the interpreter / 4096 on GPU).
+SHAPES = [
+    (1, 1),  # one class: H = 0
+    (3, 7),  # shorter than one vector: scalar tails only
+    (5, 33),  # vector body + odd tail
+    (4, 2048),  # exactly one CPU chunk
+    (2, 2049),  # one chunk + 1: a second chunk of a single element
+    (3, 5000),  # several chunks with a tail
+    (2, 70000),  # C > 65536: many chunks / Triton blocks
+    (0, 10),  # no rows
+]
+
+
+def _ref(x: torch.Tensor, dim: int = -1, temperature: float = 1.0) -> torch.Tensor:
+    return reference.softmax_entropy(x.double(), dim, temperature=temperature)
+
+
+def _make(shape, dtype, scale=3.0, device="cpu"):
+    return (torch.randn(shape, dtype=torch.float64, device=device) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_matches_reference(backend, dtype, shape):
+    x = _make(shape, dtype)
+    out = thermokern.softmax_entropy(x, temperature=0.8, backend=backend)
+    assert out.dtype == dtype and out.shape == shape[:-1]
+    assert_close(out, _ref(x, temperature=0.8), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 2049), (2, 5000), (1, 131072)], ids=str)
+def test_cpu_every_isa(cpu_isa, dtype, shape):
+    x = _make(shape, dtype).requires_grad_(True)
+    out = thermokern.softmax_entropy(x, temperature=1.3, backend="cpu")
+    assert_close(out, _ref(x.detach(), temperature=1.3), dtype)
+    g = torch.randn(shape[0], dtype=torch.float64)
+    (gx,) = torch.autograd.grad(out, x, g.to(dtype))
+    xr = x.detach().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(_ref(xr, temperature=1.3), xr, g.to(dtype).double())
+    assert_close(gx, gr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (4, 2049), (2, 70000)], ids=str)
+def test_backward_matches_reference(backend, dtype, shape):
+    x = _make(shape, dtype).requires_grad_(True)
+    out = thermokern.softmax_entropy(x, temperature=0.7, backend=backend)
+    g = torch.randn(shape[0], dtype=torch.float64).to(dtype)
+    (gx,) = torch.autograd.grad(out, x, g)
+    assert gx.dtype == dtype
+    xr = x.detach().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(_ref(xr, temperature=0.7), xr, g.double())
+    assert_close(gx, gr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dim", [0, 1, 2, -1, -2])
+def test_any_dim_and_leading_dims(backend, dim):
+    x = torch.randn(4, 6, 9, dtype=torch.float64, requires_grad=True)
+    out = thermokern.softmax_entropy(x, dim, backend=backend)
+    ref = _ref(x, dim)
+    assert out.shape == ref.shape
+    assert_close(out, ref, torch.float64)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    (gr,) = torch.autograd.grad(ref.sum(), x)
+    assert_close(gx, gr, torch.float64, grad=True)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_non_contiguous_inputs(backend):
+    base = torch.randn(8, 50, 3, dtype=torch.float32)
+    cases = [
+        base[:, :, 1],  # strided along the class dim
+        base.transpose(0, 1)[:, :, 0].t(),  # transposed
+        base[::2, :, 0],  # row stride > C
+        torch.randn(1, 40).expand(5, 40),  # row stride 0
+        torch.randn(30, 6).t(),  # reduced dim not unit stride
+    ]
+    for x in cases:
+        assert_close(thermokern.softmax_entropy(x, backend=backend), _ref(x), torch.float32)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_invariants(backend):
+    x = torch.randn(16, 300) * 5
+    h = thermokern.softmax_entropy(x, backend=backend).double()
+    assert (h >= -1e-6).all() and (h <= math.log(300) + 1e-5).all()
+    # Uniform logits reach the maximum log C; a dominant logit gives ~0.
+    assert_close(thermokern.softmax_entropy(torch.zeros(3, 300), backend=backend),
+                 torch.full((3,), math.log(300), dtype=torch.float64), torch.float32)
+    spike = torch.zeros(2, 300)
+    spike[:, 7] = 1e4
+    assert thermokern.softmax_entropy(spike, backend=backend).abs().max() < 1e-6
+    # Shift invariance: H(x + c) = H(x) for a per-row constant c.
+    shifted = x.double() + torch.randn(16, 1, dtype=torch.float64) * 1e3
+    assert_close(thermokern.softmax_entropy(shifted, backend=backend),
+                 thermokern.softmax_entropy(x.double(), backend=backend), torch.float64)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_temperature_scaling(backend, dtype):
+    # H(softmax(x / T)) equals H(softmax(x')) with x' = x / T computed outside.
+    x = torch.randn(5, 333, dtype=dtype)
+    for t in (0.05, 0.5, 1.0, 7.0):
+        assert_close(thermokern.softmax_entropy(x, temperature=t, backend=backend),
+                     _ref(x.double() / t), dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_extreme_and_masked_logits(backend, dtype):
+    C = 5000
+    x = torch.randn(6, C, dtype=torch.float64)
+    x[0] *= 1e4  # huge spread: no overflow, no cancellation
+    x[1] = -1e4 + torch.randn(C)  # all very negative
+    x[2, ::3] = float("-inf")  # partially masked
+    x[3, :4100] = float("-inf")  # whole CPU chunks masked, then live entries
+    x[4, 1:] = float("-inf")  # a single live entry: H = 0
+    x[5, : C // 2] = 1e4  # ties at a huge value
+    x = x.to(dtype)
+    xr = x.double()
+    out = thermokern.softmax_entropy(x, backend=backend)
+    assert torch.isfinite(out).all()
+    assert_close(out, _ref(xr), dtype)
+    # The gradient stays finite, and is exactly 0 at -inf entries.
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(thermokern.softmax_entropy(xg, backend=backend).sum(), xg)
+    assert torch.isfinite(gx).all()
+    assert (gx[torch.isinf(x)] == 0).all()
+    xrg = xr.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(_ref(xrg).sum(), xrg)
+    assert_close(gx, gr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_nan_and_inf_rows_give_nan(backend):
+    x = torch.randn(4, 3000)
+    x[0, :] = float("-inf")  # all -inf: softmax undefined
+    x[1, 2500] = float("inf")
+    x[2, 10] = float("nan")
+    out = thermokern.softmax_entropy(x, backend=backend)
+    assert torch.isnan(out[:3]).all()
+    assert torch.isfinite(out[3])
+    assert torch.isnan(_ref(x)[:3]).all()
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_gradcheck_float64(backend):
+    x = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: thermokern.softmax_entropy(t, temperature=0.6, backend=backend), (x,)
+    )
+    y = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: thermokern.softmax_entropy(t, 1, backend=backend), (y,))
+
+
+def test_backends_agree_with_each_other():
+    x = torch.randn(7, 3001, dtype=torch.float64)
+    outs = {b: thermokern.softmax_entropy(x, backend=b) for b in cpu_backends()}
+    for b, o in outs.items():
+        assert_close(o, outs["reference"], torch.float64)
+
+
+def test_auto_backend_and_env(monkeypatch):
+    x = torch.randn(2, 10, dtype=torch.float64)
+    assert_close(thermokern.softmax_entropy(x), _ref(x), torch.float64)
+    monkeypatch.setenv("THERMOKERN_BACKEND", "reference")
+    assert_close(thermokern.softmax_entropy(x), _ref(x), torch.float64)
+    monkeypatch.setenv("THERMOKERN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="THERMOKERN_BACKEND"):
+        thermokern.softmax_entropy(x)
+
+
+def test_available_backends_reports_reasons():
+    info = thermokern.available_backends()
+    assert set(info) == set(thermokern.BACKENDS)
+    assert info["reference"].available
+    for name, b in info.items():
+        assert isinstance(b.reason, str) and b.reason, name
+        assert b.available == bool(b.devices), name
+
+
+# ----------------------------------------------------------------------------- GPU
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(64, 32000), (3, 262144), (1000, 3)], ids=str)
+def test_gpu_forward_backward(backend, dtype, shape):
+    x = _make(shape, dtype, device="cuda").requires_grad_(True)
+    out = thermokern.softmax_entropy(x, temperature=0.9, backend=backend)
+    assert_close(out.cpu(), _ref(x.detach().cpu(), temperature=0.9), dtype)
+    g = torch.randn(shape[0], device="cuda", dtype=torch.float64).to(dtype)
+    (gx,) = torch.autograd.grad(out, x, g)
+    xr = x.detach().cpu().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(_ref(xr, temperature=0.9), xr, g.cpu().double())
+    assert_close(gx.cpu(), gr, dtype, grad=True)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_unaligned_and_strided(backend):
+    base = torch.randn(9, 1001, device="cuda")
+    for x in (base[:, 1:], base[1:, :999], base.t()[:500, :]):
+        x = x.detach().requires_grad_(True)
+        out = thermokern.softmax_entropy(x, backend=backend)
+        assert_close(out.cpu(), _ref(x.detach().cpu()), torch.float32)
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        xr = x.detach().cpu().double().requires_grad_(True)
+        (gr,) = torch.autograd.grad(_ref(xr).sum(), xr)
+        assert_close(gx.cpu(), gr, torch.float32, grad=True)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_extreme_and_gradcheck(backend):
+    x = torch.randn(4, 5000, device="cuda", dtype=torch.float64)
+    x[0] *= 1e4
+    x[1, ::2] = float("-inf")
+    x[2, :4500] = float("-inf")
+    assert_close(thermokern.softmax_entropy(x, backend=backend).cpu(), _ref(x.cpu()), torch.float64)
+    y = torch.randn(3, 9, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: thermokern.softmax_entropy(t, backend=backend), (y,))
