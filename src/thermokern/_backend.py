@@ -14,6 +14,7 @@ Backends:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from typing import NamedTuple
 
@@ -43,8 +44,23 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _triton_findable() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # sys.modules["triton"] is None, or a broken entry
+        return False
+
+
+# Fixed for the life of the process; read at import so that backend resolution inside a
+# torch.compile'd function is plain Python on constants (dynamo cannot trace into _C).
+_TRITON_FINDABLE = _triton_findable()
+_CUDA_COMPILED = _C is not None and bool(_C.cuda_compiled())
+
+
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
+    if not _TRITON_FINDABLE:
+        return "triton is not installed (pip install triton)"
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
@@ -63,7 +79,24 @@ def poison_outputs_enabled() -> bool:
 
 
 def cuda_compiled() -> bool:
-    return _C is not None and bool(_C.cuda_compiled())
+    return _CUDA_COMPILED
+
+
+def _can_run(name: str, kind: str) -> bool:
+    """Fast availability check used on every call (traceable by torch.compile)."""
+    if name == "reference":
+        return True
+    if name == "cpu":
+        return _C is not None and kind == "cpu"
+    if name == "cuda":
+        return _CUDA_COMPILED and kind == "cuda" and torch.cuda.is_available()
+    if name == "triton":
+        if not _TRITON_FINDABLE:
+            return False
+        if kind == "cuda":
+            return torch.cuda.is_available()
+        return kind == "cpu" and triton_interpret()
+    return False
 
 
 def available_backends() -> dict[str, BackendInfo]:
@@ -133,10 +166,10 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
             # Per-op choices from measured GPU results belong here (bench/results/).
             if cuda_compiled():
                 return "cuda"
-            if _triton_import_error() is None:
+            if _TRITON_FINDABLE:
                 return "triton"
         return "reference"
-    if name == "reference":
+    if _can_run(name, kind):
         return name
     info = available_backends()[name]
     if not info.available:

@@ -49,6 +49,9 @@ __all__ = [
     "OpSpec",
     "Provider",
     "format_table",
+    "make_calls",
+    "max_abs_err",
+    "result_of_call",
     "parse_dtype",
     "parse_shape",
     "run",
@@ -518,6 +521,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -552,6 +562,7 @@ def _environment(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "loadavg_start": _loadavg(),
     }
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
@@ -584,7 +595,7 @@ def _versions() -> dict[str, Any]:
 
 
 # ============================================================================ the run
-def _max_abs_err(value: torch.Tensor, ref: torch.Tensor) -> float:
+def max_abs_err(value: torch.Tensor, ref: torch.Tensor) -> float:
     diff = (value.detach().to(torch.float64) - ref).abs()
     if diff.numel() == 0:
         return 0.0
@@ -624,6 +635,46 @@ def _resolve_device(device: str) -> str:
     return "cpu"
 
 
+def make_calls(
+    prov: Provider, mode: str, xs: Sequence[torch.Tensor], grad: torch.Tensor | None
+) -> tuple[Callable[[int], None], Callable[[int], Any], list[torch.Tensor]]:
+    """Build ``(prepare, call, inputs)`` for one provider and mode.
+
+    ``call(i)`` runs the op on input copy ``i % len(xs)`` (``fwd``: returns the output;
+    ``fwd+bwd``: forward then ``.backward(grad)``, the gradient lands in ``inputs[i].grad``);
+    ``prepare(i)`` is the untimed part before each call (clears the gradients).
+    """
+    fn = prov.make()
+    if mode == "fwd":
+        inputs = [x.detach() for x in xs]
+
+        def prepare(i: int) -> None:
+            pass
+
+        def call(i: int):
+            return fn(inputs[i % len(inputs)])
+
+    elif mode == "fwd+bwd":
+        inputs = [x.detach().requires_grad_(True) for x in xs]
+
+        def prepare(i: int) -> None:
+            for t in inputs:
+                t.grad = None
+
+        def call(i: int):
+            fn(inputs[i % len(inputs)]).backward(grad)
+
+    else:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    return prepare, call, inputs
+
+
+def result_of_call(mode: str, call: Callable[[int], Any], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Run ``call(0)`` once and return what the error is measured on (output or input gradient)."""
+    out = call(0)
+    return out if mode == "fwd" else inputs[0].grad
+
+
 def _measure_provider(
     spec: OpSpec,
     prov: Provider,
@@ -637,25 +688,7 @@ def _measure_provider(
 ) -> dict[str, Any]:
     """Time one provider on one case; returns the row's measured fields."""
     row: dict[str, Any] = {}
-    fn = prov.make()
-    if mode == "fwd":
-        inputs = [x.detach() for x in xs]
-
-        def prepare(i):
-            pass
-
-        def call(i):
-            return fn(inputs[i % len(inputs)])
-
-    else:
-        inputs = [x.detach().requires_grad_(True) for x in xs]
-
-        def prepare(i):
-            for t in inputs:
-                t.grad = None
-
-        def call(i):
-            fn(inputs[i % len(inputs)]).backward(grad)
+    prepare, call, inputs = make_calls(prov, mode, xs, grad)
 
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     warmup = st.warmup
@@ -672,16 +705,10 @@ def _measure_provider(
     # one untimed call for the error and the peak extra memory
     prepare(0)
     mem.start()
-    if mode == "fwd":
-        out = call(0)
-        peak = mem.stop()
-        row["max_abs_err"] = _max_abs_err(out, ref)
-        del out
-    else:
-        call(0)
-        peak = mem.stop()
-        row["max_abs_err"] = _max_abs_err(inputs[0].grad, ref)
-    row["peak_mem_mib"] = peak
+    value = result_of_call(mode, call, inputs)
+    row["peak_mem_mib"] = mem.stop()
+    row["max_abs_err"] = max_abs_err(value, ref)
+    del value
     prepare(0)
     times = _time_calls(call, prepare, device, st)
     prepare(0)
@@ -823,6 +850,13 @@ def run(
         bar.close()
     result["complete"] = True
     result["elapsed_s"] = round(time.perf_counter() - t_run, 1)
+    load = result["environment"]["loadavg_start"]
+    result["environment"]["loadavg_end"] = _loadavg()
+    if dev_type == "cpu" and load is not None and load > 0.5 * (os.cpu_count() or 1):
+        result["notes"].append(
+            f"the machine was busy (1-min load average {load} at start on {os.cpu_count()} CPUs): "
+            "CPU timings include interference from other processes"
+        )
     if plot_path:
         err = plot(result, plot_path)
         if err:
@@ -848,7 +882,7 @@ def _run_case(spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen,
     bar.status(f"{label} copy")
     src = [spec.make_input(shape, dtype, device, gen) for _ in range(k)]
     dst = [torch.empty_like(s) for s in src]
-    for i in range(2):
+    for i in range(k + 1):  # touch every destination page before timing
         dst[i % k].copy_(src[i % k])
     times = _time_calls(lambda i: dst[i % k].copy_(src[i % k]), lambda i: None, device, st)
     med = statistics.median(times)

@@ -44,6 +44,6 @@ def check_temperature(temperature: object) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature: expected a positive float, got {type(temperature).__name__}")
     t = float(temperature)
-    if not math.isfinite(t) or t <= 0.0:
+    if not 0.0 < t < math.inf:  # also rejects NaN (comparisons only: traceable by dynamo)
         raise ValueError(f"temperature: expected a finite value > 0, got {t}")
     return t

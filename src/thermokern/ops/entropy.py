@@ -41,13 +41,12 @@ if _ops is not None:
         logits, temperature = inputs
         entropy, row_max, log_norm = output
         ctx.save_for_backward(logits, entropy, row_max, log_norm)
+        ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
         ctx.temperature = temperature
         ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 
     def _backward_cpp(ctx, grad_entropy, grad_row_max, grad_log_norm):
         logits, entropy, row_max, log_norm = ctx.saved_tensors
-        if grad_row_max is not None or grad_log_norm is not None:
-            raise RuntimeError("softmax_entropy_fwd: only the entropy output is differentiable")
         if grad_entropy is None:
             return None, None
         grad = _ops.softmax_entropy_bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature)
@@ -86,8 +85,6 @@ def _triton_ops():
 
     def backward(ctx, grad_entropy, grad_row_max, grad_log_norm):
         logits, entropy, row_max, log_norm = ctx.saved_tensors
-        if grad_row_max is not None or grad_log_norm is not None:
-            raise RuntimeError("softmax_entropy_fwd_triton: only the entropy output is differentiable")
         if grad_entropy is None:
             return None, None
         return bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature), None
@@ -96,6 +93,7 @@ def _triton_ops():
         logits, temperature = inputs
         entropy, row_max, log_norm = output
         ctx.save_for_backward(logits, entropy, row_max, log_norm)
+        ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
         ctx.temperature = temperature
         ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 

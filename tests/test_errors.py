@@ -1,0 +1,113 @@
+"""Bad input raises a Python exception whose message names the argument."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import thermokern
+
+
+def test_integer_logits():
+    with pytest.raises(TypeError, match="logits"):
+        thermokern.softmax_entropy(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="logits"):
+        thermokern.softmax_entropy(torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="logits"):
+        thermokern.softmax_entropy([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, -math.inf])
+def test_temperature_out_of_range(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        thermokern.softmax_entropy(torch.randn(2, 3), temperature=bad)
+
+
+@pytest.mark.parametrize("bad", ["1.0", None, True, torch.ones(2)])
+def test_temperature_wrong_type(bad):
+    with pytest.raises(TypeError, match="temperature"):
+        thermokern.softmax_entropy(torch.randn(2, 3), temperature=bad)
+
+
+@pytest.mark.parametrize("dim", [2, -3, 5])
+def test_dim_out_of_range(dim):
+    with pytest.raises(IndexError, match="dim"):
+        thermokern.softmax_entropy(torch.randn(2, 3), dim)
+    with pytest.raises(ValueError, match="dim"):  # also a ValueError
+        thermokern.softmax_entropy(torch.randn(2, 3), dim)
+
+
+def test_dim_wrong_type_and_zero_dim_input():
+    with pytest.raises(TypeError, match="dim"):
+        thermokern.softmax_entropy(torch.randn(2, 3), 1.0)
+    with pytest.raises(IndexError, match="dim"):
+        thermokern.softmax_entropy(torch.tensor(1.0))
+
+
+def test_empty_class_dim():
+    with pytest.raises(ValueError, match="logits"):
+        thermokern.softmax_entropy(torch.randn(3, 0))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        thermokern.softmax_entropy(torch.randn(2, 3), backend="tpu")
+    with pytest.raises(TypeError, match="backend"):
+        thermokern.softmax_entropy(torch.randn(2, 3), backend=None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_unavailable_backend_says_why():
+    with pytest.raises(RuntimeError, match="backend: 'cuda'.*no GPU|backend: 'cuda'.*not compiled"):
+        thermokern.softmax_entropy(torch.randn(2, 3), backend="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check")
+def test_cpu_backend_rejects_other_devices_via_op_checks():
+    # The C++ ops check their arguments themselves too (for direct torch.ops callers).
+    with pytest.raises(ValueError, match="temperature"):
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), -1.0)
+    with pytest.raises(ValueError, match="logits"):
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3, 4), 1.0)
+    with pytest.raises(ValueError, match="unit stride"):
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(4, 3).t(), 1.0)
+    with pytest.raises(TypeError, match="logits"):
+        torch.ops.thermokern.softmax_entropy_fwd(torch.ones(2, 3, dtype=torch.int32), 1.0)
+    h, m, ln = torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), 1.0)
+    with pytest.raises(ValueError, match="grad"):
+        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(3), torch.randn(2, 3), h, m, ln, 1.0)
+    with pytest.raises(TypeError, match="row_max"):
+        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(2), torch.randn(2, 3), h, m.double(), ln, 1.0)
+
+
+def test_cpu_isa_override_validated():
+    from thermokern import _C
+
+    with pytest.raises(ValueError, match="cpu_isa"):
+        _C._set_cpu_isa("sse9")
+    _C._set_cpu_isa("")
+
+
+def test_import_without_triton():
+    """thermokern imports and works with triton missing; the triton backend says why."""
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None  # import triton now raises ModuleNotFoundError\n"
+        "import torch, thermokern\n"
+        "info = thermokern.available_backends()['triton']\n"
+        "assert not info.available and 'not installed' in info.reason, info\n"
+        "print(float(thermokern.softmax_entropy(torch.zeros(1, 4))[0]))\n"
+        "try:\n"
+        "    thermokern.softmax_entropy(torch.zeros(1, 4), backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'triton' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('expected an error')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert abs(float(out.stdout.strip()) - math.log(4)) < 1e-6

@@ -1,0 +1,72 @@
+"""Hypothesis fuzzing of softmax_entropy against the reference: shapes, dims, strides, T."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _util import assert_close
+from conftest import cpu_backends
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import thermokern
+from thermokern import reference
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@st.composite
+def cases(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = [draw(st.integers(1, 6)) for _ in range(ndim)]
+    dim = draw(st.integers(-ndim, ndim - 1))
+    shape[dim] = draw(st.sampled_from([1, 2, 3, 17, 64, 255, 2047, 2049, 4100]))
+    dtype = draw(st.sampled_from(DTYPES))
+    temperature = draw(st.floats(0.05, 20.0))
+    scale = draw(st.sampled_from([0.1, 1.0, 10.0, 100.0]))
+    transpose = ndim >= 2 and draw(st.booleans())
+    mask_frac = draw(st.sampled_from([0.0, 0.0, 0.3]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return shape, dim, dtype, temperature, scale, transpose, mask_frac, seed
+
+
+def _run(backend, case):
+    shape, dim, dtype, temperature, scale, transpose, mask_frac, seed = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if mask_frac:
+        mask = torch.rand(shape, generator=g) < mask_frac
+        # keep at least one live entry per reduced row
+        first = [slice(None)] * len(shape)
+        first[dim] = 0
+        mask[tuple(first)] = False
+        x = x.masked_fill(mask, float("-inf"))
+    x = x.to(dtype)
+    if transpose:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)  # same values, other strides
+    xg = x.clone().requires_grad_(True)
+    out = thermokern.softmax_entropy(xg, dim, temperature=temperature, backend=backend)
+    xr = x.double().requires_grad_(True)
+    ref = reference.softmax_entropy(xr, dim, temperature=temperature)
+    # PyTorch at the input's precision, for the round-off any implementation pays there.
+    xn = x.clone().requires_grad_(True)
+    nat = reference.softmax_entropy(xn, dim, temperature=temperature)
+    assert_close(out.detach(), ref.detach(), dtype, native=nat.detach())
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(out, xg, w.to(dtype))
+    (gr,) = torch.autograd.grad(ref, xr, w.to(dtype).double())
+    (gn,) = torch.autograd.grad(nat, xn, w.to(dtype))
+    assert_close(gx, gr, dtype, grad=True, native=gn, grad_scale=float(w.abs().max()) / temperature)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_fuzz_cpu(case):
+    _run("cpu", case)
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_fuzz_triton(case):
+    _run("triton", case)
