@@ -1,0 +1,115 @@
+"""The ``thermokern`` command: ``info`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info(out=sys.stdout) -> int:
+    """Print versions, backends (and why any is missing), the CPU ISA and the GPU if any."""
+    import thermokern
+    from thermokern import _backend
+
+    def p(*a):
+        print(*a, file=out)
+
+    p(f"thermokern {thermokern.__version__}")
+    p(f"python     {platform.python_version()} ({sys.executable})")
+    p(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    try:
+        import triton
+
+        p(f"triton     {triton.__version__}")
+    except ImportError:
+        p("triton     not installed")
+    p(f"cpu        {_cpu_model()}, {torch.get_num_threads()} threads")
+    if _backend._C is not None:
+        p(f"cpu isa    {_backend._C.cpu_isa()} (best supported: {_backend._C.cpu_best_isa()})")
+        archs = _backend._C.cuda_archs()
+        p(f"cuda build {'sm_' + ', sm_'.join(archs) if archs else 'not compiled'}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            p(f"gpu {i}      {prop.name}, sm_{prop.major}{prop.minor}, {prop.total_memory / 2**30:.0f} GiB")
+    else:
+        p("gpu        none")
+    p("backends:")
+    for name, b in thermokern.available_backends().items():
+        mark = "yes" if b.available else "no "
+        devices = ",".join(b.devices) or "-"
+        p(f"  {name:<10} {mark}  devices: {devices:<9} {b.reason}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="benchmark thermokern against eager PyTorch and torch.compile")
+    b.add_argument("--op", action="append", dest="ops", metavar="NAME", help="op to run (repeatable; default all)")
+    b.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if a GPU is present")
+    b.add_argument("--dtype", action="append", dest="dtypes", metavar="DTYPE",
+                   help="float32, bfloat16, float16, float64 (repeatable)")
+    b.add_argument("--shape", action="append", dest="shapes", metavar="NxC", help="e.g. 4096x32000 (repeatable)")
+    b.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    b.add_argument("--json", dest="json_path", metavar="PATH", help="write the results as JSON")
+    b.add_argument("--plot", dest="plot_path", metavar="PATH", help="write a PNG bandwidth plot (needs matplotlib)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def bench(args) -> int:
+    from thermokern import benchmark
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("thermokern bench: --device cuda but no GPU is available", file=sys.stderr)
+        return 2
+    shapes = None
+    if args.shapes:
+        try:
+            shapes = [benchmark.parse_shape(s) for s in args.shapes]
+        except ValueError as exc:
+            print(f"thermokern bench: --shape: {exc}", file=sys.stderr)
+            return 2
+    result = benchmark.run(
+        ops=args.ops,
+        device=device,
+        dtypes=args.dtypes,
+        shapes=shapes,
+        quick=args.quick,
+        progress=not args.no_progress,
+        json_path=args.json_path,
+        plot_path=args.plot_path,
+    )
+    print(benchmark.format_table(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="thermokern", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, backends, CPU ISA and GPU")
+    _add_bench(sub)
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return info()
+    if args.command == "bench":
+        return bench(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
