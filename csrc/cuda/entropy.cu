@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -173,13 +174,22 @@ int vec_width(const void* a, const void* b, int64_t row_stride, int64_t C) {
   return vec;
 }
 
-#define TK_VEC_SWITCH(VEC_RT, ...)                          \
-  switch (VEC_RT) {                                        \
-    case 8: { constexpr int VEC = 8; __VA_ARGS__; break; } \
-    case 4: { constexpr int VEC = 4; __VA_ARGS__; break; } \
-    case 2: { constexpr int VEC = 2; __VA_ARGS__; break; } \
-    default: { constexpr int VEC = 1; __VA_ARGS__; break; } \
+// Call fn(std::integral_constant<int, VEC>) for the runtime width, instantiating only the
+// widths whose packs fit one 16-byte load of scalar_t.
+template <typename scalar_t, typename Fn>
+void dispatch_vec(int vec, Fn&& fn) {
+  constexpr int kMax = static_cast<int>(16 / sizeof(scalar_t));
+  if constexpr (kMax >= 8) {
+    if (vec == 8) return fn(std::integral_constant<int, 8>{});
   }
+  if constexpr (kMax >= 4) {
+    if (vec == 4) return fn(std::integral_constant<int, 4>{});
+  }
+  if constexpr (kMax >= 2) {
+    if (vec == 2) return fn(std::integral_constant<int, 2>{});
+  }
+  return fn(std::integral_constant<int, 1>{});
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
     const at::Tensor& logits, double temperature) {
@@ -205,15 +215,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
     const int vec = vec_width<scalar_t>(xp, xp, stride, C);
     const int threads = threads_for((C + vec - 1) / vec);
     const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    TK_VEC_SWITCH(vec, {
-      if constexpr (VEC * sizeof(scalar_t) <= 16) {
-        softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-            xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
-            entropy.mutable_data_ptr<acc_t>(), row_max.mutable_data_ptr<acc_t>(),
-            log_norm.mutable_data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    })
+    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+      constexpr int VEC = decltype(vec_c)::value;
+      softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+          xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
+          entropy.mutable_data_ptr<acc_t>(), row_max.mutable_data_ptr<acc_t>(),
+          log_norm.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {entropy, row_max, log_norm};
 }
@@ -249,14 +258,13 @@ at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& lo
     const int vec = vec_width<scalar_t>(xp, gxp, stride, C);
     const int threads = threads_for((C + vec - 1) / vec);
     const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    TK_VEC_SWITCH(vec, {
-      if constexpr (VEC * sizeof(scalar_t) <= 16) {
-        softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-            g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(),
-            ln.const_data_ptr<acc_t>(), gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    })
+    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+      constexpr int VEC = decltype(vec_c)::value;
+      softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+          g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(),
+          ln.const_data_ptr<acc_t>(), gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return grad_x;
 }

@@ -48,6 +48,8 @@ TK_INLINE RowStats<T> row_stats_empty() {
 // both parts, makes every field NaN, so it survives later merges whatever their order.
 template <typename T>
 TK_INLINE RowStats<T> row_stats_merge(RowStats<T> a, RowStats<T> b, T inv_t) {
+  if (a.m != a.m) return RowStats<T>{a.m, a.m, a.m};
+  if (b.m != b.m) return RowStats<T>{b.m, b.m, b.m};
   if (a.m < b.m) {
     RowStats<T> t = a;
     a = b;
