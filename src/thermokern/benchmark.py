@@ -35,7 +35,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 import torch
@@ -51,9 +51,11 @@ __all__ = [
     "format_table",
     "make_calls",
     "max_abs_err",
-    "result_of_call",
+    "measure_copy",
+    "n_copies",
     "parse_dtype",
     "parse_shape",
+    "result_of_call",
     "run",
 ]
 
@@ -61,10 +63,20 @@ MODES = ("fwd", "fwd+bwd")
 SCHEMA = "thermokern-bench/1"
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16, "half": torch.float16,
-    "float64": torch.float64, "fp64": torch.float64, "f64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "f32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "f16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "f64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -78,9 +90,9 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     if not isinstance(text, str):
         dims = tuple(int(d) for d in text)
     else:
-        parts = [p for p in re.split(r"[xX*,\s]+", text.strip()) if p]
+        parts = re.split(r"\s*[xX*,]\s*", text.strip())
         try:
-            dims = tuple(int(p) for p in parts)
+            dims = tuple(int(p) for p in parts)  # an empty part ("4096x") fails here too
         except ValueError:
             raise ValueError(f"shape: expected something like 4096x32000, got {text!r}") from None
     if not dims or any(d <= 0 for d in dims):
@@ -94,7 +106,9 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return name
     key = str(name).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise ValueError(f"dtype: expected one of float32, bfloat16, float16, float64 (or fp32, bf16, ...), got {name!r}")
+        raise ValueError(
+            f"dtype: expected one of float32, bfloat16, float16, float64 (or fp32, bf16, ...), got {name!r}"
+        )
     return _DTYPES[key]
 
 
@@ -132,8 +146,9 @@ class OpSpec:
         make_grad: ``make_grad(x, generator) -> tensor`` (upstream gradient of the output).
         min_bytes: ``min_bytes(shape, dtype, mode) -> int``, bytes a perfect kernel must move.
         input_bytes: ``input_bytes(shape, dtype) -> int`` (the copy-bandwidth baseline's size).
-        reference: ``reference(x, grad, mode) -> float64 tensor``: for ``fwd`` the output, for
-            ``fwd+bwd`` the input gradient.
+        reference_chunks: ``reference_chunks(x, grad, mode)`` yields ``(rows, float64 chunk)``
+            over slices of the flattened rows: for ``fwd`` the output (``(r,)`` chunks), for
+            ``fwd+bwd`` the input gradient (``(r, C)`` chunks); :meth:`reference` joins them.
         default_shapes: ``default_shapes(device, quick) -> list[tuple]``.
         default_dtypes: ``default_dtypes(device, quick) -> list[torch.dtype]``.
         params: fixed keyword arguments of the op in this benchmark (recorded in the JSON).
@@ -145,10 +160,15 @@ class OpSpec:
     make_grad: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     min_bytes: Callable[[tuple[int, ...], torch.dtype, str], int]
     input_bytes: Callable[[tuple[int, ...], torch.dtype], int]
-    reference: Callable[[torch.Tensor, torch.Tensor | None, str], torch.Tensor]
+    reference_chunks: Callable[[torch.Tensor, torch.Tensor | None, str], Iterator[tuple[slice, torch.Tensor]]]
     default_shapes: Callable[[str, bool], list[tuple[int, ...]]]
     default_dtypes: Callable[[str, bool], list[torch.dtype]]
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def reference(self, x: torch.Tensor, grad: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """float64 output (``fwd``, shaped like the op's output) or input gradient (``fwd+bwd``)."""
+        out = torch.cat([chunk for _, chunk in self.reference_chunks(x, grad, mode)])
+        return out.reshape(x.shape[:-1]) if mode == "fwd" else out.reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- softmax_entropy
@@ -227,7 +247,10 @@ def _softmax_entropy_providers(device: str) -> tuple[list[Provider], list[str]]:
             notes.append(f"{name}: not run on {kind}: {info.reason}")
     providers.append(Provider("eager", lambda: _eager_softmax_entropy, kind="baseline"))
     providers.append(_compile_provider(_eager_softmax_entropy))
-    for name, module, maker in (("liger", "liger_kernel", _liger_provider), ("quack", "quack", _quack_provider)):
+    for name, module, maker in (
+        ("liger", "liger_kernel", _liger_provider),
+        ("quack", "quack", _quack_provider),
+    ):
         if importlib.util.find_spec(module) is None:
             notes.append(f"{name}: not installed")
         elif kind != "cuda":
@@ -261,24 +284,23 @@ def _softmax_entropy_min_bytes(shape, dtype, mode) -> int:
     return 3 * total * elt
 
 
-def _softmax_entropy_reference(x: torch.Tensor, grad: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """float64 output (``fwd``) or input gradient (``fwd+bwd``), in row chunks to bound memory."""
+def _softmax_entropy_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+    """float64 entropy (``fwd``) or gradient (``fwd+bwd``) of row chunks, by PyTorch autograd on
+    :func:`thermokern.reference.softmax_entropy`; chunks bound the float64 temporaries."""
     rows = x.detach().reshape(-1, x.shape[-1])
     g_rows = grad.reshape(-1) if grad is not None else None
     budget = (1 << 26) if rows.is_cuda else (1 << 23)  # float64 elements per chunk
     step = max(1, budget // rows.shape[1])
-    parts = []
     for r0 in range(0, rows.shape[0], step):
-        chunk = rows[r0 : r0 + step].to(torch.float64)
+        sl = slice(r0, r0 + step)
+        chunk = rows[sl].to(torch.float64)
         if mode == "fwd":
-            parts.append(reference.softmax_entropy(chunk, -1, temperature=_TEMPERATURE))
+            yield sl, reference.softmax_entropy(chunk, -1, temperature=_TEMPERATURE)
         else:
             chunk.requires_grad_(True)
             h = reference.softmax_entropy(chunk, -1, temperature=_TEMPERATURE)
-            h.backward(g_rows[r0 : r0 + step].to(torch.float64))
-            parts.append(chunk.grad)
-    out = torch.cat(parts)
-    return out.reshape(x.shape[:-1]) if mode == "fwd" else out.reshape(x.shape)
+            h.backward(g_rows[sl].to(torch.float64))
+            yield sl, chunk.grad
 
 
 def _softmax_entropy_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
@@ -305,7 +327,7 @@ OPS: dict[str, OpSpec] = {
         make_grad=_row_grad,
         min_bytes=_softmax_entropy_min_bytes,
         input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
-        reference=_softmax_entropy_reference,
+        reference_chunks=_softmax_entropy_reference_chunks,
         default_shapes=_softmax_entropy_shapes,
         default_dtypes=_softmax_entropy_dtypes,
         params={"dim": -1, "temperature": _TEMPERATURE, "logits": f"randn * {_LOGIT_SCALE}"},
@@ -404,6 +426,36 @@ def _n_copies(nbytes: int, cache: int) -> int:
     return max(1, min(8, math.ceil(2 * cache / max(nbytes, 1))))
 
 
+def n_copies(nbytes: int, device: str) -> int:
+    """Input copies to rotate among on ``device`` for an input of ``nbytes`` (1 for large inputs)."""
+    return _n_copies(nbytes, _cache_bytes(device))
+
+
+def measure_copy(nbytes: int, device: str, quick: bool = True) -> dict[str, float]:
+    """Time ``dst.copy_(src)`` of ``nbytes`` bytes (rotating buffers as the op timings do).
+
+    Returns ``{"median_ms", "gbps", "reps", "copies"}`` with ``gbps = 2 * nbytes / median``.
+    """
+    device = _resolve_device(device)
+    st = _SETTINGS[(torch.device(device).type, bool(quick))]
+    k = n_copies(nbytes, device)
+    src = [torch.empty(nbytes, dtype=torch.uint8, device=device).random_() for _ in range(k)]
+    dst = [torch.empty_like(t) for t in src]
+    return _time_copy(src, dst, device, st)
+
+
+def _time_copy(src, dst, device, st) -> dict[str, float]:
+    k = len(src)
+    for i in range(k + 1):  # touch every destination page before timing
+        dst[i % k].copy_(src[i % k])
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    times = _time_calls(lambda i: dst[i % k].copy_(src[i % k]), lambda i: None, device, st)
+    med = statistics.median(times)
+    nbytes = src[0].numel() * src[0].element_size()
+    return {"median_ms": med * 1e3, "gbps": 2 * nbytes / med / 1e9, "reps": len(times), "copies": k}
+
+
 # ============================================================================ memory
 class _PeakMemory:
     """Peak extra memory of one call.
@@ -423,9 +475,16 @@ class _PeakMemory:
         elif self._rss_supported():
             self.method = (
                 "CPU: resident-set high-water mark (VmHWM after /proc/self/clear_refs) minus the "
-                "resident set before the call; approximate, blocks below malloc's mmap threshold may not show"
+                "resident set before the call, after malloc_trim(0); approximate (page granularity, "
+                "memory that malloc reuses without new pages does not show)"
             )
         self._base = 0
+        self._malloc_trim = None
+        if self.device.type == "cpu" and self.available:
+            with contextlib.suppress(OSError, AttributeError):
+                import ctypes
+
+                self._malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
 
     @staticmethod
     def _status(key: str) -> int | None:
@@ -455,6 +514,10 @@ class _PeakMemory:
 
     def start(self) -> None:
         gc.collect()
+        if self._malloc_trim is not None:
+            # hand memory that malloc keeps after frees back to the OS, so that the call's
+            # allocations show up as new resident pages instead of reusing retained ones
+            self._malloc_trim(0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
@@ -480,7 +543,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.n, self.enabled = total, 0, enabled
         self._bar = None
-        if enabled:
+        if enabled and sys.stderr.isatty():  # a log file gets plain lines, not bar redraws
             try:
                 from tqdm.auto import tqdm
 
@@ -513,11 +576,10 @@ class _Progress:
 
 # ============================================================================ environment
 def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -541,14 +603,22 @@ def _git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
         return None
     dirty = subprocess.run(
-        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
     )
     return out.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
@@ -602,6 +672,41 @@ def max_abs_err(value: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(diff).any():
         return float("nan")
     return float(diff.max())
+
+
+class _Reference:
+    """The float64 reference of one case: computed once and kept when it is small next to the
+    free memory, else recomputed chunk by chunk for every comparison (bounded memory)."""
+
+    def __init__(self, spec: OpSpec, x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+        self.spec, self.x, self.grad, self.mode = spec, x, grad, mode
+        numel = x.numel() if mode != "fwd" else x.numel() // max(x.shape[-1], 1)
+        self.full: torch.Tensor | None = None
+        if numel * 8 <= 0.1 * _free_bytes(x.device):
+            self.full = spec.reference(x, grad, mode)
+
+    def max_abs_err(self, value: torch.Tensor) -> float:
+        if self.full is not None:
+            return max_abs_err(value, self.full)
+        value = value.detach()
+        rows = value.reshape(-1) if self.mode == "fwd" else value.reshape(-1, value.shape[-1])
+        worst = 0.0
+        for sl, chunk in self.spec.reference_chunks(self.x, self.grad, self.mode):
+            err = max_abs_err(rows[sl], chunk)
+            if math.isnan(err):
+                return err
+            worst = max(worst, err)
+        return worst
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 4 << 30
 
 
 def _json_safe(obj):
@@ -681,7 +786,7 @@ def _measure_provider(
     mode: str,
     xs: list[torch.Tensor],
     grad: torch.Tensor,
-    ref: torch.Tensor,
+    ref: _Reference,
     device: str,
     st: _Settings,
     mem: _PeakMemory,
@@ -707,7 +812,7 @@ def _measure_provider(
     mem.start()
     value = result_of_call(mode, call, inputs)
     row["peak_mem_mib"] = mem.stop()
-    row["max_abs_err"] = max_abs_err(value, ref)
+    row["max_abs_err"] = ref.max_abs_err(value)
     del value
     prepare(0)
     times = _time_calls(call, prepare, device, st)
@@ -730,6 +835,7 @@ def run(
     providers: Iterable[str] | None = None,
     modes: Iterable[str] | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Benchmark the registered ops; print the table to ``out``; optionally write JSON and a plot.
 
@@ -748,6 +854,7 @@ def run(
         providers: restrict to these provider names (e.g. ``["cpu", "eager"]``).
         modes: restrict to these modes (``"fwd"``, ``"fwd+bwd"``).
         seed: random seed of the inputs.
+        threads: ``torch.set_num_threads`` for the run (restored afterwards); default: as is.
 
     Returns:
         The result dict (what the JSON holds): ``environment``, ``versions``, ``settings``,
@@ -758,6 +865,28 @@ def run(
         ValueError: unknown op, mode, provider, dtype or a malformed shape.
         RuntimeError: ``device="cuda"`` without a GPU.
     """
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads: expected a positive count, got {threads!r}")
+        saved = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return run(
+                ops,
+                device,
+                dtypes,
+                shapes,
+                quick,
+                progress,
+                json_path,
+                plot_path,
+                out,
+                providers=providers,
+                modes=modes,
+                seed=seed,
+            )
+        finally:
+            torch.set_num_threads(saved)
     t_run = time.perf_counter()
     device = _resolve_device(device)
     dev_type = torch.device(device).type
@@ -790,17 +919,22 @@ def run(
         dts = [parse_dtype(d) for d in dtypes] if dtypes is not None else spec.default_dtypes(device, quick)
         plan.append((spec, provs, shp, dts))
 
-    notes.append(
-        "compile: torch.compile(eager, dynamic=False), compiled afresh for every case after "
-        "torch._dynamo.reset(); compile_s is its first call (compile + one run), excluded from the timings"
-    )
+    if any(p.compiled for _, provs, _, _ in plan for p in provs):
+        notes.append(
+            "compile: torch.compile(eager, dynamic=False), compiled afresh for every case after "
+            "torch._dynamo.reset() (inductor's on-disk caches stay as they are); compile_s is its first "
+            "call (compile + one run), excluded from the timings"
+        )
     notes.append(
         "GB/s = minimal bytes / median time; fwd: read N*C inputs + write N outputs; "
         "fwd+bwd: read N*C twice + write the N*C gradient (row vectors ignored)"
     )
     notes.append("copy GB/s = 2 * input bytes / median time of dst.copy_(src); '% copy' = GB/s / copy GB/s")
     notes.append(f"peak memory: {mem.method}")
-    notes.append("max abs err: against float64 (reference on the same input), the output for fwd, the gradient for fwd+bwd")
+    notes.append(
+        "max abs err: against float64 (reference on the same input); "
+        "the output for fwd, the gradient for fwd+bwd"
+    )
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -843,7 +977,9 @@ def run(
         for spec, provs, shp, dts in plan:
             for shape in shp:
                 for dtype in dts:
-                    _run_case(spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen, seed, result, bar)
+                    _run_case(
+                        spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen, seed, result, bar
+                    )
                     if json_path:
                         _write_json(json_path, result)
     finally:
@@ -882,14 +1018,8 @@ def _run_case(spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen,
     bar.status(f"{label} copy")
     src = [spec.make_input(shape, dtype, device, gen) for _ in range(k)]
     dst = [torch.empty_like(s) for s in src]
-    for i in range(k + 1):  # touch every destination page before timing
-        dst[i % k].copy_(src[i % k])
-    times = _time_calls(lambda i: dst[i % k].copy_(src[i % k]), lambda i: None, device, st)
-    med = statistics.median(times)
-    copy = {
-        "op": spec.name, "shape": shape_s, "dtype": dtype_s, "bytes": nbytes,
-        "median_ms": med * 1e3, "gbps": 2 * nbytes / med / 1e9, "reps": len(times),
-    }
+    copy = {"op": spec.name, "shape": shape_s, "dtype": dtype_s, "bytes": nbytes}
+    copy.update(_time_copy(src, dst, device, st))
     result["copy_bandwidth"].append(copy)
     bar.done(f"copy {copy['gbps']:.1f} GB/s")
     xs = src  # reuse the random copies as the op's inputs
@@ -898,20 +1028,28 @@ def _run_case(spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen,
 
     for mode in mode_list:
         bar.status(f"{label} {mode} float64 reference")
-        ref = spec.reference(xs[0], grad, mode)
+        ref = _Reference(spec, xs[0], grad, mode)
         rows = []
         for prov in provs:
             bar.status(f"{label} {mode} {prov.name}" + (" (compiling)" if prov.compiled else ""))
             row: dict[str, Any] = {
-                "op": spec.name, "mode": mode, "shape": shape_s, "dtype": dtype_s, "provider": prov.name,
-                "kind": prov.kind, "copies": k,
+                "op": spec.name,
+                "mode": mode,
+                "shape": shape_s,
+                "dtype": dtype_s,
+                "provider": prov.name,
+                "kind": prov.kind,
+                "copies": k,
             }
             try:
                 row.update(_measure_provider(spec, prov, mode, xs, grad, ref, device, st, mem))
-            except Exception as exc:  # one failing provider (OOM, missing compiler) must not end the run
+            # one failing provider (OOM, no C++ compiler for inductor) must not end the run
+            except Exception as exc:  # noqa: BLE001
                 msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 row["error"] = msg[:300]
-                result["notes"].append(f"{spec.name} {mode} {shape_s} {dtype_s} {prov.name}: failed: {row['error']}")
+                result["notes"].append(
+                    f"{spec.name} {mode} {shape_s} {dtype_s} {prov.name}: failed: {row['error']}"
+                )
                 if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()
             gc.collect()
@@ -969,6 +1107,13 @@ def _fmt(value, how) -> str:
     return how.format(value)
 
 
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} B"
+
+
 def format_table(result: dict[str, Any], details: bool = True) -> str:
     """The rows as a Markdown pipe table, aligned for a terminal.
 
@@ -992,7 +1137,11 @@ def format_table(result: dict[str, Any], details: bool = True) -> str:
             out.append(c.rjust(widths[i]) if _COLUMNS[i][3] else c.ljust(widths[i]))
         return "| " + " | ".join(out) + " |"
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if c[3] else ("-" * (w + 2)) for w, c in zip(widths, _COLUMNS)) + "|"
+    sep = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if c[3] else ("-" * (w + 2)) for w, c in zip(widths, _COLUMNS))
+        + "|"
+    )
     lines = []
     if details:
         env, ver = result.get("environment", {}), result.get("versions", {})
@@ -1010,7 +1159,8 @@ def format_table(result: dict[str, Any], details: bool = True) -> str:
         if copies:
             lines += ["", "Copy bandwidth (dst.copy_(src), same bytes as the input):"]
             lines += [
-                f"- {c['shape']} {c['dtype']}: {c['gbps']:.1f} GB/s ({_fmt(c['median_ms'], 'ms')} ms for {c['bytes'] / 2**20:.0f} MiB)"
+                f"- {c['shape']} {c['dtype']}: {c['gbps']:.1f} GB/s "
+                f"({_fmt(c['median_ms'], 'ms')} ms for {_size(c['bytes'])})"
                 for c in copies
             ]
         compiles = [r for r in result.get("rows", []) if r.get("compile_s") is not None]
@@ -1046,7 +1196,10 @@ def plot(result: dict[str, Any], path: str) -> str | None:
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    names = sorted({r["provider"] for r in result["rows"]}, key=lambda p: [r["provider"] for r in result["rows"]].index(p))
+    names = sorted(
+        {r["provider"] for r in result["rows"]},
+        key=lambda p: [r["provider"] for r in result["rows"]].index(p),
+    )
     colour = {p: palette[i % len(palette)] for i, p in enumerate(names)}
     for ax, ((op, mode, shape, dtype), rows) in zip(axes.flat, groups.items()):
         labels = [r["provider"] for r in rows]
@@ -1054,8 +1207,11 @@ def plot(result: dict[str, Any], path: str) -> str | None:
         bars = ax.bar(labels, values, color=[colour[p] for p in labels])
         for b, r in zip(bars, rows):
             text = "failed" if "error" in r else f"{r['gbps']:.0f}"
-            ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7
+            )
         bw = copy_bw.get((op, shape, dtype))
+        ax.set_ylim(0, 1.25 * max(values + [bw or 0.0, 1e-9]))
         if bw:
             ax.axhline(bw, color="black", linestyle="--", linewidth=1, label=f"copy {bw:.0f} GB/s")
             ax.legend(fontsize=7, loc="upper right")

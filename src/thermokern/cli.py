@@ -92,9 +92,8 @@ def bench(args) -> int:
         progress=not args.no_progress,
         json_path=args.json_path,
         plot_path=args.plot_path,
-    )
-    print(benchmark.format_table(result))
-    return 0
+    )  # prints the table itself
+    return 0 if result is not None else 1
 
 
 def main(argv: list[str] | None = None) -> int:

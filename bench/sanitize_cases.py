@@ -1,0 +1,109 @@
+"""Small softmax_entropy forward+backward cases on the GPU, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitize_cases.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_cases.py \
+        --dtypes float32,bfloat16
+
+Covers class counts around the kernels' vector widths and block sizes (C = 1, 7, 33, 1000, 4096
+and one long odd row), every float dtype, and three layouts: contiguous rows, rows whose start
+is offset by one element (unaligned for vector loads), and rows with padding between them.
+Results are checked against the float64 reference on the CPU (so that few extra GPU kernels
+run under the sanitizer); exit status 1 on a mismatch, 2 when the backend cannot run here.
+Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that each tensor is its own allocation and memcheck
+sees out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import thermokern
+from thermokern import reference
+
+TOL = {  # (atol, rtol) of the output and the gradient against float64
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-2, 1e-2),
+    torch.bfloat16: (1e-1, 2e-2),
+}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def _close(value: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[bool, float]:
+    atol, rtol = TOL[dtype]
+    v = value.detach().cpu().to(torch.float64)
+    err = (v - ref).abs()
+    ok = bool(torch.isfinite(v).all()) and bool((err <= atol + rtol * ref.abs()).all())
+    return ok, float(err.max()) if err.numel() else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="cuda", help="cuda (default) or triton")
+    ap.add_argument("--dtypes", default="float32,float16,bfloat16,float64")
+    ap.add_argument("--widths", default="1,7,33,1000,4096,65537", help="class counts C")
+    ap.add_argument("--rows", type=int, default=5)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("sanitize_cases: no GPU visible", file=sys.stderr)
+        return 2
+    info = thermokern.available_backends()[args.backend]
+    if not info.available or "cuda" not in info.devices:
+        print(
+            f"sanitize_cases: backend {args.backend!r} cannot run on the GPU here: {info.reason}",
+            file=sys.stderr,
+        )
+        return 2
+    dtypes = [DTYPES[d.strip()] for d in args.dtypes.split(",") if d.strip()]
+    widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n, failures, cases = args.rows, 0, 0
+    for dtype in dtypes:
+        for c in widths:
+            for layout in ("contiguous", "offset1", "padded-rows"):
+                base_cpu = (torch.randn(n, c + 3, generator=gen) * 3).to(dtype)
+                base_cpu[0, 2] = -float(
+                    "inf"
+                )  # one masked logit (never a whole row: C=1 rows use col 0 or 1)
+                base = base_cpu.cuda()
+                if layout == "contiguous":
+                    x = base[:, :c].contiguous()
+                elif layout == "offset1":
+                    x = base[:, 1 : c + 1]  # rows start one element in: unaligned vector loads
+                else:
+                    x = base[:, :c]  # row stride c + 3
+                x = x.detach().requires_grad_(True)
+                g = torch.randn(n, generator=gen).to(dtype)
+                h = thermokern.softmax_entropy(x, -1, temperature=args.temperature, backend=args.backend)
+                h.backward(g.cuda())
+                torch.cuda.synchronize()
+
+                x64 = x.detach().cpu().to(torch.float64).requires_grad_(True)
+                h64 = reference.softmax_entropy(x64, -1, temperature=args.temperature)
+                h64.backward(g.to(torch.float64))
+                ok_h, err_h = _close(h, h64.detach(), dtype)
+                ok_g, err_g = _close(x.grad, x64.grad, dtype)
+                cases += 1
+                if not (ok_h and ok_g):
+                    failures += 1
+                    print(
+                        f"MISMATCH {args.backend} {str(dtype)[6:]} C={c} {layout}: "
+                        f"max err entropy {err_h:.3g}, grad {err_g:.3g}",
+                        file=sys.stderr,
+                    )
+    print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
