@@ -193,9 +193,7 @@ void dispatch_vec(int vec, Fn&& fn) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
     const at::Tensor& logits, double temperature) {
-  check_floating(logits, "logits");
-  check_rows(logits, "logits");
-  check_temperature(temperature);
+  check_softmax_entropy_fwd(logits, temperature);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
@@ -230,14 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
 at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                     const at::Tensor& entropy, const at::Tensor& row_max,
                                     const at::Tensor& log_norm, double temperature) {
-  check_floating(logits, "logits");
-  check_rows(logits, "logits");
-  check_temperature(temperature);
-  check_floating(grad, "grad");
-  check_row_vector(grad, logits, "grad", /*acc=*/false);
-  check_row_vector(entropy, logits, "entropy", /*acc=*/true);
-  check_row_vector(row_max, logits, "row_max", /*acc=*/true);
-  check_row_vector(log_norm, logits, "log_norm", /*acc=*/true);
+  check_softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());

@@ -22,6 +22,27 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _setup_context(ctx, inputs, output):
+    logits, temperature = inputs
+    entropy, row_max, log_norm = output
+    ctx.save_for_backward(logits, entropy, row_max, log_norm)
+    ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
+    ctx.temperature = temperature
+    ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
+
+
+def _make_backward(bwd_op):
+    """Autograd backward of a softmax_entropy forward op, computed by ``bwd_op``."""
+
+    def backward(ctx, grad_entropy, grad_row_max, grad_log_norm):
+        if grad_entropy is None:
+            return None, None
+        logits, entropy, row_max, log_norm = ctx.saved_tensors
+        return bwd_op(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature), None
+
+    return backward
+
+
 # ----------------------------------------------------------------------------- C++ ops
 if _ops is not None:
 
@@ -37,23 +58,10 @@ if _ops is not None:
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         return logits.new_empty(logits.shape)
 
-    def _setup_context(ctx, inputs, output):
-        logits, temperature = inputs
-        entropy, row_max, log_norm = output
-        ctx.save_for_backward(logits, entropy, row_max, log_norm)
-        ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
-        ctx.temperature = temperature
-        ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
-
-    def _backward_cpp(ctx, grad_entropy, grad_row_max, grad_log_norm):
-        logits, entropy, row_max, log_norm = ctx.saved_tensors
-        if grad_entropy is None:
-            return None, None
-        grad = _ops.softmax_entropy_bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature)
-        return grad, None
-
     torch.library.register_autograd(
-        "thermokern::softmax_entropy_fwd", _backward_cpp, setup_context=_setup_context
+        "thermokern::softmax_entropy_fwd",
+        _make_backward(_ops.softmax_entropy_bwd),
+        setup_context=_setup_context,
     )
 
 
@@ -83,21 +91,7 @@ def _triton_ops():
     ) -> torch.Tensor:
         return tk.softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature)
 
-    def backward(ctx, grad_entropy, grad_row_max, grad_log_norm):
-        logits, entropy, row_max, log_norm = ctx.saved_tensors
-        if grad_entropy is None:
-            return None, None
-        return bwd(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature), None
-
-    def setup_context(ctx, inputs, output):
-        logits, temperature = inputs
-        entropy, row_max, log_norm = output
-        ctx.save_for_backward(logits, entropy, row_max, log_norm)
-        ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
-        ctx.temperature = temperature
-        ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
-
-    fwd.register_autograd(backward, setup_context=setup_context)
+    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
     _triton_fwd = fwd
     return fwd
 
