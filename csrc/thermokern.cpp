@@ -15,14 +15,16 @@
 
 TORCH_LIBRARY(thermokern, m) {
   // softmax_entropy over the last dim of a (rows, C) tensor with unit inner stride.
-  // Returns per-row (entropy, row_max, log_norm) in the accumulation dtype (float32; float64
-  // for float64), with log p = (x - row_max) / T - log_norm (row_stats.h). These three
-  // numbers are all the backward needs: no (rows, C) tensor is saved.
+  // Returns per-row (entropy, shift, log_norm) in the accumulation dtype (float32; float64
+  // for float64), with log p = (x - shift) / T - log_norm (row_stats.h). The shift is the
+  // row maximum, or on CPU possibly a value up to 8 T ln 2 below it (see entropy_kernel.h);
+  // any shift gives the same p. These three numbers are all the backward needs: no (rows, C)
+  // tensor is saved.
   m.def(
       "softmax_entropy_fwd(Tensor logits, float temperature) -> "
-      "(Tensor entropy, Tensor row_max, Tensor log_norm)");
+      "(Tensor entropy, Tensor shift, Tensor log_norm)");
   m.def(
-      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor row_max, "
+      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor shift, "
       "Tensor log_norm, float temperature) -> Tensor");
 }
 

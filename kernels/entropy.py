@@ -22,7 +22,7 @@ import triton.language as tl
 def _softmax_entropy_fwd_kernel(
     x_ptr,  # (N, C) input, unit stride along C
     entropy_ptr,  # (N,) out: entropy, accumulation dtype
-    row_max_ptr,  # (N,) out: max of the row (input units), accumulation dtype
+    shift_ptr,  # (N,) out: the shift m (here the row maximum, input units), accumulation dtype
     log_norm_ptr,  # (N,) out: log sum e^{(x - max)/T}, accumulation dtype
     C,  # number of classes
     row_stride,  # elements between rows of x
@@ -52,7 +52,7 @@ def _softmax_entropy_fwd_kernel(
         s += tl.sum(tl.where(x == float("-inf"), 0.0, y * e), axis=0)
         m = m_new
     log_d = tl.log(d)
-    tl.store(row_max_ptr + row, m)
+    tl.store(shift_ptr + row, m)
     tl.store(log_norm_ptr + row, log_d)
     tl.store(entropy_ptr + row, log_d - s / d)
 
@@ -62,7 +62,7 @@ def _softmax_entropy_bwd_kernel(
     grad_ptr,  # (N,) upstream gradient of the entropy, accumulation dtype
     x_ptr,  # (N, C) input, unit stride along C
     entropy_ptr,  # (N,) entropy saved by the forward, accumulation dtype
-    row_max_ptr,  # (N,) row maximum saved by the forward
+    shift_ptr,  # (N,) shift saved by the forward
     log_norm_ptr,  # (N,) log-normaliser saved by the forward
     grad_x_ptr,  # (N, C) out, contiguous, input dtype
     C,  # number of classes
@@ -76,7 +76,7 @@ def _softmax_entropy_bwd_kernel(
     g_row = grad_x_ptr + row * C
     cols = tl.arange(0, BLOCK_C)
     coef = -tl.load(grad_ptr + row).to(ACC) * inv_t
-    mx = tl.load(row_max_ptr + row).to(ACC)
+    mx = tl.load(shift_ptr + row).to(ACC)
     ln = tl.load(log_norm_ptr + row).to(ACC)
     h = tl.load(entropy_ptr + row).to(ACC)
     for c0 in range(0, C, BLOCK_C):
@@ -113,28 +113,28 @@ def _acc(dtype: torch.dtype):
 
 
 def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row (entropy, row_max, log_norm) of a (N, C) tensor with unit stride along C."""
+    """Per-row (entropy, shift, log_norm) of a (N, C) tensor with unit stride along C."""
     N, C = logits.shape
     acc_t, acc_tl = _acc(logits.dtype)
     entropy = torch.empty(N, device=logits.device, dtype=acc_t)
-    row_max = torch.empty(N, device=logits.device, dtype=acc_t)
+    shift = torch.empty(N, device=logits.device, dtype=acc_t)
     log_norm = torch.empty(N, device=logits.device, dtype=acc_t)
-    _poison(entropy, row_max, log_norm)
+    _poison(entropy, shift, log_norm)
     if N == 0:
-        return entropy, row_max, log_norm
+        return entropy, shift, log_norm
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
-        logits, entropy, row_max, log_norm, C, logits.stride(0), 1.0 / temperature,
+        logits, entropy, shift, log_norm, C, logits.stride(0), 1.0 / temperature,
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )
-    return entropy, row_max, log_norm
+    return entropy, shift, log_norm
 
 
 def softmax_entropy_bwd(
     grad: torch.Tensor,
     logits: torch.Tensor,
     entropy: torch.Tensor,
-    row_max: torch.Tensor,
+    shift: torch.Tensor,
     log_norm: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
@@ -147,7 +147,7 @@ def softmax_entropy_bwd(
         return grad_x
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
-        grad.to(acc_t).contiguous(), logits, entropy.contiguous(), row_max.contiguous(),
+        grad.to(acc_t).contiguous(), logits, entropy.contiguous(), shift.contiguous(),
         log_norm.contiguous(), grad_x, C, logits.stride(0), 1.0 / temperature,
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )

@@ -245,3 +245,39 @@ def test_gpu_extreme_and_gradcheck(backend):
     assert_close(thermokern.softmax_entropy(x, backend=backend).cpu(), _ref(x.cpu()), torch.float64)
     y = torch.randn(3, 9, device="cuda", dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: thermokern.softmax_entropy(t, backend=backend), (y,))
+
+
+@pytest.mark.parametrize("gap", [0.0, 3.0, 5.5, 5.6, 20.0, 100.0, 1e4])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_cpu_late_maximum(cpu_isa, gap, temperature):
+    """The row maximum in a late chunk, at various distances above the first chunk's maximum.
+
+    The CPU kernel sweeps later chunks once relative to the first chunk's maximum, and redoes
+    a chunk whose values exceed it by more than 8 base-2 units (5.55 T in logits); both sides
+    of that boundary, and values far beyond it, must give the same entropy and gradient.
+    """
+    C = 7000
+    x = torch.randn(3, C, dtype=torch.float64)
+    x[0, 6000] = x[0, :2048].max() + gap * temperature  # one late spike
+    x[1, 2048:] += gap * temperature  # every later chunk shifted up
+    x[2, :2048] = float("-inf")  # no reference from the first chunk
+    x[2, 5000] = gap
+    x = x.float().requires_grad_(True)
+    out = thermokern.softmax_entropy(x, temperature=temperature, backend="cpu")
+    xr = x.detach().double().requires_grad_(True)
+    ref = _ref(xr, temperature=temperature)
+    assert_close(out, ref, torch.float32)
+    g = torch.randn(3, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(out, x, g.float())
+    (gr,) = torch.autograd.grad(ref, xr, g)
+    assert_close(gx, gr, torch.float32, grad=True)
+
+
+def test_cpu_nan_and_inf_in_late_chunks():
+    x = torch.randn(3, 7000)
+    x[0, 6999] = float("nan")
+    x[1, 4100] = float("inf")
+    x[2, 2048:] = float("-inf")  # later chunks all -inf: entropy of the first chunk only
+    out = thermokern.softmax_entropy(x, backend="cpu")
+    assert torch.isnan(out[:2]).all()
+    assert_close(out[2:], _ref(x[2:, :2048]), torch.float32)

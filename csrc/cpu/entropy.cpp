@@ -51,34 +51,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cpu(const at:
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor row_max = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor shift = at::empty({N}, logits.options().dtype(acc));
   at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
   maybe_poison(entropy);
-  maybe_poison(row_max);
+  maybe_poison(shift);
   maybe_poison(log_norm);
-  if (N == 0) return {entropy, row_max, log_norm};
+  if (N == 0) return {entropy, shift, log_norm};
   const auto fn = kernels().entropy_fwd;
   const auto dtype = logits.scalar_type();
   const void* x = logits.const_data_ptr();
   const int64_t stride = logits.stride(0);
   void* h = entropy.mutable_data_ptr();
-  void* mx = row_max.mutable_data_ptr();
+  void* mx = shift.mutable_data_ptr();
   void* ln = log_norm.mutable_data_ptr();
   at::parallel_for(0, N, row_grain(C), [&](int64_t begin, int64_t end) {
     fn(dtype, x, begin, end, C, stride, 1.0 / temperature, h, mx, ln);
   });
-  return {entropy, row_max, log_norm};
+  return {entropy, shift, log_norm};
 }
 
 at::Tensor softmax_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                                   const at::Tensor& entropy, const at::Tensor& row_max,
+                                   const at::Tensor& entropy, const at::Tensor& shift,
                                    const at::Tensor& log_norm, double temperature) {
-  check_softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature);
+  check_softmax_entropy_bwd(grad, logits, entropy, shift, log_norm, temperature);
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor g = grad.to(acc).contiguous();
   at::Tensor h = entropy.contiguous();
-  at::Tensor mx = row_max.contiguous();
+  at::Tensor mx = shift.contiguous();
   at::Tensor ln = log_norm.contiguous();
   at::Tensor grad_x = at::empty({N, C}, logits.options());
   advise_huge_pages(grad_x);

@@ -16,16 +16,16 @@ namespace thermokern::cpu {
 enum class Isa : int { Default = 0, Avx2 = 1, Avx512 = 2 };
 
 // Forward of softmax_entropy over rows [row_begin, row_end) of a (rows, C) matrix whose rows
-// are `row_stride` elements apart (unit stride inside a row). Writes the entropy, the row
-// maximum and log_norm (row_stats.h) in the accumulation type (float for float, half and
-// bfloat16; double for double).
+// are `row_stride` elements apart (unit stride inside a row). Writes the entropy, the shift
+// (the row maximum, or a little below it: entropy_kernel.h) and log_norm (row_stats.h) in the
+// accumulation type (float for float, half and bfloat16; double for double).
 using EntropyFwdFn = void (*)(c10::ScalarType dtype, const void* x, int64_t row_begin,
                               int64_t row_end, int64_t C, int64_t row_stride, double inv_t,
-                              void* entropy, void* row_max, void* log_norm);
-// Backward: grad_x = -(g / T) p (log p + H), log p = (x - row_max) / T - log_norm. The
+                              void* entropy, void* shift, void* log_norm);
+// Backward: grad_x = -(g / T) p (log p + H), log p = (x - shift) / T - log_norm. The
 // per-row inputs are in the accumulation type; grad_x is contiguous (rows, C), input dtype.
 using EntropyBwdFn = void (*)(c10::ScalarType dtype, const void* grad, const void* x,
-                              const void* entropy, const void* row_max, const void* log_norm,
+                              const void* entropy, const void* shift, const void* log_norm,
                               void* grad_x, int64_t row_begin, int64_t row_end, int64_t C,
                               int64_t row_stride, double inv_t);
 

@@ -78,7 +78,7 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
                                            int64_t N, int64_t C, int64_t row_stride,
                                            acc_t inv_t,
                                            acc_t* __restrict__ entropy,    // (N,)
-                                           acc_t* __restrict__ row_max,    // (N,)
+                                           acc_t* __restrict__ shift,    // (N,)
                                            acc_t* __restrict__ log_norm) { // (N,)
   const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
   for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
@@ -115,7 +115,7 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
     const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s}, inv_t);
     if (threadIdx.x == 0) {
       entropy[row] = row_stats_entropy(r);
-      row_max[row] = r.m;
+      shift[row] = r.m;
       log_norm[row] = row_stats_log_norm(r);
     }
   }
@@ -125,7 +125,7 @@ template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     // (N,)
                                            const scalar_t* __restrict__ x,     // (N, C)
                                            const acc_t* __restrict__ entropy,   // (N,)
-                                           const acc_t* __restrict__ row_max,   // (N,)
+                                           const acc_t* __restrict__ shift,   // (N,)
                                            const acc_t* __restrict__ log_norm,  // (N,)
                                            scalar_t* __restrict__ grad_x,      // (N, C) contig
                                            int64_t N, int64_t C, int64_t row_stride,
@@ -136,7 +136,7 @@ __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     /
         reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
     Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
     const acc_t coef = -grad[row] * inv_t;
-    const acc_t mx = row_max[row];
+    const acc_t mx = shift[row];
     const acc_t ln = log_norm[row];
     const acc_t h = entropy[row];
     for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
@@ -198,12 +198,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor row_max = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor shift = at::empty({N}, logits.options().dtype(acc));
   at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
   maybe_poison(entropy);
-  maybe_poison(row_max);
+  maybe_poison(shift);
   maybe_poison(log_norm);
-  if (N == 0) return {entropy, row_max, log_norm};
+  if (N == 0) return {entropy, shift, log_norm};
   const int64_t stride = logits.stride(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
@@ -217,24 +217,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
       constexpr int VEC = decltype(vec_c)::value;
       softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
           xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
-          entropy.mutable_data_ptr<acc_t>(), row_max.mutable_data_ptr<acc_t>(),
+          entropy.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(),
           log_norm.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {entropy, row_max, log_norm};
+  return {entropy, shift, log_norm};
 }
 
 at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                    const at::Tensor& entropy, const at::Tensor& row_max,
+                                    const at::Tensor& entropy, const at::Tensor& shift,
                                     const at::Tensor& log_norm, double temperature) {
-  check_softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature);
+  check_softmax_entropy_bwd(grad, logits, entropy, shift, log_norm, temperature);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
   at::Tensor g = grad.to(acc).contiguous();
   at::Tensor h = entropy.contiguous();
-  at::Tensor mx = row_max.contiguous();
+  at::Tensor mx = shift.contiguous();
   at::Tensor ln = log_norm.contiguous();
   at::Tensor grad_x = at::empty({N, C}, logits.options());
   maybe_poison(grad_x);

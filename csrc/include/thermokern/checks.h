@@ -63,13 +63,13 @@ inline void check_softmax_entropy_fwd(const at::Tensor& logits, double temperatu
 }
 
 inline void check_softmax_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits,
-                                      const at::Tensor& entropy, const at::Tensor& row_max,
+                                      const at::Tensor& entropy, const at::Tensor& shift,
                                       const at::Tensor& log_norm, double temperature) {
   check_softmax_entropy_fwd(logits, temperature);
   check_floating(grad, "grad");
   check_row_vector(grad, logits, "grad", /*acc=*/false);
   check_row_vector(entropy, logits, "entropy", /*acc=*/true);
-  check_row_vector(row_max, logits, "row_max", /*acc=*/true);
+  check_row_vector(shift, logits, "shift", /*acc=*/true);
   check_row_vector(log_norm, logits, "log_norm", /*acc=*/true);
 }
 

@@ -1,7 +1,8 @@
 // Online row statistics for softmax-family reductions, shared by CPU and CUDA.
 //
 // For a row x_1..x_C and inverse temperature k = 1/T (z = k x) we keep
-//   m = max_j x_j              (in input units, exact),
+//   m = max_j x_j              (in input units, exact; any shift m works in the formulas
+//                               below, as long as e^{k (x - m)} cannot overflow),
 //   d = sum_j e^{k (x_j - m)},
 //   s = sum_j k (x_j - m) e^{k (x_j - m)}.
 // Keeping m in input units and the shifted forms (x - m) makes every quantity free of the

@@ -24,9 +24,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _setup_context(ctx, inputs, output):
     logits, temperature = inputs
-    entropy, row_max, log_norm = output
-    ctx.save_for_backward(logits, entropy, row_max, log_norm)
-    ctx.mark_non_differentiable(row_max, log_norm)  # per-row statistics for the backward
+    entropy, shift, log_norm = output
+    ctx.save_for_backward(logits, entropy, shift, log_norm)
+    ctx.mark_non_differentiable(shift, log_norm)  # per-row statistics for the backward
     ctx.temperature = temperature
     ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 
@@ -34,11 +34,11 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(bwd_op):
     """Autograd backward of a softmax_entropy forward op, computed by ``bwd_op``."""
 
-    def backward(ctx, grad_entropy, grad_row_max, grad_log_norm):
+    def backward(ctx, grad_entropy, grad_shift, grad_log_norm):
         if grad_entropy is None:
             return None, None
-        logits, entropy, row_max, log_norm = ctx.saved_tensors
-        return bwd_op(grad_entropy, logits, entropy, row_max, log_norm, ctx.temperature), None
+        logits, entropy, shift, log_norm = ctx.saved_tensors
+        return bwd_op(grad_entropy, logits, entropy, shift, log_norm, ctx.temperature), None
 
     return backward
 
@@ -54,7 +54,7 @@ if _ops is not None:
         return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
 
     @torch.library.register_fake("thermokern::softmax_entropy_bwd")
-    def _bwd_fake(grad, logits, entropy, row_max, log_norm, temperature):
+    def _bwd_fake(grad, logits, entropy, shift, log_norm, temperature):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         return logits.new_empty(logits.shape)
 
@@ -85,11 +85,11 @@ def _triton_ops():
         grad: torch.Tensor,
         logits: torch.Tensor,
         entropy: torch.Tensor,
-        row_max: torch.Tensor,
+        shift: torch.Tensor,
         log_norm: torch.Tensor,
         temperature: float,
     ) -> torch.Tensor:
-        return tk.softmax_entropy_bwd(grad, logits, entropy, row_max, log_norm, temperature)
+        return tk.softmax_entropy_bwd(grad, logits, entropy, shift, log_norm, temperature)
 
     fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
     _triton_fwd = fwd
