@@ -26,13 +26,14 @@ def _softmax_entropy_fwd_kernel(
     log_norm_ptr,  # (N,) out: log sum e^{(x - max)/T}, accumulation dtype
     C,  # number of classes
     row_stride,  # elements between rows of x
-    inv_t,  # 1 / temperature
+    inv_t_ptr,  # (1,) 1 / temperature in the accumulation dtype (a Python float would be fp32)
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # columns per step
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * row_stride
     cols = tl.arange(0, BLOCK_C)
+    inv_t = tl.load(inv_t_ptr).to(ACC)
     m = tl.full((), float("-inf"), ACC)
     d = tl.zeros((), ACC)
     s = tl.zeros((), ACC)
@@ -67,7 +68,7 @@ def _softmax_entropy_bwd_kernel(
     grad_x_ptr,  # (N, C) out, contiguous, input dtype
     C,  # number of classes
     row_stride,  # elements between rows of x
-    inv_t,  # 1 / temperature
+    inv_t_ptr,  # (1,) 1 / temperature in the accumulation dtype
     ACC: tl.constexpr,  # accumulation dtype
     BLOCK_C: tl.constexpr,  # columns per step
 ):
@@ -75,6 +76,7 @@ def _softmax_entropy_bwd_kernel(
     x_row = x_ptr + row * row_stride
     g_row = grad_x_ptr + row * C
     cols = tl.arange(0, BLOCK_C)
+    inv_t = tl.load(inv_t_ptr).to(ACC)
     coef = -tl.load(grad_ptr + row).to(ACC) * inv_t
     mx = tl.load(shift_ptr + row).to(ACC)
     ln = tl.load(log_norm_ptr + row).to(ACC)
@@ -108,6 +110,12 @@ def _block_and_warps(C: int) -> tuple[int, int]:
     return block, warps
 
 
+def _inv_t(temperature: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One element in the accumulation dtype: Triton types a Python float argument as fp32,
+    # which would cost float64 inputs 1e-8 of relative accuracy.
+    return torch.full((1,), 1.0 / temperature, dtype=dtype, device=device)
+
+
 def _acc(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
@@ -124,7 +132,7 @@ def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch
         return entropy, shift, log_norm
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
-        logits, entropy, shift, log_norm, C, logits.stride(0), 1.0 / temperature,
+        logits, entropy, shift, log_norm, C, logits.stride(0), _inv_t(temperature, acc_t, logits.device),
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )
     return entropy, shift, log_norm
@@ -148,7 +156,7 @@ def softmax_entropy_bwd(
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
         grad.to(acc_t).contiguous(), logits, entropy.contiguous(), shift.contiguous(),
-        log_norm.contiguous(), grad_x, C, logits.stride(0), 1.0 / temperature,
+        log_norm.contiguous(), grad_x, C, logits.stride(0), _inv_t(temperature, acc_t, logits.device),
         ACC=acc_tl, BLOCK_C=block, num_warps=warps,
     )
     return grad_x
