@@ -68,10 +68,12 @@ bench: build
 bench-quick: build
 	$(PY) -m thermokern.cli bench --quick
 
-lint:
+lint: setup
+	$(PY) -m pip install -q ruff
 	$(PY) -m ruff check src kernels tests bench && $(PY) -m ruff format --check src kernels tests bench
 
-format:
+format: setup
+	$(PY) -m pip install -q ruff
 	$(PY) -m ruff format src kernels tests bench && $(PY) -m ruff check --fix src kernels tests bench
 
 clean:

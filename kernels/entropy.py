@@ -120,7 +120,9 @@ def _acc(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def softmax_entropy_fwd(
+    logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row (entropy, shift, log_norm) of a (N, C) tensor with unit stride along C."""
     N, C = logits.shape
     acc_t, acc_tl = _acc(logits.dtype)
@@ -132,8 +134,16 @@ def softmax_entropy_fwd(logits: torch.Tensor, temperature: float) -> tuple[torch
         return entropy, shift, log_norm
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
-        logits, entropy, shift, log_norm, C, logits.stride(0), _inv_t(temperature, acc_t, logits.device),
-        ACC=acc_tl, BLOCK_C=block, num_warps=warps,
+        logits,
+        entropy,
+        shift,
+        log_norm,
+        C,
+        logits.stride(0),
+        _inv_t(temperature, acc_t, logits.device),
+        ACC=acc_tl,
+        BLOCK_C=block,
+        num_warps=warps,
     )
     return entropy, shift, log_norm
 
@@ -155,8 +165,17 @@ def softmax_entropy_bwd(
         return grad_x
     block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
-        grad.to(acc_t).contiguous(), logits, entropy.contiguous(), shift.contiguous(),
-        log_norm.contiguous(), grad_x, C, logits.stride(0), _inv_t(temperature, acc_t, logits.device),
-        ACC=acc_tl, BLOCK_C=block, num_warps=warps,
+        grad.to(acc_t).contiguous(),
+        logits,
+        entropy.contiguous(),
+        shift.contiguous(),
+        log_norm.contiguous(),
+        grad_x,
+        C,
+        logits.stride(0),
+        _inv_t(temperature, acc_t, logits.device),
+        ACC=acc_tl,
+        BLOCK_C=block,
+        num_warps=warps,
     )
     return grad_x

@@ -8,13 +8,13 @@ import os
 # before triton is imported anywhere. A GPU run (bench/gpu_check.sh) sets it to 0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import hashlib  # noqa: E402
+import hashlib
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import thermokern  # noqa: E402
-from thermokern import _C  # noqa: E402
+import thermokern
+from thermokern import _C
 
 HAS_GPU = torch.cuda.is_available()
 

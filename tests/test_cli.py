@@ -29,7 +29,11 @@ def test_parse_shape():
 def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     path = tmp_path / "r.json"
     result = benchmark.run(
-        shapes=["32x1000"], quick=True, progress=False, json_path=str(path), out=None,
+        shapes=["32x1000"],
+        quick=True,
+        progress=False,
+        json_path=str(path),
+        out=None,
         providers=["cpu", "eager"],
     )
     data = json.loads(path.read_text())

@@ -33,7 +33,9 @@ def test_compile_forward_backward_cpu(dim):
 
 def test_compile_dynamic_shapes_cpu():
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: thermokern.softmax_entropy(x, backend="cpu"), fullgraph=True, dynamic=True)
+    compiled = torch.compile(
+        lambda x: thermokern.softmax_entropy(x, backend="cpu"), fullgraph=True, dynamic=True
+    )
     for n, c in [(3, 10), (5, 17), (2, 4000)]:
         x = torch.randn(n, c)
         assert_close(compiled(x), reference.softmax_entropy(x.double()), torch.float32)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import HAS_GPU, cpu_backends, gpu_backends
 from _util import DTYPES, assert_close
+from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
 from thermokern import reference
@@ -104,15 +104,21 @@ def test_invariants(backend):
     h = thermokern.softmax_entropy(x, backend=backend).double()
     assert (h >= -1e-6).all() and (h <= math.log(300) + 1e-5).all()
     # Uniform logits reach the maximum log C; a dominant logit gives ~0.
-    assert_close(thermokern.softmax_entropy(torch.zeros(3, 300), backend=backend),
-                 torch.full((3,), math.log(300), dtype=torch.float64), torch.float32)
+    assert_close(
+        thermokern.softmax_entropy(torch.zeros(3, 300), backend=backend),
+        torch.full((3,), math.log(300), dtype=torch.float64),
+        torch.float32,
+    )
     spike = torch.zeros(2, 300)
     spike[:, 7] = 1e4
     assert thermokern.softmax_entropy(spike, backend=backend).abs().max() < 1e-6
     # Shift invariance: H(x + c) = H(x) for a per-row constant c.
     shifted = x.double() + torch.randn(16, 1, dtype=torch.float64) * 1e3
-    assert_close(thermokern.softmax_entropy(shifted, backend=backend),
-                 thermokern.softmax_entropy(x.double(), backend=backend), torch.float64)
+    assert_close(
+        thermokern.softmax_entropy(shifted, backend=backend),
+        thermokern.softmax_entropy(x.double(), backend=backend),
+        torch.float64,
+    )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -121,8 +127,9 @@ def test_temperature_scaling(backend, dtype):
     # H(softmax(x / T)) equals H(softmax(x')) with x' = x / T computed outside.
     x = torch.randn(5, 333, dtype=dtype)
     for t in (0.05, 0.5, 1.0, 7.0):
-        assert_close(thermokern.softmax_entropy(x, temperature=t, backend=backend),
-                     _ref(x.double() / t), dtype)
+        assert_close(
+            thermokern.softmax_entropy(x, temperature=t, backend=backend), _ref(x.double() / t), dtype
+        )
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -176,7 +183,7 @@ def test_gradcheck_float64(backend):
 def test_backends_agree_with_each_other():
     x = torch.randn(7, 3001, dtype=torch.float64)
     outs = {b: thermokern.softmax_entropy(x, backend=b) for b in cpu_backends()}
-    for b, o in outs.items():
+    for o in outs.values():
         assert_close(o, outs["reference"], torch.float64)
 
 

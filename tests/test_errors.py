@@ -108,6 +108,8 @@ def test_import_without_triton():
         "else:\n"
         "    raise SystemExit('expected an error')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert abs(float(out.stdout.strip()) - math.log(4)) < 1e-6

@@ -62,13 +62,13 @@ def _triton_import_error() -> str | None:
     if not _TRITON_FINDABLE:
         return "triton is not installed (pip install triton)"
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except ImportError as exc:
         if getattr(exc, "name", None) == "triton":
             return "triton is not installed (pip install triton)"
         return f"triton failed to import: {exc}"
-    except Exception as exc:  # pragma: no cover - broken installs
+    except Exception as exc:  # noqa: BLE001 - a broken triton install must not break import
         return f"triton failed to import: {exc}"
     return None
 
@@ -118,7 +118,9 @@ def available_backends() -> dict[str, BackendInfo]:
             False, (), "the CUDA kernels were not compiled (no nvcc or CPU-only torch at build time)"
         )
     elif not gpu:
-        out["cuda"] = BackendInfo(False, (), "compiled (sm_" + ",sm_".join(_C.cuda_archs()) + ") but no GPU here")
+        out["cuda"] = BackendInfo(
+            False, (), "compiled (sm_" + ",sm_".join(_C.cuda_archs()) + ") but no GPU here"
+        )
     else:
         out["cuda"] = BackendInfo(True, ("cuda",), "CUDA kernels for sm_" + ",sm_".join(_C.cuda_archs()))
     err = _triton_import_error()

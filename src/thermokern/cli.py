@@ -58,14 +58,27 @@ def info(out=sys.stdout) -> int:
 
 def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmark thermokern against eager PyTorch and torch.compile")
-    b.add_argument("--op", action="append", dest="ops", metavar="NAME", help="op to run (repeatable; default all)")
-    b.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if a GPU is present")
-    b.add_argument("--dtype", action="append", dest="dtypes", metavar="DTYPE",
-                   help="float32, bfloat16, float16, float64 (repeatable)")
-    b.add_argument("--shape", action="append", dest="shapes", metavar="NxC", help="e.g. 4096x32000 (repeatable)")
+    b.add_argument(
+        "--op", action="append", dest="ops", metavar="NAME", help="op to run (repeatable; default all)"
+    )
+    b.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if a GPU is present"
+    )
+    b.add_argument(
+        "--dtype",
+        action="append",
+        dest="dtypes",
+        metavar="DTYPE",
+        help="float32, bfloat16, float16, float64 (repeatable)",
+    )
+    b.add_argument(
+        "--shape", action="append", dest="shapes", metavar="NxC", help="e.g. 4096x32000 (repeatable)"
+    )
     b.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
     b.add_argument("--json", dest="json_path", metavar="PATH", help="write the results as JSON")
-    b.add_argument("--plot", dest="plot_path", metavar="PATH", help="write a PNG bandwidth plot (needs matplotlib)")
+    b.add_argument(
+        "--plot", dest="plot_path", metavar="PATH", help="write a PNG bandwidth plot (needs matplotlib)"
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

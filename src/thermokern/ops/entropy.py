@@ -155,7 +155,9 @@ def softmax_entropy(
     dim = check_dim(dim, logits.dim())
     temperature = check_temperature(temperature)
     if logits.shape[dim] == 0:
-        raise ValueError(f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined")
+        raise ValueError(
+            f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined"
+        )
     name = _backend.resolve_backend(backend, logits)
     if name == "reference":
         return reference.softmax_entropy(logits, dim, temperature=temperature)
