@@ -20,12 +20,28 @@ TORCH_LIBRARY(thermokern, m) {
   // row maximum, or on CPU possibly a value up to 8 T ln 2 below it (see entropy_kernel.h);
   // any shift gives the same p. These three numbers are all the backward needs: no (rows, C)
   // tensor is saved.
+  // inv_t: 1-D tensor of the accumulation dtype holding 1/T, with 1 element (every row) or
+  // one per row. Values are checked by the Python layer (finite, > 0).
   m.def(
-      "softmax_entropy_fwd(Tensor logits, float temperature) -> "
+      "softmax_entropy_fwd(Tensor logits, Tensor inv_t) -> "
       "(Tensor entropy, Tensor shift, Tensor log_norm)");
   m.def(
-      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor entropy, Tensor shift, "
-      "Tensor log_norm, float temperature) -> Tensor");
+      "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor inv_t, Tensor entropy, "
+      "Tensor shift, Tensor log_norm) -> Tensor");
+  // Entropy-regularised cross-entropy per row, z = logits / T:
+  //   loss = CE(z, target; label_smoothing) - entropy_weight * H(softmax z)
+  //          + z_loss_weight * lse(z)^2,
+  // 0 for rows whose target is ignore_index. Also returns the softmax_entropy statistics,
+  // which are all the backward needs. A target outside [0, C) that is not ignore_index
+  // raises on CPU; the CUDA kernels write NaN for it (they never read out of bounds).
+  m.def(
+      "entropy_ce_fwd(Tensor logits, Tensor target, Tensor inv_t, float entropy_weight, "
+      "float label_smoothing, int ignore_index, float z_loss_weight) -> "
+      "(Tensor loss, Tensor entropy, Tensor shift, Tensor log_norm)");
+  m.def(
+      "entropy_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
+      "Tensor shift, Tensor log_norm, float entropy_weight, float label_smoothing, "
+      "int ignore_index, float z_loss_weight) -> Tensor");
 }
 
 namespace thermokern {

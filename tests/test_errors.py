@@ -27,10 +27,20 @@ def test_temperature_out_of_range(bad):
         thermokern.softmax_entropy(torch.randn(2, 3), temperature=bad)
 
 
-@pytest.mark.parametrize("bad", ["1.0", None, True, torch.ones(2)])
+@pytest.mark.parametrize("bad", ["1.0", None, True, torch.ones(2, dtype=torch.bool)])
 def test_temperature_wrong_type(bad):
     with pytest.raises(TypeError, match="temperature"):
         thermokern.softmax_entropy(torch.randn(2, 3), temperature=bad)
+
+
+def test_temperature_tensor_errors():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="temperature"):
+        thermokern.softmax_entropy(x, temperature=torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="temperature"):
+        thermokern.softmax_entropy(x, temperature=torch.ones(3))  # not broadcastable to (4,)
+    with pytest.raises(ValueError, match="temperature"):
+        thermokern.softmax_entropy(x, temperature=torch.ones(4, requires_grad=True))
 
 
 @pytest.mark.parametrize("dim", [2, -3, 5])
@@ -69,19 +79,30 @@ def test_unavailable_backend_says_why():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check")
 def test_cpu_backend_rejects_other_devices_via_op_checks():
     # The C++ ops check their arguments themselves too (for direct torch.ops callers).
+    one = torch.ones(1)
     with pytest.raises(ValueError, match="temperature"):
-        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), -1.0)
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), torch.ones(3))
+    with pytest.raises(TypeError, match="temperature"):
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), torch.ones(1, dtype=torch.float64))
     with pytest.raises(ValueError, match="logits"):
-        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3, 4), 1.0)
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3, 4), one)
     with pytest.raises(ValueError, match="unit stride"):
-        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(4, 3).t(), 1.0)
+        torch.ops.thermokern.softmax_entropy_fwd(torch.randn(4, 3).t(), one)
     with pytest.raises(TypeError, match="logits"):
-        torch.ops.thermokern.softmax_entropy_fwd(torch.ones(2, 3, dtype=torch.int32), 1.0)
-    h, m, ln = torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), 1.0)
+        torch.ops.thermokern.softmax_entropy_fwd(torch.ones(2, 3, dtype=torch.int32), one)
+    h, m, ln = torch.ops.thermokern.softmax_entropy_fwd(torch.randn(2, 3), one)
     with pytest.raises(ValueError, match="grad"):
-        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(3), torch.randn(2, 3), h, m, ln, 1.0)
+        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(3), torch.randn(2, 3), one, h, m, ln)
     with pytest.raises(TypeError, match="shift"):
-        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(2), torch.randn(2, 3), h, m.double(), ln, 1.0)
+        torch.ops.thermokern.softmax_entropy_bwd(torch.randn(2), torch.randn(2, 3), one, h, m.double(), ln)
+    ce = torch.ops.thermokern.entropy_ce_fwd
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="target"):
+        ce(x, torch.tensor([0, 3]), one, 0.0, 0.0, -100, 0.0)
+    with pytest.raises(TypeError, match="target"):
+        ce(x, torch.tensor([0, 1], dtype=torch.int32), one, 0.0, 0.0, -100, 0.0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ce(x, torch.tensor([0, 1]), one, 0.0, 1.5, -100, 0.0)
 
 
 def test_cpu_isa_override_validated():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import thermokern  # noqa: F401  (registers the ops)
-from thermokern.ops import entropy  # noqa: F401  (fake + autograd registrations)
+from thermokern.ops import cross_entropy, entropy  # noqa: F401  (fake + autograd registrations)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -20,10 +20,33 @@ def _devices():
 @pytest.mark.parametrize("shape", [(3, 7), (2, 2500), (0, 5)], ids=str)
 def test_opcheck_softmax_entropy(device, dtype, shape):
     x = torch.randn(shape, device=device, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_t = torch.full((1,), 1 / 0.9, device=device, dtype=acc)
+    per_row = torch.rand(shape[0], device=device, dtype=acc) + 0.5
     fwd = torch.ops.thermokern.softmax_entropy_fwd.default
-    torch.library.opcheck(fwd, (x, 0.9))
+    torch.library.opcheck(fwd, (x, inv_t))
     xg = x.clone().requires_grad_(True)
-    torch.library.opcheck(fwd, (xg, 1.7))
-    h, mx, ln = fwd(x, 0.9)
+    torch.library.opcheck(fwd, (xg, per_row))
+    h, mx, ln = fwd(x, inv_t)
     g = torch.randn(shape[0], device=device, dtype=dtype)
-    torch.library.opcheck(torch.ops.thermokern.softmax_entropy_bwd.default, (g, x, h, mx, ln, 0.9))
+    torch.library.opcheck(torch.ops.thermokern.softmax_entropy_bwd.default, (g, x, inv_t, h, mx, ln))
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(5, 7), (3, 2500), (0, 5)], ids=str)
+def test_opcheck_entropy_ce(device, dtype, shape):
+    x = torch.randn(shape, device=device, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_t = torch.rand(shape[0], device=device, dtype=acc) + 0.5
+    target = torch.randint(0, shape[1], (shape[0],), device=device)
+    if shape[0] > 1:
+        target[1] = -100
+    params = (0.3, 0.1, -100, 1e-3)
+    fwd = torch.ops.thermokern.entropy_ce_fwd.default
+    torch.library.opcheck(fwd, (x, target, inv_t, *params))
+    torch.library.opcheck(fwd, (x.clone().requires_grad_(True), target, inv_t, *params))
+    loss, h, mx, ln = fwd(x, target, inv_t, *params)
+    g = torch.randn(shape[0], device=device, dtype=acc)
+    bwd = torch.ops.thermokern.entropy_ce_bwd.default
+    torch.library.opcheck(bwd, (g, x, target, inv_t, h, mx, ln, *params))

@@ -27,6 +27,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "isa.h"
 #include "thermokern/row_stats.h"
 
 #define TK_CAT_(a, b) a##_##b
@@ -291,146 +292,277 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
   return RowStats<acc_t>{mx, d, s};
 }
 
+// Chunk sum of x (for label smoothing's mean logit), in the accumulation type.
+template <typename acc_t>
+inline acc_t chunk_sum(const acc_t* p, int64_t n) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t W = V::size();
+  V a0(0), a1(0);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    a0 = a0 + V::loadu(p + i);
+    a1 = a1 + V::loadu(p + i + W);
+  }
+  for (; i + W <= n; i += W) a0 = a0 + V::loadu(p + i);
+  a0 = a0 + a1;
+  alignas(64) acc_t l[W];
+  a0.store(l);
+  acc_t sum = 0;
+  for (int64_t k = 0; k < W; ++k) sum += l[k];
+  for (; i < n; ++i) sum += p[i];
+  return sum;
+}
+
+// Online statistics of one row (chunks merged in double: a few flops per chunk), plus the
+// row sum of x when x_sum is given.
 template <typename scalar_t>
-void entropy_fwd_rows(const scalar_t* x, int64_t row_begin, int64_t row_end, int64_t C,
-                      int64_t row_stride, double inv_t_d, acc_type_t<scalar_t>* entropy,
-                      acc_type_t<scalar_t>* shift, acc_type_t<scalar_t>* log_norm) {
+RowStats<double> row_stats_of(const scalar_t* row, int64_t C, acc_type_t<scalar_t> inv_t,
+                              acc_type_t<scalar_t>* buf, double* x_sum) {
+  using acc_t = acc_type_t<scalar_t>;
+  RowStats<double> st = row_stats_empty<double>();
+  double sum = 0.0;
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, C - c0);
+    const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, buf);
+    RowStats<acc_t> cs;
+    bool done = false;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      // See [Note: one sweep per chunk after the first].
+      const float ref = static_cast<float>(st.m);
+      if (std::isfinite(ref)) done = chunk_stats_ref(p, n, inv_t, ref, cs);
+    }
+    if (!done) cs = chunk_stats<acc_t>(p, n, inv_t);
+    st = row_stats_merge(st,
+                         RowStats<double>{static_cast<double>(cs.m), static_cast<double>(cs.d),
+                                          static_cast<double>(cs.s)},
+                         static_cast<double>(inv_t));
+    if (x_sum != nullptr) sum += static_cast<double>(chunk_sum<acc_t>(p, n));
+  }
+  if (x_sum != nullptr) *x_sum = sum;
+  return st;
+}
+
+template <typename scalar_t>
+void entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
   using acc_t = acc_type_t<scalar_t>;
   alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
-  const acc_t inv_t = static_cast<acc_t>(inv_t_d);
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* inv_t = static_cast<const acc_t*>(a.inv_t);
+  auto* entropy = static_cast<acc_t*>(a.entropy);
+  auto* shift = static_cast<acc_t*>(a.shift);
+  auto* log_norm = static_cast<acc_t*>(a.log_norm);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const scalar_t* row = x + r * row_stride;
-    // Chunks merge in double: a few flops per chunk, and C = 262144 merges 128 chunks.
-    RowStats<double> st = row_stats_empty<double>();
-    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-      const int64_t n = std::min(kChunk, C - c0);
-      const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, buf);
-      RowStats<acc_t> cs;
-      bool done = false;
-      if constexpr (std::is_same_v<acc_t, float>) {
-        // See [Note: one sweep per chunk after the first].
-        const float ref = static_cast<float>(st.m);
-        if (std::isfinite(ref)) done = chunk_stats_ref(p, n, inv_t, ref, cs);
-      }
-      if (!done) cs = chunk_stats<acc_t>(p, n, inv_t);
-      st = row_stats_merge(st,
-                           RowStats<double>{static_cast<double>(cs.m), static_cast<double>(cs.d),
-                                            static_cast<double>(cs.s)},
-                           static_cast<double>(inv_t));
-    }
+    const RowStats<double> st =
+        row_stats_of<scalar_t>(x + r * a.row_stride, a.C, inv_t[r * a.inv_t_stride], buf, nullptr);
     entropy[r] = static_cast<acc_t>(row_stats_entropy(st));
     shift[r] = static_cast<acc_t>(st.m);
     log_norm[r] = static_cast<acc_t>(row_stats_log_norm(st));
   }
 }
 
-// grad_x = coef * e^{log p} * (log p + H) over one chunk, coef = -g/T,
-// log p = (x - m) / T - log_norm.
+template <typename scalar_t>
+void entropy_ce_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+  using acc_t = acc_type_t<scalar_t>;
+  alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* inv_t = static_cast<const acc_t*>(a.inv_t);
+  auto* loss = static_cast<acc_t*>(a.loss);
+  auto* entropy = static_cast<acc_t*>(a.entropy);
+  auto* shift = static_cast<acc_t*>(a.shift);
+  auto* log_norm = static_cast<acc_t*>(a.log_norm);
+  const double eps = a.label_smoothing;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const scalar_t* row = x + r * a.row_stride;
+    const double k = static_cast<double>(inv_t[r * a.inv_t_stride]);
+    double x_sum = 0.0;
+    const RowStats<double> st =
+        row_stats_of<scalar_t>(row, a.C, static_cast<acc_t>(k), buf, eps > 0.0 ? &x_sum : nullptr);
+    const double h = row_stats_entropy(st);
+    const double ln = row_stats_log_norm(st);
+    entropy[r] = static_cast<acc_t>(h);
+    shift[r] = static_cast<acc_t>(st.m);
+    log_norm[r] = static_cast<acc_t>(ln);
+    const int64_t y = a.target[r];
+    if (y == a.ignore_index) {
+      loss[r] = acc_t(0);
+      continue;
+    }
+    if (y < 0 || y >= a.C) {  // the op validates targets first; never read out of bounds
+      loss[r] = std::numeric_limits<acc_t>::quiet_NaN();
+      continue;
+    }
+    // CE = (1 - eps)(lse - z_y) + eps (lse - mean z) = log d + k (m - (1 - eps) x_y - eps mean x):
+    // the differences to the shift m keep it free of cancellation for large logits.
+    const double x_y = static_cast<double>(static_cast<acc_t>(row[y]));
+    double gap = st.m - (1.0 - eps) * x_y;
+    if (eps > 0.0) gap -= eps * (x_sum / static_cast<double>(a.C));
+    const double ce = ln + k * gap;
+    const double lse = st.m * k + ln;
+    double value = ce - a.entropy_weight * h;
+    if (a.z_loss_weight != 0.0) value += a.z_loss_weight * lse * lse;
+    loss[r] = static_cast<acc_t>(value);
+  }
+}
+
+// out_j = A p_j + B p_j log p_j + c over one chunk, with log p_j = k (x_j - m) - log_norm.
+// Both backward passes have this form:
+//   entropy:        A = coef H, B = coef, c = 0                 (coef = -g k)
+//   cross-entropy:  A = g k (1 + beta H + 2 zw lse), B = g k beta, c = -g k eps / C,
+//                   and -g k (1 - eps) added at the target column afterwards.
+// Entries at -inf get c exactly (p = 0, no 0 * -inf).
 template <typename acc_t>
-inline void entropy_bwd_chunk(const acc_t* p, int64_t n, acc_t inv_t, acc_t m, acc_t log_norm,
-                              acc_t h, acc_t coef, acc_t* out) {
+inline void softmax_affine_chunk(const acc_t* p, int64_t n, acc_t k, acc_t m, acc_t log_norm,
+                                 acc_t A, acc_t B, acc_t c, acc_t* out) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    // Base 2 (see [Note: the float exponential]): t = log2 p, grad = coef ln2 2^t (t + H log2 e).
+    // Base 2 (see [Note: the float exponential]): t = log2 p, B p log p = (B ln 2) 2^t t.
     using V = Vectorized<float>;
     constexpr int64_t W = V::size();
-    const float k2 = inv_t * kLog2e;
-    const V vk2(k2), vm(m), vneg_ln2(-log_norm * kLog2e), vh2(h * kLog2e), vc(coef * kLn2);
+    const float k2 = k * kLog2e;
+    const V vk2(k2), vm(m), vneg_ln2(-log_norm * kLog2e), vA(A), vB2(B * kLn2), vc(c);
     int64_t i = 0;
     for (; i + W <= n; i += W) {
       V tc;
       const V e = exp2_nonpos(at::vec::fmadd(V::loadu(p + i) - vm, vk2, vneg_ln2), tc);
-      (vc * e * (tc + vh2)).store(out + i);
+      at::vec::fmadd(e * tc, vB2, at::vec::fmadd(e, vA, vc)).store(out + i);
     }
     for (; i < n; ++i) {
       const float t = (p[i] - m) * k2 - log_norm * kLog2e;
-      out[i] = (t == -std::numeric_limits<float>::infinity())
-                   ? 0.0f * coef
-                   : coef * kLn2 * std::exp2(t) * (t + h * kLog2e);
+      if (t == -std::numeric_limits<float>::infinity()) {
+        out[i] = c;
+      } else {
+        const float e = std::exp2(t);
+        out[i] = A * e + B * kLn2 * e * t + c;
+      }
     }
-    return;
-  }
-  using V = Vectorized<acc_t>;
-  constexpr int64_t W = V::size();
-  const V vinv(inv_t), vm(m), vneg_ln(-log_norm), vh(h), vcoef(coef),
-      vlow(std::numeric_limits<acc_t>::lowest());
-  int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    V logp = at::vec::fmadd(V::loadu(p + i) - vm, vinv, vneg_ln);
-    V e = logp.exp();
-    V g = vcoef * e * (at::vec::clamp_min(logp, vlow) + vh);
-    g.store(out + i);
-  }
-  for (; i < n; ++i) {
-    const acc_t logp = (p[i] - m) * inv_t - log_norm;
-    const acc_t e = std::exp(logp);
-    out[i] = (logp == -std::numeric_limits<acc_t>::infinity()) ? acc_t(0) * coef
-                                                                 : coef * e * (logp + h);
+  } else {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t W = V::size();
+    const V vk(k), vm(m), vneg_ln(-log_norm), vA(A), vB(B), vc(c),
+        vlow(std::numeric_limits<acc_t>::lowest());
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      const V logp = at::vec::fmadd(V::loadu(p + i) - vm, vk, vneg_ln);
+      const V e = logp.exp();
+      at::vec::fmadd(e * at::vec::clamp_min(logp, vlow), vB, at::vec::fmadd(e, vA, vc)).store(out + i);
+    }
+    for (; i < n; ++i) {
+      const acc_t logp = (p[i] - m) * k - log_norm;
+      if (logp == -std::numeric_limits<acc_t>::infinity()) {
+        out[i] = c;
+      } else {
+        const acc_t e = std::exp(logp);
+        out[i] = A * e + B * e * logp + c;
+      }
+    }
   }
 }
 
-template <typename scalar_t>
-void entropy_bwd_rows(const acc_type_t<scalar_t>* grad, const scalar_t* x,
-                      const acc_type_t<scalar_t>* entropy, const acc_type_t<scalar_t>* shift,
-                      const acc_type_t<scalar_t>* log_norm, scalar_t* grad_x, int64_t row_begin,
-                      int64_t row_end, int64_t C, int64_t row_stride, double inv_t_d) {
+// Backward over rows for both ops: per row, Coeffs(r) gives (A, B, c, target column or -1,
+// target term) and the gradient row is written in the input dtype.
+template <typename scalar_t, typename Coeffs>
+void softmax_affine_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end, Coeffs coeffs) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
   alignas(64) acc_t in_buf[kWiden ? kChunk : 1];
   alignas(64) acc_t out_buf[kWiden ? kChunk : 1];
-  const acc_t inv_t = static_cast<acc_t>(inv_t_d);
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  auto* grad_x = static_cast<scalar_t*>(a.grad_x);
+  const auto* inv_t = static_cast<const acc_t*>(a.inv_t);
+  const auto* shift = static_cast<const acc_t*>(a.shift);
+  const auto* log_norm = static_cast<const acc_t*>(a.log_norm);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const scalar_t* row = x + r * row_stride;
-    scalar_t* grow = grad_x + r * C;
-    const acc_t coef = -grad[r] * inv_t;
-    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-      const int64_t n = std::min(kChunk, C - c0);
+    const scalar_t* row = x + r * a.row_stride;
+    scalar_t* grow = grad_x + r * a.C;
+    const acc_t k = inv_t[r * a.inv_t_stride];
+    acc_t A, B, c, y_term;
+    int64_t y;
+    coeffs(r, k, A, B, c, y, y_term);
+    for (int64_t c0 = 0; c0 < a.C; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, a.C - c0);
       const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, in_buf);
       acc_t* out = kWiden ? out_buf : reinterpret_cast<acc_t*>(grow + c0);
-      entropy_bwd_chunk<acc_t>(p, n, inv_t, shift[r], log_norm[r], entropy[r], coef, out);
+      softmax_affine_chunk<acc_t>(p, n, k, shift[r], log_norm[r], A, B, c, out);
+      if (y >= c0 && y < c0 + n) out[y - c0] += y_term;
       if constexpr (kWiden) store_chunk<scalar_t>(out_buf, n, grow + c0);
     }
   }
 }
 
+template <typename scalar_t>
+void entropy_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+  using acc_t = acc_type_t<scalar_t>;
+  const auto* grad = static_cast<const acc_t*>(a.grad);
+  const auto* entropy = static_cast<const acc_t*>(a.entropy);
+  softmax_affine_rows<scalar_t>(a, row_begin, row_end,
+                                [&](int64_t r, acc_t k, acc_t& A, acc_t& B, acc_t& c, int64_t& y,
+                                    acc_t& y_term) {
+                                  const acc_t coef = -grad[r] * k;
+                                  A = coef * entropy[r];
+                                  B = coef;
+                                  c = 0;
+                                  y = -1;
+                                  y_term = 0;
+                                });
+}
+
+template <typename scalar_t>
+void entropy_ce_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+  using acc_t = acc_type_t<scalar_t>;
+  const auto* grad = static_cast<const acc_t*>(a.grad);
+  const auto* entropy = static_cast<const acc_t*>(a.entropy);
+  const auto* shift = static_cast<const acc_t*>(a.shift);
+  const auto* log_norm = static_cast<const acc_t*>(a.log_norm);
+  const acc_t beta = static_cast<acc_t>(a.entropy_weight);
+  const acc_t eps = static_cast<acc_t>(a.label_smoothing);
+  const acc_t zw2 = static_cast<acc_t>(2.0 * a.z_loss_weight);
+  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(a.C);
+  softmax_affine_rows<scalar_t>(
+      a, row_begin, row_end,
+      [&](int64_t r, acc_t k, acc_t& A, acc_t& B, acc_t& c, int64_t& y, acc_t& y_term) {
+        y = a.target[r];
+        if (y == a.ignore_index) {  // no gradient
+          A = B = c = y_term = 0;
+          y = -1;
+          return;
+        }
+        if (y < 0 || y >= a.C) {  // invalid (the op validates first): NaN, no out-of-bounds
+          A = B = c = std::numeric_limits<acc_t>::quiet_NaN();
+          y = -1;
+          y_term = 0;
+          return;
+        }
+        const acc_t gk = grad[r] * k;
+        const acc_t lse = shift[r] * k + log_norm[r];
+        A = gk * (acc_t(1) + beta * entropy[r] + zw2 * lse);
+        B = gk * beta;
+        c = -gk * eps * inv_c;
+        y_term = -gk * (acc_t(1) - eps);
+      });
+}
+
 }  // namespace CPU_CAPABILITY
 
-#define TK_DISPATCH_FLOAT_TYPES(DTYPE, ...)                                      \
-  switch (DTYPE) {                                                               \
-    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; } \
+#define TK_DISPATCH_FLOAT_TYPES(DTYPE, ...)                                        \
+  switch (DTYPE) {                                                                 \
+    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; }   \
     case c10::ScalarType::Double: { using scalar_t = double; __VA_ARGS__; break; } \
-    case c10::ScalarType::BFloat16: {                                            \
-      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                      \
+    case c10::ScalarType::BFloat16: {                                              \
+      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                        \
     case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
-    default: break;                                                              \
+    default: break;                                                                \
   }
 
-void TK_CAT(entropy_fwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* x, int64_t row_begin,
-                                         int64_t row_end, int64_t C, int64_t row_stride,
-                                         double inv_t, void* entropy, void* shift,
-                                         void* log_norm) {
-  TK_DISPATCH_FLOAT_TYPES(dtype, {
-    using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
-    CPU_CAPABILITY::entropy_fwd_rows<scalar_t>(
-        static_cast<const scalar_t*>(x), row_begin, row_end, C, row_stride, inv_t,
-        static_cast<acc_t*>(entropy), static_cast<acc_t*>(shift), static_cast<acc_t*>(log_norm));
-  })
-}
+#define TK_DEFINE_ROW_FN(NAME)                                                                 \
+  void TK_CAT(NAME, CPU_CAPABILITY)(const EntropyArgs& a, int64_t row_begin, int64_t row_end) { \
+    TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::NAME##_rows<scalar_t>(a, row_begin, row_end)) \
+  }
 
-void TK_CAT(entropy_bwd, CPU_CAPABILITY)(c10::ScalarType dtype, const void* grad, const void* x,
-                                         const void* entropy, const void* shift,
-                                         const void* log_norm, void* grad_x, int64_t row_begin,
-                                         int64_t row_end, int64_t C, int64_t row_stride,
-                                         double inv_t) {
-  TK_DISPATCH_FLOAT_TYPES(dtype, {
-    using acc_t = CPU_CAPABILITY::acc_type_t<scalar_t>;
-    CPU_CAPABILITY::entropy_bwd_rows<scalar_t>(
-        static_cast<const acc_t*>(grad), static_cast<const scalar_t*>(x),
-        static_cast<const acc_t*>(entropy), static_cast<const acc_t*>(shift),
-        static_cast<const acc_t*>(log_norm), static_cast<scalar_t*>(grad_x), row_begin, row_end,
-        C, row_stride, inv_t);
-  })
-}
+TK_DEFINE_ROW_FN(entropy_fwd)
+TK_DEFINE_ROW_FN(entropy_bwd)
+TK_DEFINE_ROW_FN(entropy_ce_fwd)
+TK_DEFINE_ROW_FN(entropy_ce_bwd)
 
+#undef TK_DEFINE_ROW_FN
 #undef TK_DISPATCH_FLOAT_TYPES
 
 }  // namespace thermokern::cpu

@@ -69,14 +69,17 @@ std::string isa_name(Isa isa) {
 
 const Kernels& kernels() {
   static const Kernels table[] = {
-      {entropy_fwd_DEFAULT, entropy_bwd_DEFAULT},
+#define TK_KERNELS(ISA) \
+  {entropy_fwd_##ISA, entropy_bwd_##ISA, entropy_ce_fwd_##ISA, entropy_ce_bwd_##ISA}
+      TK_KERNELS(DEFAULT),
 #if defined(__x86_64__)
-      {entropy_fwd_AVX2, entropy_bwd_AVX2},
-      {entropy_fwd_AVX512, entropy_bwd_AVX512},
+      TK_KERNELS(AVX2),
+      TK_KERNELS(AVX512),
 #else
-      {entropy_fwd_DEFAULT, entropy_bwd_DEFAULT},
-      {entropy_fwd_DEFAULT, entropy_bwd_DEFAULT},
+      TK_KERNELS(DEFAULT),
+      TK_KERNELS(DEFAULT),
 #endif
+#undef TK_KERNELS
   };
   return table[static_cast<int>(active_isa())];
 }

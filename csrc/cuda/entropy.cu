@@ -4,6 +4,7 @@
 // statistics (row_stats.h) over the elements it owns, read with 16-byte vector loads when the
 // row is aligned; warps merge with shuffles, then the block through shared memory. Backward
 // recomputes log p = (x - max) / T - log_norm and writes -(g/T) p (log p + H) in one sweep.
+// 1/T comes from a device tensor, inv_t[row * inv_t_stride] (stride 0: one value for all rows).
 // Offsets are int64 throughout (rows * stride can exceed 2^31); nothing syncs with the host.
 #include <algorithm>
 #include <cstdint>
@@ -76,12 +77,14 @@ __device__ RowStats<T> block_merge(RowStats<T> r, T inv_t) {
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
                                            int64_t N, int64_t C, int64_t row_stride,
-                                           acc_t inv_t,
+                                           const acc_t* __restrict__ inv_t_ptr,
+                                           int64_t inv_t_stride,
                                            acc_t* __restrict__ entropy,    // (N,)
-                                           acc_t* __restrict__ shift,    // (N,)
+                                           acc_t* __restrict__ shift,      // (N,)
                                            acc_t* __restrict__ log_norm) { // (N,)
   const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
   for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
     const Pack<scalar_t, VEC>* rp =
         reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
     acc_t m = -INFINITY, d = 0, s = 0;
@@ -124,14 +127,16 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     // (N,)
                                            const scalar_t* __restrict__ x,     // (N, C)
-                                           const acc_t* __restrict__ entropy,   // (N,)
-                                           const acc_t* __restrict__ shift,   // (N,)
-                                           const acc_t* __restrict__ log_norm,  // (N,)
+                                           const acc_t* __restrict__ entropy,  // (N,)
+                                           const acc_t* __restrict__ shift,    // (N,)
+                                           const acc_t* __restrict__ log_norm, // (N,)
                                            scalar_t* __restrict__ grad_x,      // (N, C) contig
                                            int64_t N, int64_t C, int64_t row_stride,
-                                           acc_t inv_t) {
+                                           const acc_t* __restrict__ inv_t_ptr,
+                                           int64_t inv_t_stride) {
   const int64_t n_vec = C / VEC;
   for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
     const Pack<scalar_t, VEC>* rp =
         reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
     Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
@@ -191,9 +196,12 @@ void dispatch_vec(int vec, Fn&& fn) {
   return fn(std::integral_constant<int, 1>{});
 }
 
+// inv_t[row * stride] is row's 1/T: stride 0 for a single value shared by every row.
+int64_t inv_t_stride(const at::Tensor& inv_t) { return inv_t.size(0) == 1 ? 0 : inv_t.stride(0); }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
-    const at::Tensor& logits, double temperature) {
-  check_softmax_entropy_fwd(logits, temperature);
+    const at::Tensor& logits, const at::Tensor& inv_t) {
+  check_softmax_entropy_fwd(logits, inv_t);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
@@ -216,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
     dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
       constexpr int VEC = decltype(vec_c)::value;
       softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          xp, N, C, stride, static_cast<acc_t>(1.0 / temperature),
+          xp, N, C, stride, inv_t.const_data_ptr<acc_t>(), inv_t_stride(inv_t),
           entropy.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(),
           log_norm.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -226,9 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
 }
 
 at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                    const at::Tensor& entropy, const at::Tensor& shift,
-                                    const at::Tensor& log_norm, double temperature) {
-  check_softmax_entropy_bwd(grad, logits, entropy, shift, log_norm, temperature);
+                                    const at::Tensor& inv_t, const at::Tensor& entropy,
+                                    const at::Tensor& shift, const at::Tensor& log_norm) {
+  check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
@@ -253,7 +261,8 @@ at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& lo
       constexpr int VEC = decltype(vec_c)::value;
       softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
           g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(),
-          ln.const_data_ptr<acc_t>(), gxp, N, C, stride, static_cast<acc_t>(1.0 / temperature));
+          ln.const_data_ptr<acc_t>(), gxp, N, C, stride, inv_t.const_data_ptr<acc_t>(),
+          inv_t_stride(inv_t));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

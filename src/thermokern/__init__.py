@@ -6,9 +6,19 @@ Importing thermokern loads the native extension ``thermokern._C`` (which registe
 
 from __future__ import annotations
 
+from thermokern import nn
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
+from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "BackendInfo", "__version__", "available_backends", "softmax_entropy"]
+__all__ = [
+    "BACKENDS",
+    "BackendInfo",
+    "__version__",
+    "available_backends",
+    "entropy_regularized_cross_entropy",
+    "nn",
+    "softmax_entropy",
+]

@@ -319,6 +319,84 @@ def _softmax_entropy_dtypes(device: str, quick: bool) -> list[torch.dtype]:
     return [torch.float32]
 
 
+# ----------------------------------------------------------------------------- entropy CE
+_CE_BETA = 0.1
+_CE_TARGETS: dict[tuple, torch.Tensor] = {}  # (shape, device) -> targets, made with the input
+
+
+def _ce_target(x: torch.Tensor) -> torch.Tensor:
+    return _CE_TARGETS[(tuple(x.shape), str(x.device))]
+
+
+def _ce_input(shape, dtype, device, gen) -> torch.Tensor:
+    x = _softmax_entropy_input(shape, dtype, device, gen)
+    n_rows = math.prod(shape[:-1])
+    t = torch.randint(0, shape[-1], (n_rows,), generator=gen, device=device).reshape(shape[:-1])
+    _CE_TARGETS[(tuple(x.shape), str(x.device))] = t
+    return x
+
+
+def _eager_entropy_ce(x: torch.Tensor) -> torch.Tensor:
+    """The natural PyTorch way: F.cross_entropy minus beta times -(p * log p).sum."""
+    t = _ce_target(x)
+    ce = torch.nn.functional.cross_entropy(x.flatten(0, -2).float(), t.flatten(), reduction="none")
+    lp = torch.log_softmax(x.float(), -1)
+    h = -(lp.exp() * lp).sum(-1)
+    return ce.reshape(t.shape) - _CE_BETA * h
+
+
+def _thermokern_ce_provider(backend: str) -> Provider:
+    def make():
+        def fn(x):
+            return thermokern.entropy_regularized_cross_entropy(
+                x, _ce_target(x), entropy_weight=_CE_BETA, reduction="none", backend=backend
+            )
+
+        return fn
+
+    return Provider(backend, make, kind="thermokern")
+
+
+def _entropy_ce_providers(device: str) -> tuple[list[Provider], list[str]]:
+    base, notes = _softmax_entropy_providers(device)
+    providers = [_thermokern_ce_provider(p.name) for p in base if p.kind == "thermokern"]
+    providers.append(Provider("eager", lambda: _eager_entropy_ce, kind="baseline"))
+    providers.append(_compile_provider(_eager_entropy_ce))
+    notes = [n for n in notes if not n.startswith(("liger", "quack"))]
+    notes.append("liger/quack: no entropy-regularised cross-entropy to compare with")
+    return providers, notes
+
+
+def _entropy_ce_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+    rows = x.detach().reshape(-1, x.shape[-1])
+    t = _ce_target(x).reshape(-1)
+    g_rows = grad.reshape(-1) if grad is not None else None
+    budget = (1 << 26) if rows.is_cuda else (1 << 23)
+    step = max(1, budget // rows.shape[1])
+    for r0 in range(0, rows.shape[0], step):
+        sl = slice(r0, r0 + step)
+        chunk = rows[sl].to(torch.float64)
+        kw = dict(entropy_weight=_CE_BETA, reduction="none")
+        if mode == "fwd":
+            yield sl, reference.entropy_regularized_cross_entropy(chunk, t[sl], **kw)
+        else:
+            chunk.requires_grad_(True)
+            reference.entropy_regularized_cross_entropy(chunk, t[sl], **kw).backward(g_rows[sl].double())
+            yield sl, chunk.grad
+
+
+def _entropy_ce_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    if torch.device(device).type == "cuda":
+        return [(16384, 131072)] if quick else [(16384, 32000), (16384, 131072)]
+    return [(8192, 32000)] if not quick else [(4096, 32000)]
+
+
+def _entropy_ce_dtypes(device: str, quick: bool) -> list[torch.dtype]:
+    if torch.device(device).type == "cuda":
+        return [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
+    return [torch.float32]
+
+
 OPS: dict[str, OpSpec] = {
     "softmax_entropy": OpSpec(
         name="softmax_entropy",
@@ -331,6 +409,18 @@ OPS: dict[str, OpSpec] = {
         default_shapes=_softmax_entropy_shapes,
         default_dtypes=_softmax_entropy_dtypes,
         params={"dim": -1, "temperature": _TEMPERATURE, "logits": f"randn * {_LOGIT_SCALE}"},
+    ),
+    "entropy_regularized_cross_entropy": OpSpec(
+        name="entropy_regularized_cross_entropy",
+        providers=_entropy_ce_providers,
+        make_input=_ce_input,
+        make_grad=lambda x, gen: torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32),
+        min_bytes=_softmax_entropy_min_bytes,
+        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        reference_chunks=_entropy_ce_reference_chunks,
+        default_shapes=_entropy_ce_shapes,
+        default_dtypes=_entropy_ce_dtypes,
+        params={"entropy_weight": _CE_BETA, "reduction": "none", "target": "uniform random"},
     ),
 }
 

@@ -35,15 +35,59 @@ def check_dim(dim: object, ndim: int, name: str = "dim") -> int:
     return dim % ndim
 
 
-def check_temperature(temperature: object) -> float:
+def check_temperature(temperature: object) -> float | torch.Tensor:
+    """A finite float > 0, or a floating-point tensor of temperatures (values checked later)."""
     if isinstance(temperature, torch.Tensor):
-        raise TypeError(
-            "temperature: expected a positive Python float; per-row temperature tensors are not supported "
-            "by this op yet"
-        )
+        if temperature.dtype == torch.bool or temperature.is_complex():
+            raise TypeError(f"temperature: expected a real tensor, got {temperature.dtype}")
+        if temperature.requires_grad:
+            raise ValueError(
+                "temperature: gradients with respect to a temperature tensor are not supported; "
+                "pass temperature.detach()"
+            )
+        return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature: expected a positive float, got {type(temperature).__name__}")
+        raise TypeError(f"temperature: expected a positive float or a tensor, got {type(temperature).__name__}")
     t = float(temperature)
     if not 0.0 < t < math.inf:  # also rejects NaN (comparisons only: traceable by dynamo)
         raise ValueError(f"temperature: expected a finite value > 0, got {t}")
     return t
+
+
+def _can_sync(t: torch.Tensor) -> bool:
+    """Whether a data-dependent check may read values back (never while capturing a CUDA
+    graph or tracing with torch.compile; on CUDA it costs one host synchronisation)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def inverse_temperature(
+    temperature: float | torch.Tensor, out_shape: torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """1/T as the kernels take it: a 1-D tensor of the accumulation dtype with 1 element, or
+    one per output row (``temperature`` broadcast to ``out_shape``, flattened).
+
+    A temperature tensor must be broadcastable to ``out_shape`` and hold finite values > 0;
+    the values are checked where that needs no host synchronisation in a traced or captured
+    region (see :func:`_can_sync`).
+    """
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if not isinstance(temperature, torch.Tensor):
+        return torch.full((1,), 1.0 / temperature, dtype=acc, device=device)
+    if temperature.device != device and temperature.numel() != 1:
+        raise ValueError(f"temperature: expected a tensor on {device} (or one value), got {temperature.device}")
+    t = temperature.to(device=device, dtype=acc)
+    if t.numel() == 1:
+        t = t.reshape(1)
+    else:
+        try:
+            t = t.broadcast_to(out_shape).reshape(-1)
+        except RuntimeError:
+            raise ValueError(
+                f"temperature: shape {tuple(temperature.shape)} is not broadcastable to the per-row "
+                f"shape {tuple(out_shape)}"
+            ) from None
+    if _can_sync(t) and not bool(((t > 0) & torch.isfinite(t)).all()):
+        raise ValueError("temperature: expected finite values > 0 in the temperature tensor")
+    return (1.0 / t).contiguous()

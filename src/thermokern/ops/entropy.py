@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import check_dim, check_float_tensor, check_temperature
+from thermokern.ops._checks import check_dim, check_float_tensor, check_temperature, inverse_temperature
 
 __all__ = ["softmax_entropy"]
 
@@ -23,11 +23,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _setup_context(ctx, inputs, output):
-    logits, temperature = inputs
+    logits, inv_t = inputs
     entropy, shift, log_norm = output
-    ctx.save_for_backward(logits, entropy, shift, log_norm)
+    ctx.save_for_backward(logits, inv_t, entropy, shift, log_norm)
     ctx.mark_non_differentiable(shift, log_norm)  # per-row statistics for the backward
-    ctx.temperature = temperature
     ctx.set_materialize_grads(False)  # unused stats outputs arrive as None
 
 
@@ -37,8 +36,8 @@ def _make_backward(bwd_op):
     def backward(ctx, grad_entropy, grad_shift, grad_log_norm):
         if grad_entropy is None:
             return None, None
-        logits, entropy, shift, log_norm = ctx.saved_tensors
-        return bwd_op(grad_entropy, logits, entropy, shift, log_norm, ctx.temperature), None
+        logits, inv_t, entropy, shift, log_norm = ctx.saved_tensors
+        return bwd_op(grad_entropy, logits, inv_t, entropy, shift, log_norm), None
 
     return backward
 
@@ -47,14 +46,14 @@ def _make_backward(bwd_op):
 if _ops is not None:
 
     @torch.library.register_fake("thermokern::softmax_entropy_fwd")
-    def _fwd_fake(logits: torch.Tensor, temperature: float):
+    def _fwd_fake(logits: torch.Tensor, inv_t: torch.Tensor):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         n = logits.shape[0]
         acc = _acc_dtype(logits.dtype)
         return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
 
     @torch.library.register_fake("thermokern::softmax_entropy_bwd")
-    def _bwd_fake(grad, logits, entropy, shift, log_norm, temperature):
+    def _bwd_fake(grad, logits, inv_t, entropy, shift, log_norm):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         return logits.new_empty(logits.shape)
 
@@ -77,19 +76,19 @@ def _triton_ops():
     from thermokern.kernels import entropy as tk
 
     @torch.library.triton_op("thermokern::softmax_entropy_fwd_triton", mutates_args=())
-    def fwd(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.softmax_entropy_fwd(logits, temperature)
+    def fwd(logits: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tk.softmax_entropy_fwd(logits, inv_t)
 
     @torch.library.triton_op("thermokern::softmax_entropy_bwd_triton", mutates_args=())
     def bwd(
         grad: torch.Tensor,
         logits: torch.Tensor,
+        inv_t: torch.Tensor,
         entropy: torch.Tensor,
         shift: torch.Tensor,
         log_norm: torch.Tensor,
-        temperature: float,
     ) -> torch.Tensor:
-        return tk.softmax_entropy_bwd(grad, logits, entropy, shift, log_norm, temperature)
+        return tk.softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm)
 
     fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
     _triton_fwd = fwd
@@ -97,6 +96,10 @@ def _triton_ops():
 
 
 # ----------------------------------------------------------------------------- public API
+def _per_row(t: torch.Tensor, out_shape: torch.Size) -> torch.Tensor:
+    """A 1- or N-element temperature tensor shaped to broadcast against the output."""
+    return t.reshape(()) if t.numel() == 1 else t.reshape(out_shape)
+
 def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
     """View ``x`` as (rows, C) with the reduced dim last and unit stride along it.
 
@@ -117,7 +120,7 @@ def softmax_entropy(
     logits: torch.Tensor,
     dim: int = -1,
     *,
-    temperature: float = 1.0,
+    temperature: float | torch.Tensor = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Shannon entropy of ``softmax(logits / temperature)`` along ``dim``.
@@ -131,7 +134,10 @@ def softmax_entropy(
         logits: float32, float64, float16 or bfloat16 tensor of any shape (non-contiguous is
             fine). 16-bit inputs accumulate in float32.
         dim: the class dimension to reduce.
-        temperature: a finite float > 0.
+        temperature: a finite float > 0, or a tensor of temperatures broadcastable to the
+            output shape (per-row T; not differentiated). Tensor values are checked for being
+            finite and > 0 except inside torch.compile or CUDA-graph capture, where that
+            would need a host synchronisation.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
             :func:`thermokern.available_backends`).
 
@@ -159,11 +165,12 @@ def softmax_entropy(
             f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined"
         )
     name = _backend.resolve_backend(backend, logits)
-    if name == "reference":
-        return reference.softmax_entropy(logits, dim, temperature=temperature)
     rows, out_shape = _as_rows(logits, dim)
+    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)
+    if name == "reference":
+        return reference.softmax_entropy(logits, dim, temperature=_per_row(1.0 / inv_t, out_shape))
     if name == "triton":
-        entropy = _triton_ops()(rows, temperature)[0]
+        entropy = _triton_ops()(rows, inv_t)[0]
     else:
-        entropy = _ops.softmax_entropy_fwd(rows, temperature)[0]
+        entropy = _ops.softmax_entropy_fwd(rows, inv_t)[0]
     return entropy.to(logits.dtype).reshape(out_shape)

@@ -1,0 +1,382 @@
+// entropy_ce: entropy-regularised cross-entropy, CUDA implementation
+// (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+//
+// Per row, with k = 1/T = inv_t[row * inv_t_stride], z = k x and y the target class:
+//   loss = CE(z, y; eps) - beta H(softmax z) + zw lse(z)^2    (0 when y == ignore_index)
+// Same structure as entropy.cu: one thread block per row (grid-stride over rows), online row
+// statistics (row_stats.h) per thread over 16-byte vector loads, merged through warp shuffles
+// and shared memory. The forward writes the softmax_entropy statistics (entropy, shift,
+// log_norm) as well, and the backward recomputes p from them in one sweep:
+//   grad_x_j = g k [p_j (1 + beta (log p_j + H) + 2 zw lse) - (1 - eps) [j == y] - eps / C].
+// A target outside [0, C) that is not ignore_index is never used as an index: its row gets a
+// NaN loss and a NaN gradient row (the Python layer validates targets first when it can).
+// Offsets are int64 throughout; nothing syncs with the host.
+//
+// [Note: cancellation-free cross-entropy]
+// With m the row maximum and log d = log_norm, lse = k m + log d, so
+//   CE = (1 - eps)(lse - k x_y) + eps (lse - k mean x) = log d + k (m - (1 - eps) x_y - eps mean x).
+// For large logits (~1e4) m - x_y is exact, but a plain float sum of x can lose 1e-3 or more
+// to rounding. With label smoothing every thread therefore sums x_j - r with the per-row
+// reference r = x_y (r = 0 when x_y is not finite, or the target is not a valid class; x_y = -inf
+// makes the loss +inf anyway), and
+//   m - (1 - eps) x_y - eps mean x = (m - r) - (1 - eps)(x_y - r) - eps mean(x - r),
+// where every term is of the size of the spread of the row, not of the logits.
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "thermokern/checks.h"
+#include "thermokern/row_stats.h"
+
+namespace thermokern::cuda {
+
+namespace {
+
+// The helpers below mirror those of entropy.cu (each .cu is its own translation unit).
+constexpr int kWarp = 32;
+constexpr int kMaxThreads = 512;
+constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this many rows
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+template <typename T>
+__device__ __forceinline__ T nan_max(T a, T b) {
+  if (a != a) return a;
+  return (b != b || b > a) ? b : a;
+}
+
+template <typename T>
+__device__ __forceinline__ RowStats<T> shfl_xor_stats(const RowStats<T>& r, int mask) {
+  return RowStats<T>{__shfl_xor_sync(0xffffffffu, r.m, mask),
+                     __shfl_xor_sync(0xffffffffu, r.d, mask),
+                     __shfl_xor_sync(0xffffffffu, r.s, mask)};
+}
+
+// Merge the statistics of all threads of the block, and add up `sum` when WITH_SUM; the
+// results are valid in thread 0.
+template <bool WITH_SUM, typename T>
+__device__ RowStats<T> block_merge(RowStats<T> r, T& sum, T inv_t) {
+  __shared__ T sm[kMaxThreads / kWarp], sd[kMaxThreads / kWarp], ss[kMaxThreads / kWarp];
+  __shared__ T ssum[WITH_SUM ? kMaxThreads / kWarp : 1];
+  for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
+    r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
+    if constexpr (WITH_SUM) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
+  }
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int n_warps = blockDim.x / kWarp;
+  if (lane == 0) {
+    sm[warp] = r.m;
+    sd[warp] = r.d;
+    ss[warp] = r.s;
+    if constexpr (WITH_SUM) ssum[warp] = sum;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    r = lane < n_warps ? RowStats<T>{sm[lane], sd[lane], ss[lane]} : row_stats_empty<T>();
+    if constexpr (WITH_SUM) sum = lane < n_warps ? ssum[lane] : T(0);
+    for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
+      r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
+      if constexpr (WITH_SUM) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
+    }
+  }
+  __syncthreads();  // the shared buffers are reused by the next row
+  return r;
+}
+
+// Forward. HAS_SMOOTHING: label_smoothing > 0 (then the row sum of x - ref is needed).
+template <typename scalar_t, typename acc_t, int VEC, bool HAS_SMOOTHING>
+__global__ void entropy_ce_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
+                                      const int64_t* __restrict__ target,  // (N,)
+                                      int64_t N, int64_t C, int64_t row_stride,
+                                      const acc_t* __restrict__ inv_t_ptr, int64_t inv_t_stride,
+                                      acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw,
+                                      acc_t* __restrict__ loss,       // (N,)
+                                      acc_t* __restrict__ entropy,    // (N,)
+                                      acc_t* __restrict__ shift,      // (N,)
+                                      acc_t* __restrict__ log_norm) { // (N,)
+  const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
+    const scalar_t* xrow = x + row * row_stride;
+    // The target logit: read by thread 0 for the loss, and by every thread when it is the
+    // reference of the smoothing sum (see [Note: cancellation-free cross-entropy]).
+    int64_t y = ignore_index;
+    acc_t xy = 0, ref = 0;
+    if (HAS_SMOOTHING || threadIdx.x == 0) {
+      y = target[row];
+      if (y != ignore_index && y >= 0 && y < C) {
+        xy = static_cast<acc_t>(xrow[y]);
+        if (HAS_SMOOTHING && xy > -INFINITY && xy < INFINITY) ref = xy;  // finite
+      }
+    }
+    const Pack<scalar_t, VEC>* rp = reinterpret_cast<const Pack<scalar_t, VEC>*>(xrow);
+    acc_t m = -INFINITY, d = 0, s = 0, sx = 0;
+    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
+      const Pack<scalar_t, VEC> p = rp[v];
+      acc_t xv[VEC];
+      acc_t cm = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        xv[j] = static_cast<acc_t>(p.v[j]);
+        cm = nan_max(cm, xv[j]);
+      }
+      if constexpr (HAS_SMOOTHING) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sx += xv[j] - ref;  // -inf entries make it -inf: loss +inf
+      }
+      if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
+        if (m != -INFINITY) {
+          const acc_t delta = (m - cm) * inv_t;
+          const acc_t sc = tk_exp(delta);
+          s = (s + delta * d) * sc;
+          d = d * sc;
+        }
+        m = cm;
+      }
+      if (m == -INFINITY) continue;  // everything so far is -inf: nothing to add
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const acc_t t = (xv[j] - m) * inv_t;  // exact for x near m, whatever T
+        const acc_t e = tk_exp(t);
+        d += e;
+        s += (t == -INFINITY) ? acc_t(0) : t * e;
+      }
+    }
+    const RowStats<acc_t> r = block_merge<HAS_SMOOTHING>(RowStats<acc_t>{m, d, s}, sx, inv_t);
+    if (threadIdx.x == 0) {
+      const acc_t h = row_stats_entropy(r);
+      const acc_t ln = row_stats_log_norm(r);
+      entropy[row] = h;
+      shift[row] = r.m;
+      log_norm[row] = ln;
+      acc_t l;
+      if (y == ignore_index) {
+        l = 0;
+      } else if (y < 0 || y >= C) {
+        l = NAN;  // invalid target: no read happened
+      } else {
+        acc_t gap;  // m - (1 - eps) x_y - eps mean x
+        if constexpr (HAS_SMOOTHING) {
+          gap = (r.m - ref) - (acc_t(1) - eps) * (xy - ref) - eps * (sx / static_cast<acc_t>(C));
+        } else {
+          gap = r.m - xy;
+        }
+        l = ln + inv_t * gap - beta * h;
+        if (zw != acc_t(0)) {
+          const acc_t lse = r.m * inv_t + ln;
+          l += zw * lse * lse;
+        }
+      }
+      loss[row] = l;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void entropy_ce_bwd_kernel(const acc_t* __restrict__ grad,      // (N,)
+                                      const scalar_t* __restrict__ x,      // (N, C)
+                                      const int64_t* __restrict__ target,  // (N,)
+                                      const acc_t* __restrict__ entropy,   // (N,)
+                                      const acc_t* __restrict__ shift,     // (N,)
+                                      const acc_t* __restrict__ log_norm,  // (N,)
+                                      scalar_t* __restrict__ grad_x,       // (N, C) contig
+                                      int64_t N, int64_t C, int64_t row_stride,
+                                      const acc_t* __restrict__ inv_t_ptr, int64_t inv_t_stride,
+                                      acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw) {
+  const int64_t n_vec = C / VEC;
+  const acc_t eps_c = eps / static_cast<acc_t>(C);  // the smoothing term, every column
+  const acc_t on_y = acc_t(1) - eps;                // the target column's extra term
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
+    const int64_t y = target[row];
+    if (y == ignore_index || y < 0 || y >= C) {
+      // Ignored row: no gradient. Invalid target: NaN row, and no read at y. The branch is
+      // the same for the whole block.
+      const scalar_t fill = static_cast<scalar_t>(y == ignore_index ? acc_t(0) : acc_t(NAN));
+      Pack<scalar_t, VEC> out;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out.v[j] = fill;
+      for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) gp[v] = out;
+      continue;
+    }
+    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
+    const Pack<scalar_t, VEC>* rp =
+        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
+    const acc_t gk = grad[row] * inv_t;
+    const acc_t mx = shift[row];
+    const acc_t ln = log_norm[row];
+    // p_j (1 + beta (log p_j + H) + 2 zw lse) = p_j (a + beta log p_j)
+    acc_t a = acc_t(1) + beta * entropy[row];
+    if (zw != acc_t(0)) a += acc_t(2) * zw * (mx * inv_t + ln);
+    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
+      const Pack<scalar_t, VEC> p = rp[v];
+      Pack<scalar_t, VEC> out;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const acc_t logp = (static_cast<acc_t>(p.v[j]) - mx) * inv_t - ln;
+        // p = 0 at -inf: no 0 * (-inf)
+        acc_t t = (logp == -INFINITY) ? acc_t(0) : tk_exp(logp) * (a + beta * logp);
+        t -= eps_c;
+        if (v * VEC + j == y) t -= on_y;
+        out.v[j] = static_cast<scalar_t>(gk * t);
+      }
+      gp[v] = out;
+    }
+  }
+}
+
+int threads_for(int64_t n_vec) {
+  int t = kWarp;
+  while (t < kMaxThreads && t < n_vec) t *= 2;
+  return t;
+}
+
+// Largest vector width (elements per 16-byte load) that the pointers, row stride and C allow.
+template <typename scalar_t>
+int vec_width(const void* a, const void* b, int64_t row_stride, int64_t C) {
+  int vec = static_cast<int>(16 / sizeof(scalar_t));
+  while (vec > 1) {
+    const uintptr_t bytes = static_cast<uintptr_t>(vec) * sizeof(scalar_t);
+    if (reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0 &&
+        row_stride % vec == 0 && C % vec == 0) {
+      break;
+    }
+    vec /= 2;
+  }
+  return vec;
+}
+
+// Call fn(std::integral_constant<int, VEC>) for the runtime width, instantiating only the
+// widths whose packs fit one 16-byte load of scalar_t.
+template <typename scalar_t, typename Fn>
+void dispatch_vec(int vec, Fn&& fn) {
+  constexpr int kMax = static_cast<int>(16 / sizeof(scalar_t));
+  if constexpr (kMax >= 8) {
+    if (vec == 8) return fn(std::integral_constant<int, 8>{});
+  }
+  if constexpr (kMax >= 4) {
+    if (vec == 4) return fn(std::integral_constant<int, 4>{});
+  }
+  if constexpr (kMax >= 2) {
+    if (vec == 2) return fn(std::integral_constant<int, 2>{});
+  }
+  return fn(std::integral_constant<int, 1>{});
+}
+
+// inv_t[row * stride] is row's 1/T: stride 0 for a single value shared by every row.
+int64_t inv_t_stride(const at::Tensor& inv_t) { return inv_t.size(0) == 1 ? 0 : inv_t.stride(0); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cuda(
+    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,
+    double entropy_weight, double label_smoothing, int64_t ignore_index, double z_loss_weight) {
+  check_softmax_entropy_fwd(logits, inv_t);
+  check_target(target, logits);
+  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor loss = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor shift = at::empty({N}, logits.options().dtype(acc));
+  at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
+  maybe_poison(loss);
+  maybe_poison(entropy);
+  maybe_poison(shift);
+  maybe_poison(log_norm);
+  if (N == 0) return {loss, entropy, shift, log_norm};
+  const at::Tensor tgt = target.contiguous();
+  const int64_t stride = logits.stride(0);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+                                  "entropy_ce_fwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
+    const int vec = vec_width<scalar_t>(xp, xp, stride, C);
+    const int threads = threads_for((C + vec - 1) / vec);
+    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
+    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+      constexpr int VEC = decltype(vec_c)::value;
+      auto launch = [&](auto kernel) {
+        kernel<<<blocks, threads, 0, stream>>>(
+            xp, tgt.const_data_ptr<int64_t>(), N, C, stride, inv_t.const_data_ptr<acc_t>(),
+            inv_t_stride(inv_t), static_cast<acc_t>(entropy_weight),
+            static_cast<acc_t>(label_smoothing), ignore_index, static_cast<acc_t>(z_loss_weight),
+            loss.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
+            shift.mutable_data_ptr<acc_t>(), log_norm.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (label_smoothing > 0.0) {
+        launch(entropy_ce_fwd_kernel<scalar_t, acc_t, VEC, true>);
+      } else {
+        launch(entropy_ce_fwd_kernel<scalar_t, acc_t, VEC, false>);
+      }
+    });
+  });
+  return {loss, entropy, shift, log_norm};
+}
+
+at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
+                               const at::Tensor& target, const at::Tensor& inv_t,
+                               const at::Tensor& entropy, const at::Tensor& shift,
+                               const at::Tensor& log_norm, double entropy_weight,
+                               double label_smoothing, int64_t ignore_index,
+                               double z_loss_weight) {
+  check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
+  check_target(target, logits);
+  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const auto acc = acc_dtype(logits.scalar_type());
+  at::Tensor grad_x = at::empty({N, C}, logits.options());
+  maybe_poison(grad_x);
+  if (N == 0) return grad_x;
+  const at::Tensor g = grad.to(acc).contiguous();
+  const at::Tensor tgt = target.contiguous();
+  const at::Tensor h = entropy.contiguous();
+  const at::Tensor mx = shift.contiguous();
+  const at::Tensor ln = log_norm.contiguous();
+  const int64_t stride = logits.stride(0);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+                                  "entropy_ce_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
+    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
+    const int vec = vec_width<scalar_t>(xp, gxp, stride, C);
+    const int threads = threads_for((C + vec - 1) / vec);
+    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
+    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+      constexpr int VEC = decltype(vec_c)::value;
+      entropy_ce_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+          g.const_data_ptr<acc_t>(), xp, tgt.const_data_ptr<int64_t>(),
+          h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(), ln.const_data_ptr<acc_t>(), gxp,
+          N, C, stride, inv_t.const_data_ptr<acc_t>(), inv_t_stride(inv_t),
+          static_cast<acc_t>(entropy_weight), static_cast<acc_t>(label_smoothing), ignore_index,
+          static_cast<acc_t>(z_loss_weight));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
+  m.impl("entropy_ce_fwd", &entropy_ce_fwd_cuda);
+  m.impl("entropy_ce_bwd", &entropy_ce_bwd_cuda);
+}
+
+}  // namespace thermokern::cuda

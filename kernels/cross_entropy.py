@@ -1,0 +1,294 @@
+"""Triton kernels for the entropy-regularised cross-entropy, with their launchers.
+
+Per row i of a (N, C) logits tensor x with target y and k = 1/T (z = k x):
+    loss_i = CE_i - beta H_i + zw lse_i^2
+    CE_i   = (1 - eps)(lse - z_y) + eps (lse - mean_j z_j)     (label smoothing eps)
+with the online statistics of kernels/entropy.py (csrc/include/thermokern/row_stats.h):
+    m = max x (input units), d = sum e^{k(x-m)}, s = sum k(x-m) e^{k(x-m)},
+    H = log d - s/d,  log_norm = log d,  lse = k m + log d,  log p_j = k(x_j - m) - log d.
+CE is formed from shifted differences, free of the cancellation of lse - z_y for large logits:
+    CE = log d + k [(1 - eps)(m - x_y) + eps (m - r - mean_j (x_j - r))],
+r = x_y when finite (else 0), so that the smoothing sum runs over differences x_j - x_y.
+The gradient:
+    dloss/dx_j = g k [p_j (1 + beta (log p_j + H) + 2 zw lse) - (1 - eps)[j = y] - eps / C].
+Rows whose target is ``ignore_index`` get loss 0 and a zero gradient (their statistics are
+still written); a target outside [0, C) that is not ``ignore_index`` is never read and gives a
+NaN loss and a NaN gradient row.
+
+The float weights beta, eps, zw reach the kernels as 1-element accumulation-dtype tensors
+(``torch.full``: no host sync, CUDA-graph safe), like 1/T: Triton types a Python float argument
+as fp32, which would cost float64 inputs 1e-8 of relative accuracy. A weight that is 0 is not
+materialised: its HAS_* flag is off and the kernel never reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .entropy import _acc, _block_and_warps, _inv_t_arg, _poison
+
+
+@triton.jit
+def _entropy_ce_fwd_kernel(
+    x_ptr,  # (N, C) logits, unit stride along C
+    target_ptr,  # (N,) int64 target class of each row
+    loss_ptr,  # (N,) out: per-row loss, accumulation dtype
+    entropy_ptr,  # (N,) out: entropy of softmax(k x), accumulation dtype
+    shift_ptr,  # (N,) out: the shift m (the row maximum, input units), accumulation dtype
+    log_norm_ptr,  # (N,) out: log sum e^{k(x - m)}, accumulation dtype
+    C,  # number of classes
+    row_stride,  # elements between rows of x
+    inv_t_ptr,  # (1,) or (N,) 1 / temperature, accumulation dtype
+    beta_ptr,  # (1,) entropy weight, accumulation dtype (read only if HAS_ENTROPY)
+    eps_ptr,  # (1,) label smoothing, accumulation dtype (read only if HAS_SMOOTHING)
+    zw_ptr,  # (1,) z-loss weight, accumulation dtype (read only if HAS_Z_LOSS)
+    ignore_index,  # target value of rows that contribute nothing
+    INV_T_STRIDE: tl.constexpr,  # 0: one 1/T for every row; 1: one per row
+    HAS_SMOOTHING: tl.constexpr,  # eps != 0: also sum the row (the mean_j z_j term)
+    HAS_ENTROPY: tl.constexpr,  # beta != 0: subtract beta H
+    HAS_Z_LOSS: tl.constexpr,  # zw != 0: add zw lse^2
+    ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
+    BLOCK_C: tl.constexpr,  # columns per step
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * row_stride
+    cols = tl.arange(0, BLOCK_C)
+    inv_t = tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+    tgt = tl.load(target_ptr + row).to(tl.int64)
+    ignored = tgt == ignore_index
+    in_range = (tgt >= 0) & (tgt < C)
+    # An out-of-range target reads nothing (its loss is NaN below).
+    x_y = tl.load(x_row + tl.where(in_range, tgt, 0), mask=in_range, other=0.0).to(ACC)
+    # Reference the smoothing sum is taken against: x_y when finite (differences near the
+    # target are exact), else 0 so that an infinite x_y never meets itself (inf - inf).
+    ref = tl.where(tl.abs(x_y) < float("inf"), x_y, 0.0).to(ACC)
+    sx = tl.zeros((), ACC)  # sum_j (x_j - ref), only with HAS_SMOOTHING
+    m = tl.full((), float("-inf"), ACC)
+    d = tl.zeros((), ACC)
+    s = tl.zeros((), ACC)
+    for c0 in range(0, C, BLOCK_C):
+        mask = c0 + cols < C
+        x = tl.load(x_row + c0 + cols, mask=mask, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        # Shift by 0 while everything seen is -inf, so that -inf - -inf never appears.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new).to(ACC)
+        delta = (m - m_safe) * inv_t
+        alpha = tl.exp(delta)
+        s = tl.where(m == float("-inf"), 0.0, (s + delta * d) * alpha).to(ACC)
+        d = d * alpha
+        y = (x - m_safe) * inv_t  # subtract first: exact for x near the max, whatever T
+        e = tl.exp(y)
+        d += tl.sum(e, axis=0)
+        s += tl.sum(tl.where(x == float("-inf"), 0.0, y * e), axis=0)
+        if HAS_SMOOTHING:
+            sx += tl.sum(tl.where(mask, x - ref, 0.0), axis=0)
+        m = m_new
+    log_d = tl.log(d)
+    h = log_d - s / d
+    if HAS_SMOOTHING:
+        eps = tl.load(eps_ptr).to(ACC)
+        mean_diff = m - ref - sx / C  # m - mean_j x_j
+        loss = log_d + inv_t * ((1.0 - eps) * (m - x_y) + eps * mean_diff)
+    else:
+        loss = log_d + inv_t * (m - x_y)
+    if HAS_ENTROPY:
+        loss -= tl.load(beta_ptr).to(ACC) * h
+    if HAS_Z_LOSS:
+        lse = m * inv_t + log_d
+        loss += tl.load(zw_ptr).to(ACC) * lse * lse
+    loss = tl.where(ignored, 0.0, tl.where(in_range, loss, float("nan"))).to(ACC)
+    tl.store(loss_ptr + row, loss)
+    tl.store(shift_ptr + row, m)
+    tl.store(log_norm_ptr + row, log_d)
+    tl.store(entropy_ptr + row, h)
+
+
+@triton.jit
+def _entropy_ce_bwd_kernel(
+    grad_ptr,  # (N,) upstream gradient of the per-row loss, accumulation dtype
+    x_ptr,  # (N, C) logits, unit stride along C
+    target_ptr,  # (N,) int64 target class of each row
+    entropy_ptr,  # (N,) entropy saved by the forward, accumulation dtype
+    shift_ptr,  # (N,) shift saved by the forward
+    log_norm_ptr,  # (N,) log-normaliser saved by the forward
+    grad_x_ptr,  # (N, C) out, contiguous, input dtype
+    C,  # number of classes
+    row_stride,  # elements between rows of x
+    inv_t_ptr,  # (1,) or (N,) 1 / temperature, accumulation dtype
+    beta_ptr,  # (1,) entropy weight, accumulation dtype (read only if HAS_ENTROPY)
+    eps_ptr,  # (1,) label smoothing, accumulation dtype (read only if HAS_SMOOTHING)
+    zw_ptr,  # (1,) z-loss weight, accumulation dtype (read only if HAS_Z_LOSS)
+    ignore_index,  # target value of rows that contribute nothing
+    INV_T_STRIDE: tl.constexpr,  # 0: one 1/T for every row; 1: one per row
+    HAS_SMOOTHING: tl.constexpr,  # eps != 0
+    HAS_ENTROPY: tl.constexpr,  # beta != 0
+    HAS_Z_LOSS: tl.constexpr,  # zw != 0
+    ACC: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # columns per step
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * row_stride
+    g_row = grad_x_ptr + row * C
+    cols = tl.arange(0, BLOCK_C)
+    out_t = grad_x_ptr.dtype.element_ty
+    inv_t = tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+    tgt = tl.load(target_ptr + row).to(tl.int64)
+    ignored = tgt == ignore_index
+    live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
+    # What a row without a gradient gets: 0 when ignored, NaN for an out-of-range target.
+    dead = tl.where(ignored, 0.0, float("nan")).to(ACC)
+    coef = tl.load(grad_ptr + row).to(ACC) * inv_t
+    mx = tl.load(shift_ptr + row).to(ACC)
+    ln = tl.load(log_norm_ptr + row).to(ACC)
+    # p_j is weighted by w_j = 1 + beta (log p_j + H) + 2 zw lse = w0 + beta log p_j.
+    w0 = tl.full((), 1.0, ACC)
+    if HAS_Z_LOSS:
+        w0 += 2.0 * tl.load(zw_ptr).to(ACC) * (mx * inv_t + ln)
+    if HAS_ENTROPY:
+        beta = tl.load(beta_ptr).to(ACC)
+        w0 += beta * tl.load(entropy_ptr + row).to(ACC)
+    if HAS_SMOOTHING:
+        eps = tl.load(eps_ptr).to(ACC)
+        on_target = 1.0 - eps
+        off_target = eps / C
+    else:
+        on_target = tl.full((), 1.0, ACC)
+        off_target = tl.zeros((), ACC)
+    for c0 in range(0, C, BLOCK_C):
+        mask = c0 + cols < C
+        x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
+        logp = (x - mx) * inv_t - ln
+        if HAS_ENTROPY:
+            pw = tl.exp(logp) * (w0 + beta * logp)
+        else:
+            pw = tl.exp(logp) * w0
+        pw = tl.where(logp == float("-inf"), 0.0, pw)  # p = 0: no 0 * -inf
+        gj = pw - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
+        g = tl.where(live, coef * gj, dead)
+        tl.store(g_row + c0 + cols, g.to(out_t), mask=mask)
+
+
+def _acc_scalar(value: float, acc_t: torch.dtype, device: torch.device) -> torch.Tensor:
+    # torch.full: a fill kernel, no host-to-device copy (no sync; capturable in CUDA graphs).
+    return torch.full((1,), value, dtype=acc_t, device=device)
+
+
+def _weights(inv_t, acc_t, device, entropy_weight, label_smoothing, z_loss_weight):
+    """(beta, eps, zw) kernel arguments and HAS_* flags; a zero weight is never read, so its
+    argument is any tensor of the right dtype (inv_t)."""
+    beta, eps, zw = float(entropy_weight), float(label_smoothing), float(z_loss_weight)
+    flags = {"HAS_SMOOTHING": eps != 0.0, "HAS_ENTROPY": beta != 0.0, "HAS_Z_LOSS": zw != 0.0}
+    args = tuple(_acc_scalar(v, acc_t, device) if v != 0.0 else inv_t for v in (beta, eps, zw))
+    return args, flags
+
+
+def _check_target(target: torch.Tensor, n: int) -> torch.Tensor:
+    if target.shape != (n,):
+        raise ValueError(f"target: expected shape ({n},), got {tuple(target.shape)}")
+    return target.to(torch.int64).contiguous()
+
+
+def entropy_ce_fwd(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    inv_t: torch.Tensor,
+    entropy_weight: float,
+    label_smoothing: float,
+    ignore_index: int,
+    z_loss_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (loss, entropy, shift, log_norm), all (N,) in the accumulation dtype.
+
+    ``logits``: (N, C) with unit stride along C. ``target``: (N,) int64. ``inv_t``: 1-D,
+    accumulation dtype (float64 for float64 logits, else float32), on the logits' device, 1
+    element (the same 1/T for every row) or N (one per row).
+    """
+    N, C = logits.shape
+    acc_t, acc_tl = _acc(logits.dtype)
+    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
+    target = _check_target(target, N)
+    loss, entropy, shift, log_norm = (torch.empty(N, device=logits.device, dtype=acc_t) for _ in range(4))
+    _poison(loss, entropy, shift, log_norm)
+    if N == 0:
+        return loss, entropy, shift, log_norm
+    (beta, eps, zw), flags = _weights(
+        inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
+    )
+    block, warps = _block_and_warps(C)
+    torch.library.wrap_triton(_entropy_ce_fwd_kernel)[(N,)](
+        logits,
+        target,
+        loss,
+        entropy,
+        shift,
+        log_norm,
+        C,
+        logits.stride(0),
+        inv_t,
+        beta,
+        eps,
+        zw,
+        int(ignore_index),
+        INV_T_STRIDE=inv_t_stride,
+        **flags,
+        ACC=acc_tl,
+        BLOCK_C=block,
+        num_warps=warps,
+    )
+    return loss, entropy, shift, log_norm
+
+
+def entropy_ce_bwd(
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    inv_t: torch.Tensor,
+    entropy: torch.Tensor,
+    shift: torch.Tensor,
+    log_norm: torch.Tensor,
+    entropy_weight: float,
+    label_smoothing: float,
+    ignore_index: int,
+    z_loss_weight: float,
+) -> torch.Tensor:
+    """Gradient of sum_i grad_i loss_i w.r.t. the (N, C) logits, contiguous, in their dtype.
+
+    ``grad``: (N,) upstream gradient of the per-row loss; the other arguments as given to /
+    returned by :func:`entropy_ce_fwd`.
+    """
+    N, C = logits.shape
+    acc_t, acc_tl = _acc(logits.dtype)
+    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
+    target = _check_target(target, N)
+    grad_x = torch.empty((N, C), device=logits.device, dtype=logits.dtype)
+    _poison(grad_x)
+    if N == 0:
+        return grad_x
+    (beta, eps, zw), flags = _weights(
+        inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
+    )
+    block, warps = _block_and_warps(C)
+    torch.library.wrap_triton(_entropy_ce_bwd_kernel)[(N,)](
+        grad.to(acc_t).contiguous(),
+        logits,
+        target,
+        entropy.contiguous(),
+        shift.contiguous(),
+        log_norm.contiguous(),
+        grad_x,
+        C,
+        logits.stride(0),
+        inv_t,
+        beta,
+        eps,
+        zw,
+        int(ignore_index),
+        INV_T_STRIDE=inv_t_stride,
+        **flags,
+        ACC=acc_tl,
+        BLOCK_C=block,
+        num_warps=warps,
+    )
+    return grad_x
