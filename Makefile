@@ -70,11 +70,11 @@ bench-quick: build
 
 lint: setup
 	$(PY) -m pip install -q ruff
-	$(PY) -m ruff check src kernels tests bench && $(PY) -m ruff format --check src kernels tests bench
+	$(PY) -m ruff check src kernels tests bench examples && $(PY) -m ruff format --check src kernels tests bench examples
 
 format: setup
 	$(PY) -m pip install -q ruff
-	$(PY) -m ruff format src kernels tests bench && $(PY) -m ruff check --fix src kernels tests bench
+	$(PY) -m ruff format src kernels tests bench examples && $(PY) -m ruff check --fix src kernels tests bench examples
 
 clean:
 	rm -rf build $(CMAKE_BUILD) src/thermokern/_C*.so *.egg-info src/*.egg-info

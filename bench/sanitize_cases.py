@@ -1,4 +1,5 @@
-"""Small softmax_entropy forward+backward cases on the GPU, for compute-sanitizer.
+"""Small softmax_entropy and entropy_regularized_cross_entropy forward+backward cases on the
+GPU, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_cases.py \
@@ -84,23 +85,49 @@ def main(argv: list[str] | None = None) -> int:
                     x = base[:, :c]  # row stride c + 3
                 x = x.detach().requires_grad_(True)
                 g = torch.randn(n, generator=gen).to(dtype)
-                h = thermokern.softmax_entropy(x, -1, temperature=args.temperature, backend=args.backend)
-                h.backward(g.cuda())
-                torch.cuda.synchronize()
+                # Targets: one ignored row, the rest spread over the classes (including C - 1).
+                target = torch.arange(n) * 7 % c
+                target[-1] = c - 1
+                target[1 % n] = -100
+                # Per-row temperatures for the cross-entropy (the entropy uses a scalar).
+                temps = torch.rand(n, generator=gen) + args.temperature
+                kw = {
+                    "entropy_weight": 0.3,
+                    "label_smoothing": 0.1,
+                    "z_loss_weight": 1e-3,
+                    "reduction": "none",
+                }
+                for op in ("softmax_entropy", "entropy_ce"):
+                    x.grad = None
+                    if op == "softmax_entropy":
+                        out = thermokern.softmax_entropy(
+                            x, -1, temperature=args.temperature, backend=args.backend
+                        )
+                    else:
+                        out = thermokern.entropy_regularized_cross_entropy(
+                            x, target.cuda(), temperature=temps.cuda(), backend=args.backend, **kw
+                        )
+                    out.backward(g.cuda().to(out.dtype))
+                    torch.cuda.synchronize()
 
-                x64 = x.detach().cpu().to(torch.float64).requires_grad_(True)
-                h64 = reference.softmax_entropy(x64, -1, temperature=args.temperature)
-                h64.backward(g.to(torch.float64))
-                ok_h, err_h = _close(h, h64.detach(), dtype)
-                ok_g, err_g = _close(x.grad, x64.grad, dtype)
-                cases += 1
-                if not (ok_h and ok_g):
-                    failures += 1
-                    print(
-                        f"MISMATCH {args.backend} {str(dtype)[6:]} C={c} {layout}: "
-                        f"max err entropy {err_h:.3g}, grad {err_g:.3g}",
-                        file=sys.stderr,
-                    )
+                    x64 = x.detach().cpu().to(torch.float64).requires_grad_(True)
+                    if op == "softmax_entropy":
+                        o64 = reference.softmax_entropy(x64, -1, temperature=args.temperature)
+                    else:
+                        o64 = reference.entropy_regularized_cross_entropy(
+                            x64, target, temperature=temps.double(), **kw
+                        )
+                    o64.backward(g.to(torch.float64))
+                    ok_o, err_o = _close(out, o64.detach(), dtype)
+                    ok_g, err_g = _close(x.grad, x64.grad, dtype)
+                    cases += 1
+                    if not (ok_o and ok_g):
+                        failures += 1
+                        print(
+                            f"MISMATCH {op} {args.backend} {str(dtype)[6:]} C={c} {layout}: "
+                            f"max err output {err_o:.3g}, grad {err_g:.3g}",
+                            file=sys.stderr,
+                        )
     print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
     return 1 if failures else 0
 

@@ -21,8 +21,7 @@ import copy
 import time
 
 import torch
-import torch.nn as nn
-import torch.optim as optim
+from torch import nn, optim
 
 import thermokern
 

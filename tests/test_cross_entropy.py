@@ -48,7 +48,7 @@ def test_matches_reference(backend, dtype, shape, params):
     beta, eps, zw = params
     x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).requires_grad_(True)
     t = _targets(shape[0], shape[1])
-    kw = dict(entropy_weight=beta, label_smoothing=eps, z_loss_weight=zw, temperature=0.8)
+    kw = {"entropy_weight": beta, "label_smoothing": eps, "z_loss_weight": zw, "temperature": 0.8}
     out = thermokern.entropy_regularized_cross_entropy(x, t, reduction="none", backend=backend, **kw)
     assert out.dtype == _loss_dtype(dtype) and out.shape == shape[:-1]
     xr = x.detach().double().requires_grad_(True)
@@ -96,7 +96,7 @@ def test_gradcheck_float64(backend):
     temp = torch.rand(5, dtype=torch.float64) + 0.5
     for reduction in ("mean", "none"):
         assert torch.autograd.gradcheck(
-            lambda z: thermokern.entropy_regularized_cross_entropy(
+            lambda z, reduction=reduction: thermokern.entropy_regularized_cross_entropy(
                 z, t, entropy_weight=0.4, label_smoothing=0.1, z_loss_weight=0.01,
                 temperature=temp, reduction=reduction, backend=backend,
             ),
@@ -110,7 +110,7 @@ def test_per_row_temperature(backend, dtype):
     x = torch.randn(4, 5, 300, dtype=dtype, requires_grad=True)
     t = torch.randint(0, 300, (4, 5))
     for temp in (torch.rand(4, 5) * 3 + 0.1, torch.rand(4, 1) + 0.5, torch.tensor(0.7)):
-        kw = dict(entropy_weight=0.2, temperature=temp, reduction="none")
+        kw = {"entropy_weight": 0.2, "temperature": temp, "reduction": "none"}
         out = thermokern.entropy_regularized_cross_entropy(x, t, backend=backend, **kw)
         xr = x.detach().double().requires_grad_(True)
         ref = _ref(xr, t, **kw)
@@ -150,7 +150,7 @@ def test_extreme_and_masked_logits(backend):
     x[3, :4100] = float("-inf")
     x = x.float()
     t = torch.tensor([5, 6, 7, 4200, 9])  # targets on live entries
-    kw = dict(entropy_weight=0.5, reduction="none")
+    kw = {"entropy_weight": 0.5, "reduction": "none"}
     out = thermokern.entropy_regularized_cross_entropy(x, t, backend=backend, **kw)
     assert torch.isfinite(out).all()
     assert_close(out, _ref(x, t, **kw), torch.float32, native=_ref(x.float(), t, **kw).float())
@@ -161,7 +161,9 @@ def test_large_vocabulary(backend):
     C = 262144
     x = torch.randn(2, C).requires_grad_(True)
     t = torch.tensor([C - 1, 12345])
-    out = thermokern.entropy_regularized_cross_entropy(x, t, entropy_weight=0.1, reduction="none", backend=backend)
+    out = thermokern.entropy_regularized_cross_entropy(
+        x, t, entropy_weight=0.1, reduction="none", backend=backend
+    )
     xr = x.detach().double().requires_grad_(True)
     ref = _ref(xr, t, entropy_weight=0.1, reduction="none")
     assert_close(out, ref.detach(), torch.float32)
@@ -239,7 +241,13 @@ def test_fuzz_cpu(n, c, dtype, beta, eps, zw, temp, seed):
     x = (torch.randn(n, c, generator=g, dtype=torch.float64) * 4).to(dtype).requires_grad_(True)
     t = torch.randint(0, c, (n,), generator=g)
     t[torch.rand(n, generator=g) < 0.2] = -100
-    kw = dict(entropy_weight=beta, label_smoothing=eps, z_loss_weight=zw, temperature=temp, reduction="none")
+    kw = {
+        "entropy_weight": beta,
+        "label_smoothing": eps,
+        "z_loss_weight": zw,
+        "temperature": temp,
+        "reduction": "none",
+    }
     out = thermokern.entropy_regularized_cross_entropy(x, t, backend="cpu", **kw)
     xr = x.detach().double().requires_grad_(True)
     ref = _ref(xr, t, **kw)
@@ -250,7 +258,9 @@ def test_fuzz_cpu(n, c, dtype, beta, eps, zw, temp, seed):
     (gx,) = torch.autograd.grad(out, x, w.to(out.dtype))
     (gr,) = torch.autograd.grad(ref, xr, w)
     (gn,) = torch.autograd.grad(nat, xn, w.to(nat.dtype))
-    assert_close(gx, gr, dtype, grad=True, native=gn, grad_scale=float(w.abs().max()) * (1 + abs(beta)) / temp)
+    assert_close(
+        gx, gr, dtype, grad=True, native=gn, grad_scale=float(w.abs().max()) * (1 + abs(beta)) / temp
+    )
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -267,7 +277,13 @@ def test_gpu_matches_reference(backend, dtype, shape, params):
     beta, eps, zw = params
     x = (torch.randn(shape, device="cuda", dtype=torch.float64) * 3).to(dtype).requires_grad_(True)
     t = _targets(shape[0], shape[1], device="cuda")
-    kw = dict(entropy_weight=beta, label_smoothing=eps, z_loss_weight=zw, temperature=0.8, reduction="none")
+    kw = {
+        "entropy_weight": beta,
+        "label_smoothing": eps,
+        "z_loss_weight": zw,
+        "temperature": 0.8,
+        "reduction": "none",
+    }
     out = thermokern.entropy_regularized_cross_entropy(x, t, backend=backend, **kw)
     xr = x.detach().cpu().double().requires_grad_(True)
     ref = _ref(xr, t.cpu(), **kw)
@@ -284,7 +300,9 @@ def test_gpu_matches_reference(backend, dtype, shape, params):
 def test_gpu_invalid_target_error_and_graph_capture(backend):
     x = torch.randn(4, 10, device="cuda")
     with pytest.raises(ValueError, match="target"):
-        thermokern.entropy_regularized_cross_entropy(x, torch.tensor([0, 10, 1, 2], device="cuda"), backend=backend)
+        thermokern.entropy_regularized_cross_entropy(
+            x, torch.tensor([0, 10, 1, 2], device="cuda"), backend=backend
+        )
     # No host sync: the op can be captured in a CUDA graph and replayed.
     t = torch.tensor([0, 3, -100, 9], device="cuda")
     out = thermokern.entropy_regularized_cross_entropy(x, t, entropy_weight=0.1, backend=backend)  # warm-up

@@ -46,7 +46,7 @@ def test_opcheck_entropy_ce(device, dtype, shape):
     fwd = torch.ops.thermokern.entropy_ce_fwd.default
     torch.library.opcheck(fwd, (x, target, inv_t, *params))
     torch.library.opcheck(fwd, (x.clone().requires_grad_(True), target, inv_t, *params))
-    loss, h, mx, ln = fwd(x, target, inv_t, *params)
+    _loss, h, mx, ln = fwd(x, target, inv_t, *params)
     g = torch.randn(shape[0], device=device, dtype=acc)
     bwd = torch.ops.thermokern.entropy_ce_bwd.default
     torch.library.opcheck(bwd, (g, x, target, inv_t, h, mx, ln, *params))

@@ -376,7 +376,7 @@ def _entropy_ce_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mod
     for r0 in range(0, rows.shape[0], step):
         sl = slice(r0, r0 + step)
         chunk = rows[sl].to(torch.float64)
-        kw = dict(entropy_weight=_CE_BETA, reduction="none")
+        kw = {"entropy_weight": _CE_BETA, "reduction": "none"}
         if mode == "fwd":
             yield sl, reference.entropy_regularized_cross_entropy(chunk, t[sl], **kw)
         else:
@@ -414,7 +414,9 @@ OPS: dict[str, OpSpec] = {
         name="entropy_regularized_cross_entropy",
         providers=_entropy_ce_providers,
         make_input=_ce_input,
-        make_grad=lambda x, gen: torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32),
+        make_grad=lambda x, gen: torch.randn(
+            x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32
+        ),
         min_bytes=_softmax_entropy_min_bytes,
         input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
         reference_chunks=_entropy_ce_reference_chunks,

@@ -47,7 +47,9 @@ def check_temperature(temperature: object) -> float | torch.Tensor:
             )
         return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature: expected a positive float or a tensor, got {type(temperature).__name__}")
+        raise TypeError(
+            f"temperature: expected a positive float or a tensor, got {type(temperature).__name__}"
+        )
     t = float(temperature)
     if not 0.0 < t < math.inf:  # also rejects NaN (comparisons only: traceable by dynamo)
         raise ValueError(f"temperature: expected a finite value > 0, got {t}")
@@ -76,7 +78,9 @@ def inverse_temperature(
     if not isinstance(temperature, torch.Tensor):
         return torch.full((1,), 1.0 / temperature, dtype=acc, device=device)
     if temperature.device != device and temperature.numel() != 1:
-        raise ValueError(f"temperature: expected a tensor on {device} (or one value), got {temperature.device}")
+        raise ValueError(
+            f"temperature: expected a tensor on {device} (or one value), got {temperature.device}"
+        )
     t = temperature.to(device=device, dtype=acc)
     if t.numel() == 1:
         t = t.reshape(1)

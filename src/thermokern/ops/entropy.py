@@ -100,6 +100,7 @@ def _per_row(t: torch.Tensor, out_shape: torch.Size) -> torch.Tensor:
     """A 1- or N-element temperature tensor shaped to broadcast against the output."""
     return t.reshape(()) if t.numel() == 1 else t.reshape(out_shape)
 
+
 def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
     """View ``x`` as (rows, C) with the reduced dim last and unit stride along it.
 
