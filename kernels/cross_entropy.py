@@ -3,7 +3,7 @@
 Per row i of a (N, C) logits tensor x with target y and k = 1/T (z = k x):
     loss_i = CE_i - beta H_i + zw lse_i^2
     CE_i   = (1 - eps)(lse - z_y) + eps (lse - mean_j z_j)     (label smoothing eps)
-with the online statistics of kernels/entropy.py (csrc/include/thermokern/row_stats.h):
+with the online statistics of kernels/_common.py (csrc/include/thermokern/row_stats.h):
     m = max x (input units), d = sum e^{k(x-m)}, s = sum k(x-m) e^{k(x-m)},
     H = log d - s/d,  log_norm = log d,  lse = k m + log d,  log p_j = k(x_j - m) - log d.
 CE is formed from shifted differences, free of the cancellation of lse - z_y for large logits:
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .entropy import _acc, _block_and_warps, _inv_t_arg, _poison
+from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero
 
 
 @triton.jit
@@ -54,8 +54,7 @@ def _entropy_ce_fwd_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * row_stride
-    cols = tl.arange(0, BLOCK_C)
-    inv_t = tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
     tgt = tl.load(target_ptr + row).to(tl.int64)
     ignored = tgt == ignore_index
     in_range = (tgt >= 0) & (tgt < C)
@@ -64,29 +63,8 @@ def _entropy_ce_fwd_kernel(
     # Reference the smoothing sum is taken against: x_y when finite (differences near the
     # target are exact), else 0 so that an infinite x_y never meets itself (inf - inf).
     ref = tl.where(tl.abs(x_y) < float("inf"), x_y, 0.0).to(ACC)
-    sx = tl.zeros((), ACC)  # sum_j (x_j - ref), only with HAS_SMOOTHING
-    m = tl.full((), float("-inf"), ACC)
-    d = tl.zeros((), ACC)
-    s = tl.zeros((), ACC)
-    for c0 in range(0, C, BLOCK_C):
-        mask = c0 + cols < C
-        x = tl.load(x_row + c0 + cols, mask=mask, other=float("-inf")).to(ACC)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        # Shift by 0 while everything seen is -inf, so that -inf - -inf never appears.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new).to(ACC)
-        delta = (m - m_safe) * inv_t
-        alpha = tl.exp(delta)
-        s = tl.where(m == float("-inf"), 0.0, (s + delta * d) * alpha).to(ACC)
-        d = d * alpha
-        y = (x - m_safe) * inv_t  # subtract first: exact for x near the max, whatever T
-        e = tl.exp(y)
-        d += tl.sum(e, axis=0)
-        s += tl.sum(tl.where(x == float("-inf"), 0.0, y * e), axis=0)
-        if HAS_SMOOTHING:
-            sx += tl.sum(tl.where(mask, x - ref, 0.0), axis=0)
-        m = m_new
-    log_d = tl.log(d)
-    h = log_d - s / d
+    # sx = sum_j (x_j - ref), only with HAS_SMOOTHING
+    m, log_d, h, sx = _row_stats(x_row, C, inv_t, ref, SUM_X=HAS_SMOOTHING, ACC=ACC, BLOCK_C=BLOCK_C)
     if HAS_SMOOTHING:
         eps = tl.load(eps_ptr).to(ACC)
         mean_diff = m - ref - sx / C  # m - mean_j x_j
@@ -133,7 +111,7 @@ def _entropy_ce_bwd_kernel(
     g_row = grad_x_ptr + row * C
     cols = tl.arange(0, BLOCK_C)
     out_t = grad_x_ptr.dtype.element_ty
-    inv_t = tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
     tgt = tl.load(target_ptr + row).to(tl.int64)
     ignored = tgt == ignore_index
     live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
@@ -159,12 +137,12 @@ def _entropy_ce_bwd_kernel(
     for c0 in range(0, C, BLOCK_C):
         mask = c0 + cols < C
         x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
-        logp = (x - mx) * inv_t - ln
+        logp = _log_p(x, mx, ln, inv_t)
         if HAS_ENTROPY:
             pw = tl.exp(logp) * (w0 + beta * logp)
         else:
             pw = tl.exp(logp) * w0
-        pw = tl.where(logp == float("-inf"), 0.0, pw)  # p = 0: no 0 * -inf
+        pw = _unless_p_zero(logp, pw)
         gj = pw - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
         g = tl.where(live, coef * gj, dead)
         tl.store(g_row + c0 + cols, g.to(out_t), mask=mask)
@@ -205,18 +183,14 @@ def entropy_ce_fwd(
     accumulation dtype (float64 for float64 logits, else float32), on the logits' device, 1
     element (the same 1/T for every row) or N (one per row).
     """
-    N, C = logits.shape
-    acc_t, acc_tl = _acc(logits.dtype)
-    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
+    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
     target = _check_target(target, N)
-    loss, entropy, shift, log_norm = (torch.empty(N, device=logits.device, dtype=acc_t) for _ in range(4))
-    _poison(loss, entropy, shift, log_norm)
+    loss, entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(4))
     if N == 0:
         return loss, entropy, shift, log_norm
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_entropy_ce_fwd_kernel)[(N,)](
         logits,
         target,
@@ -231,11 +205,8 @@ def entropy_ce_fwd(
         eps,
         zw,
         int(ignore_index),
-        INV_T_STRIDE=inv_t_stride,
         **flags,
-        ACC=acc_tl,
-        BLOCK_C=block,
-        num_warps=warps,
+        **meta,
     )
     return loss, entropy, shift, log_norm
 
@@ -258,18 +229,14 @@ def entropy_ce_bwd(
     ``grad``: (N,) upstream gradient of the per-row loss; the other arguments as given to /
     returned by :func:`entropy_ce_fwd`.
     """
-    N, C = logits.shape
-    acc_t, acc_tl = _acc(logits.dtype)
-    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
+    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
     target = _check_target(target, N)
-    grad_x = torch.empty((N, C), device=logits.device, dtype=logits.dtype)
-    _poison(grad_x)
+    grad_x = _empty((N, C), logits.dtype, logits.device)
     if N == 0:
         return grad_x
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    block, warps = _block_and_warps(C)
     torch.library.wrap_triton(_entropy_ce_bwd_kernel)[(N,)](
         grad.to(acc_t).contiguous(),
         logits,
@@ -285,10 +252,7 @@ def entropy_ce_bwd(
         eps,
         zw,
         int(ignore_index),
-        INV_T_STRIDE=inv_t_stride,
         **flags,
-        ACC=acc_tl,
-        BLOCK_C=block,
-        num_warps=warps,
+        **meta,
     )
     return grad_x

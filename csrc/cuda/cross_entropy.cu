@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
-#include <type_traits>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,66 +34,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common.cuh"
 #include "thermokern/checks.h"
 #include "thermokern/row_stats.h"
 
 namespace thermokern::cuda {
 
 namespace {
-
-// The helpers below mirror those of entropy.cu (each .cu is its own translation unit).
-constexpr int kWarp = 32;
-constexpr int kMaxThreads = 512;
-constexpr int64_t kMaxBlocks = 1 << 20;  // grid-stride beyond this many rows
-
-template <typename scalar_t, int VEC>
-struct alignas(sizeof(scalar_t) * VEC) Pack {
-  scalar_t v[VEC];
-};
-
-template <typename T>
-__device__ __forceinline__ T nan_max(T a, T b) {
-  if (a != a) return a;
-  return (b != b || b > a) ? b : a;
-}
-
-template <typename T>
-__device__ __forceinline__ RowStats<T> shfl_xor_stats(const RowStats<T>& r, int mask) {
-  return RowStats<T>{__shfl_xor_sync(0xffffffffu, r.m, mask),
-                     __shfl_xor_sync(0xffffffffu, r.d, mask),
-                     __shfl_xor_sync(0xffffffffu, r.s, mask)};
-}
-
-// Merge the statistics of all threads of the block, and add up `sum` when WITH_SUM; the
-// results are valid in thread 0.
-template <bool WITH_SUM, typename T>
-__device__ RowStats<T> block_merge(RowStats<T> r, T& sum, T inv_t) {
-  __shared__ T sm[kMaxThreads / kWarp], sd[kMaxThreads / kWarp], ss[kMaxThreads / kWarp];
-  __shared__ T ssum[WITH_SUM ? kMaxThreads / kWarp : 1];
-  for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
-    r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
-    if constexpr (WITH_SUM) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
-  }
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int n_warps = blockDim.x / kWarp;
-  if (lane == 0) {
-    sm[warp] = r.m;
-    sd[warp] = r.d;
-    ss[warp] = r.s;
-    if constexpr (WITH_SUM) ssum[warp] = sum;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    r = lane < n_warps ? RowStats<T>{sm[lane], sd[lane], ss[lane]} : row_stats_empty<T>();
-    if constexpr (WITH_SUM) sum = lane < n_warps ? ssum[lane] : T(0);
-    for (int mask = kWarp / 2; mask > 0; mask >>= 1) {
-      r = row_stats_merge(r, shfl_xor_stats(r, mask), inv_t);
-      if constexpr (WITH_SUM) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
-    }
-  }
-  __syncthreads();  // the shared buffers are reused by the next row
-  return r;
-}
 
 // Forward. HAS_SMOOTHING: label_smoothing > 0 (then the row sum of x - ref is needed).
 template <typename scalar_t, typename acc_t, int VEC, bool HAS_SMOOTHING>
@@ -237,47 +183,6 @@ __global__ void entropy_ce_bwd_kernel(const acc_t* __restrict__ grad,      // (N
     }
   }
 }
-
-int threads_for(int64_t n_vec) {
-  int t = kWarp;
-  while (t < kMaxThreads && t < n_vec) t *= 2;
-  return t;
-}
-
-// Largest vector width (elements per 16-byte load) that the pointers, row stride and C allow.
-template <typename scalar_t>
-int vec_width(const void* a, const void* b, int64_t row_stride, int64_t C) {
-  int vec = static_cast<int>(16 / sizeof(scalar_t));
-  while (vec > 1) {
-    const uintptr_t bytes = static_cast<uintptr_t>(vec) * sizeof(scalar_t);
-    if (reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0 &&
-        row_stride % vec == 0 && C % vec == 0) {
-      break;
-    }
-    vec /= 2;
-  }
-  return vec;
-}
-
-// Call fn(std::integral_constant<int, VEC>) for the runtime width, instantiating only the
-// widths whose packs fit one 16-byte load of scalar_t.
-template <typename scalar_t, typename Fn>
-void dispatch_vec(int vec, Fn&& fn) {
-  constexpr int kMax = static_cast<int>(16 / sizeof(scalar_t));
-  if constexpr (kMax >= 8) {
-    if (vec == 8) return fn(std::integral_constant<int, 8>{});
-  }
-  if constexpr (kMax >= 4) {
-    if (vec == 4) return fn(std::integral_constant<int, 4>{});
-  }
-  if constexpr (kMax >= 2) {
-    if (vec == 2) return fn(std::integral_constant<int, 2>{});
-  }
-  return fn(std::integral_constant<int, 1>{});
-}
-
-// inv_t[row * stride] is row's 1/T: stride 0 for a single value shared by every row.
-int64_t inv_t_stride(const at::Tensor& inv_t) { return inv_t.size(0) == 1 ? 0 : inv_t.stride(0); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cuda(
     const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,

@@ -1,0 +1,143 @@
+"""Pieces shared by the Triton kernels of kernels/entropy.py and kernels/cross_entropy.py.
+
+One program per row; each program walks its row in blocks of BLOCK_C columns keeping scalar
+online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 1/T:
+    m = max x,  d = sum e^{k(x-m)},  s = sum k(x-m) e^{k(x-m)},  H = log d - s/d,
+    log p = k(x - m) - log d.
+k comes from a 1-D accumulation-dtype tensor of 1 element (one 1/T for every row) or N (one
+per row): the kernels read ``inv_t_ptr + row * INV_T_STRIDE`` with INV_T_STRIDE 0 or 1.
+Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The launchers go
+through ``torch.library.wrap_triton`` so that ``torch.compile`` can trace them when they run
+inside a ``triton_op``.
+
+The ``@triton.jit`` helpers here are inlined into the kernels that call them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _load_inv_t(inv_t_ptr, row, INV_T_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """1/T of ``row`` (INV_T_STRIDE 0: one 1/T for every row; 1: one per row)."""
+    return tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+
+
+@triton.jit
+def _row_stats(
+    x_row,  # the row's first element, unit stride along C
+    C,  # number of classes
+    inv_t,  # 1 / temperature, accumulation dtype
+    ref,  # with SUM_X: the reference r of sx (accumulation dtype); unused otherwise
+    SUM_X: tl.constexpr,  # also accumulate sx = sum_j (x_j - r)
+    ACC: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # columns per step
+):
+    """One pass over a row: (m, log d, H, sx), sx 0 without SUM_X."""
+    cols = tl.arange(0, BLOCK_C)
+    sx = tl.zeros((), ACC)
+    m = tl.full((), float("-inf"), ACC)
+    d = tl.zeros((), ACC)
+    s = tl.zeros((), ACC)
+    for c0 in range(0, C, BLOCK_C):
+        mask = c0 + cols < C
+        x = tl.load(x_row + c0 + cols, mask=mask, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        # Shift by 0 while everything seen is -inf, so that -inf - -inf never appears.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new).to(ACC)
+        delta = (m - m_safe) * inv_t
+        alpha = tl.exp(delta)
+        s = tl.where(m == float("-inf"), 0.0, (s + delta * d) * alpha).to(ACC)
+        d = d * alpha
+        y = (x - m_safe) * inv_t  # subtract first: exact for x near the max, whatever T
+        e = tl.exp(y)
+        d += tl.sum(e, axis=0)
+        s += tl.sum(tl.where(x == float("-inf"), 0.0, y * e), axis=0)
+        if SUM_X:
+            sx += tl.sum(tl.where(mask, x - ref, 0.0), axis=0)
+        m = m_new
+    log_d = tl.log(d)
+    return m, log_d, log_d - s / d, sx
+
+
+@triton.jit
+def _log_p(x, shift, log_norm, inv_t):
+    """log p = k(x - m) - log d from the statistics the forward saved."""
+    return (x - shift) * inv_t - log_norm
+
+
+@triton.jit
+def _unless_p_zero(log_p, value):
+    """``value`` where p > 0, else 0: a term carrying a factor p = 0 must not become 0 * -inf."""
+    return tl.where(log_p == float("-inf"), 0.0, value)
+
+
+# ----------------------------------------------------------------------------- launcher helpers
+
+
+def _poison(*tensors: torch.Tensor) -> None:
+    """Fill fresh outputs with NaN when the tests ask for it (see thermokern._C._set_poison_outputs)."""
+    from thermokern import _backend
+
+    if _backend.poison_outputs_enabled():
+        for t in tensors:
+            t.fill_(float("nan"))
+
+
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A new output tensor, poisoned (see :func:`_poison`)."""
+    out = torch.empty(shape, device=device, dtype=dtype)
+    _poison(out)
+    return out
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _block_and_warps(C: int) -> tuple[int, int]:
+    # The interpreter runs each program as numpy calls: the larger the block, the fewer calls.
+    cap = 16384 if _interpreting() else 4096
+    block = min(triton.next_power_of_2(max(C, 1)), cap)
+    warps = 4 if block <= 1024 else 8
+    return block, warps
+
+
+def _acc(dtype: torch.dtype):
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _inv_t_arg(inv_t: torch.Tensor, n: int, acc_t: torch.dtype) -> tuple[torch.Tensor, int]:
+    """``inv_t`` as the kernels read it, with its INV_T_STRIDE (0: shared, 1: per row).
+
+    ``inv_t`` is a 1-D tensor of 1/T in the accumulation dtype (a Python float would reach the
+    kernel as fp32 and cost float64 inputs 1e-8 of relative accuracy), with 1 or ``n`` elements.
+    A numel-1 tensor is shared by every row, also when ``n == 1``.
+    """
+    if inv_t.dim() != 1 or inv_t.numel() not in (1, n):
+        raise ValueError(f"inv_t: expected a 1-D tensor of 1 or {n} elements, got shape {tuple(inv_t.shape)}")
+    if inv_t.dtype != acc_t:
+        raise TypeError(f"inv_t: expected dtype {acc_t}, got {inv_t.dtype}")
+    if inv_t.numel() == 1:
+        return inv_t, 0
+    return inv_t.contiguous(), 1
+
+
+def _launch_args(logits: torch.Tensor, inv_t: torch.Tensor):
+    """(N, C, accumulation torch dtype, inv_t as the kernels read it, kernel meta-parameters).
+
+    The meta-parameters (INV_T_STRIDE, ACC, BLOCK_C, num_warps) go to the launch as keywords.
+    """
+    N, C = logits.shape
+    acc_t, acc_tl = _acc(logits.dtype)
+    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
+    block, warps = _block_and_warps(C)
+    meta = {"INV_T_STRIDE": inv_t_stride, "ACC": acc_tl, "BLOCK_C": block, "num_warps": warps}
+    return N, C, acc_t, inv_t, meta
