@@ -1,4 +1,5 @@
-"""pytest-benchmark suite for softmax_entropy: ``pytest bench/ --benchmark-only``.
+"""pytest-benchmark suite for the entropy family (softmax_entropy and
+entropy_regularized_cross_entropy): ``pytest bench/ --benchmark-only``.
 
 Parametrised by provider x shape x dtype x mode from the registry in
 ``thermokern.benchmark`` (the engine behind ``thermokern bench``); shapes are small so that the
@@ -18,9 +19,9 @@ import torch
 
 from thermokern import benchmark as tb
 
-SPEC = tb.OPS["softmax_entropy"]
+FAMILY = ("softmax_entropy", "entropy_regularized_cross_entropy")
 DEVICE = os.environ.get("THERMOKERN_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-PROVIDERS, _NOTES = SPEC.providers(DEVICE)
+CASES = [(tb.OPS[op], p) for op in FAMILY for p in tb.OPS[op].providers(DEVICE)[0]]
 if DEVICE.startswith("cuda"):
     SHAPES = [(4096, 32000), (1024, 131072)]
 else:
@@ -31,24 +32,25 @@ DTYPES = [torch.float32, torch.bfloat16]
 def _id(value) -> str:
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], tb.Provider):
+        return f"{value[0].name}-{value[1].name}"
     if isinstance(value, tuple):
         return "x".join(map(str, value))
-    if isinstance(value, tb.Provider):
-        return value.name
     return str(value)
 
 
 @pytest.mark.parametrize("mode", tb.MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
-@pytest.mark.parametrize("provider", PROVIDERS, ids=_id)
-def test_softmax_entropy(benchmark, bench_device, bench_rounds, copy_gbps, provider, shape, dtype, mode):
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_entropy_family(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode):
+    spec, provider = case
     gen = torch.Generator(device=bench_device).manual_seed(0)
     # several input copies for small shapes, rotated so that rounds do not run from cache
-    k = tb.n_copies(SPEC.input_bytes(shape, dtype), bench_device)
-    xs = [SPEC.make_input(shape, dtype, bench_device, gen) for _ in range(k)]
+    k = tb.n_copies(spec.input_bytes(shape, dtype), bench_device)
+    xs = [spec.make_input(shape, dtype, bench_device, gen) for _ in range(k)]
     x = xs[0]
-    grad = SPEC.make_grad(x, gen)
+    grad = spec.make_grad(x, gen)
     prepare, call, inputs = tb.make_calls(provider, mode, xs, grad)
     cuda = x.is_cuda
 
@@ -58,7 +60,7 @@ def test_softmax_entropy(benchmark, bench_device, bench_rounds, copy_gbps, provi
 
     extra = benchmark.extra_info
     extra.update(
-        op=SPEC.name,
+        op=spec.name,
         provider=provider.name,
         shape=_id(shape),
         dtype=_id(dtype),
@@ -75,7 +77,7 @@ def test_softmax_entropy(benchmark, bench_device, bench_rounds, copy_gbps, provi
 
     prepare(0)
     value = tb.result_of_call(mode, call, inputs)
-    err = tb.max_abs_err(value, SPEC.reference(x, grad, mode))
+    err = tb.max_abs_err(value, spec.reference(x, grad, mode))
     extra["max_abs_err"] = err
     del value
     assert err == err, f"{provider.name} gave NaN on finite logits"  # noqa: PLR0124
@@ -92,7 +94,7 @@ def test_softmax_entropy(benchmark, bench_device, bench_rounds, copy_gbps, provi
     stats = getattr(benchmark, "stats", None)
     median = getattr(getattr(stats, "stats", None), "median", None)
     if median:
-        min_bytes = SPEC.min_bytes(shape, dtype, mode)
+        min_bytes = spec.min_bytes(shape, dtype, mode)
         gbps = min_bytes / median / 1e9
-        copy = copy_gbps(SPEC.input_bytes(shape, dtype))
+        copy = copy_gbps(spec.input_bytes(shape, dtype))
         extra.update(gbps=round(gbps, 2), copy_gbps=round(copy, 2), pct_copy=round(100 * gbps / copy, 1))
