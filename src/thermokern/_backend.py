@@ -164,8 +164,9 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
         if kind == "cpu":
             return "cpu" if _C is not None else "reference"
         if kind == "cuda":
-            # Both GPU backends are correct; the CUDA C++ kernels launch with less overhead.
-            # Per-op choices from measured GPU results belong here (bench/results/).
+            # No GPU measurement exists yet (bench/results/ holds CPU results only), so the
+            # CUDA C++ kernels are the default for every op. Once bench/gpu_check.sh has run,
+            # a per-op table chosen from bench/results/<gpu>-<date>.json belongs here.
             if cuda_compiled():
                 return "cuda"
             if _TRITON_FINDABLE:
