@@ -18,6 +18,12 @@ from thermokern import _C
 
 HAS_GPU = torch.cuda.is_available()
 
+# CI explores the same hypothesis examples every run (a red CI then means a real change);
+# local runs explore new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
 
 def pytest_configure(config):
     # Every op output starts as NaN, so an element that a kernel forgets to write fails.
