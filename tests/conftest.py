@@ -12,6 +12,7 @@ import hashlib
 
 import pytest
 import torch
+from hypothesis import settings
 
 import thermokern
 from thermokern import _C
