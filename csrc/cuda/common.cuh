@@ -47,6 +47,32 @@ struct NoSum {};
 // along the same shuffles and the same shared-memory round); the results are valid in thread 0.
 // Sum is T& when there is a sum (or may be, as in block_merge<false>(r, sum, inv_t)), NoSum
 // otherwise. Use block_merge below rather than this.
+// Fold VEC more elements of a row (converted to T) into one thread's online statistics
+// (m, d, s) of row_stats.h. A NaN becomes the maximum and propagates; -inf entries add nothing.
+template <typename T, int VEC>
+__device__ __forceinline__ void online_update(const T (&xv)[VEC], T inv_t, T& m, T& d, T& s) {
+  T cm = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) cm = nan_max(cm, xv[k]);
+  if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
+    if (m != -INFINITY) {
+      const T delta = (m - cm) * inv_t;
+      const T sc = tk_exp(delta);
+      s = (s + delta * d) * sc;
+      d = d * sc;
+    }
+    m = cm;
+  }
+  if (m == -INFINITY) return;  // everything so far is -inf: nothing to add
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const T y = (xv[k] - m) * inv_t;  // exact for x near m, whatever T
+    const T e = tk_exp(y);
+    d += e;
+    s += (y == -INFINITY) ? T(0) : y * e;
+  }
+}
+
 template <bool WITH_SUM, typename T, typename Sum>
 __device__ RowStats<T> block_merge_impl(RowStats<T> r, Sum sum, T inv_t) {
   __shared__ T sm[kMaxThreads / kWarp], sd[kMaxThreads / kWarp], ss[kMaxThreads / kWarp];

@@ -73,33 +73,13 @@ __global__ void entropy_ce_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C)
     for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
       const Pack<scalar_t, VEC> p = rp[v];
       acc_t xv[VEC];
-      acc_t cm = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        xv[j] = static_cast<acc_t>(p.v[j]);
-        cm = nan_max(cm, xv[j]);
-      }
+      for (int j = 0; j < VEC; ++j) xv[j] = static_cast<acc_t>(p.v[j]);
       if constexpr (HAS_SMOOTHING) {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) sx += xv[j] - ref;  // -inf entries make it -inf: loss +inf
       }
-      if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
-        if (m != -INFINITY) {
-          const acc_t delta = (m - cm) * inv_t;
-          const acc_t sc = tk_exp(delta);
-          s = (s + delta * d) * sc;
-          d = d * sc;
-        }
-        m = cm;
-      }
-      if (m == -INFINITY) continue;  // everything so far is -inf: nothing to add
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const acc_t t = (xv[j] - m) * inv_t;  // exact for x near m, whatever T
-        const acc_t e = tk_exp(t);
-        d += e;
-        s += (t == -INFINITY) ? acc_t(0) : t * e;
-      }
+      online_update(xv, inv_t, m, d, s);
     }
     const RowStats<acc_t> r = block_merge<HAS_SMOOTHING>(RowStats<acc_t>{m, d, s}, sx, inv_t);
     if (threadIdx.x == 0) {

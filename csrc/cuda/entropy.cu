@@ -44,29 +44,9 @@ __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (
     for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
       const Pack<scalar_t, VEC> p = rp[v];
       acc_t xv[VEC];
-      acc_t cm = -INFINITY;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        xv[k] = static_cast<acc_t>(p.v[k]);
-        cm = nan_max(cm, xv[k]);
-      }
-      if (!(cm <= m)) {  // new maximum, or NaN (which then propagates)
-        if (m != -INFINITY) {
-          const acc_t delta = (m - cm) * inv_t;
-          const acc_t sc = tk_exp(delta);
-          s = (s + delta * d) * sc;
-          d = d * sc;
-        }
-        m = cm;
-      }
-      if (m == -INFINITY) continue;  // everything so far is -inf: nothing to add
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const acc_t y = (xv[k] - m) * inv_t;  // exact for x near m, whatever T
-        const acc_t e = tk_exp(y);
-        d += e;
-        s += (y == -INFINITY) ? acc_t(0) : y * e;
-      }
+      for (int k = 0; k < VEC; ++k) xv[k] = static_cast<acc_t>(p.v[k]);
+      online_update(xv, inv_t, m, d, s);
     }
     const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s}, inv_t);
     if (threadIdx.x == 0) {
