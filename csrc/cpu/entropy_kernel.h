@@ -108,48 +108,15 @@ inline T nan_max(T a, T b) {
   return (b != b || b > a) ? b : a;
 }
 
-// Second sweep of chunk_stats for float (see [Note: the float exponential]): with
-// t = (x - m) * k log2(e), d = sum 2^t and s = ln 2 * sum t 2^t.
-inline RowStats<float> chunk_stats_exp2(const float* p, int64_t n, float inv_t, float mx) {
-  using V = Vectorized<float>;
-  constexpr int64_t W = V::size();
-  const float k2 = inv_t * kLog2e;
-  const V vk2(k2), vmx(mx);
-  V d0(0), d1(0), s0(0), s1(0);
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    V t0, t1;
-    const V e0 = exp2_nonpos((V::loadu(p + i) - vmx) * vk2, t0);
-    const V e1 = exp2_nonpos((V::loadu(p + i + W) - vmx) * vk2, t1);
-    d0 = d0 + e0;
-    d1 = d1 + e1;
-    s0 = at::vec::fmadd(t0, e0, s0);
-    s1 = at::vec::fmadd(t1, e1, s1);
-  }
-  for (; i + W <= n; i += W) {
-    V t0;
-    const V e0 = exp2_nonpos((V::loadu(p + i) - vmx) * vk2, t0);
-    d0 = d0 + e0;
-    s0 = at::vec::fmadd(t0, e0, s0);
-  }
-  d0 = d0 + d1;
-  s0 = s0 + s1;
-  alignas(64) float dl[W];
-  alignas(64) float sl[W];
-  d0.store(dl);
-  s0.store(sl);
-  float d = 0, s = 0;
-  for (int64_t k = 0; k < W; ++k) {
-    d += dl[k];
-    s += sl[k];
-  }
-  for (; i < n; ++i) {
-    const float t = (p[i] - mx) * k2;
-    const float e = std::exp2(t);
-    d += e;
-    s += (t == -std::numeric_limits<float>::infinity()) ? 0.0f : t * e;
-  }
-  return RowStats<float>{mx, d, s * kLn2};
+// Sum of the lanes of v, in lane order.
+template <typename T>
+inline T lane_sum(const Vectorized<T>& v) {
+  constexpr int64_t W = Vectorized<T>::size();
+  alignas(64) T lanes[W];
+  v.store(lanes);
+  T sum = 0;
+  for (int64_t k = 0; k < W; ++k) sum += lanes[k];
+  return sum;
 }
 
 // [Note: one sweep per chunk after the first]
@@ -164,9 +131,10 @@ inline RowStats<float> chunk_stats_exp2(const float* p, int64_t n, float inv_t, 
 // (5.5 nats) keeps that under ~1e-6, and chunk maxima of real logits rarely differ more.
 constexpr float kRefMargin = 8.0f;
 
-// Single sweep of a float chunk relative to the reference shift ref (finite). Returns false
-// when the chunk must be redone by chunk_stats (an element more than kRefMargin above ref in
-// base-2 units, or NaN/+inf).
+// Sweep of a float chunk relative to the shift ref (finite), in base 2 (see [Note: the float
+// exponential]): with t = (x - ref) k log2(e), d = sum 2^t and s = ln 2 sum t 2^t. Returns
+// false when the chunk must be redone by chunk_stats (an element more than kRefMargin above
+// ref in base-2 units, or NaN/+inf). chunk_stats' own second sweep is this with ref = max.
 inline bool chunk_stats_ref(const float* p, int64_t n, float inv_t, float ref, RowStats<float>& out) {
   using V = Vectorized<float>;
   constexpr int64_t W = V::size();
@@ -194,20 +162,11 @@ inline bool chunk_stats_ref(const float* p, int64_t n, float inv_t, float ref, R
     d0 = d0 + e0;
     s0 = at::vec::fmadd(t0, e0, s0);
   }
-  d0 = d0 + d1;
-  s0 = s0 + s1;
-  alignas(64) float dl[W];
-  alignas(64) float sl[W];
+  float d = lane_sum(d0 + d1), s = lane_sum(s0 + s1);
   alignas(64) float ml[W];
-  d0.store(dl);
-  s0.store(sl);
   tmax.store(ml);
-  float d = 0, s = 0, mt = -std::numeric_limits<float>::infinity();
-  for (int64_t k = 0; k < W; ++k) {
-    d += dl[k];
-    s += sl[k];
-    mt = std::max(mt, ml[k]);
-  }
+  float mt = -std::numeric_limits<float>::infinity();
+  for (int64_t k = 0; k < W; ++k) mt = std::max(mt, ml[k]);
   for (; i < n; ++i) {
     const float t = (p[i] - ref) * k2;
     mt = std::max(mt, t);
@@ -248,7 +207,10 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
   }
 
   if constexpr (std::is_same_v<acc_t, float>) {
-    return chunk_stats_exp2(p, n, inv_t, mx);
+    RowStats<float> out;
+    if (chunk_stats_ref(p, n, inv_t, mx, out)) return out;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    return RowStats<float>{mx, nan, nan};  // +inf in the chunk: softmax is undefined
   }
   const V vinv(inv_t), vmx(mx), vlow(std::numeric_limits<acc_t>::lowest());
   V d0(0), d1(0), s0(0), s1(0);
@@ -272,17 +234,7 @@ inline RowStats<acc_t> chunk_stats(const acc_t* p, int64_t n, acc_t inv_t) {
     d0 = d0 + e0;
     s0 = at::vec::fmadd(at::vec::clamp_min(y0, vlow), e0, s0);
   }
-  d0 = d0 + d1;
-  s0 = s0 + s1;
-  alignas(64) acc_t dl[W];
-  alignas(64) acc_t sl[W];
-  d0.store(dl);
-  s0.store(sl);
-  acc_t d = 0, s = 0;
-  for (int64_t k = 0; k < W; ++k) {
-    d += dl[k];
-    s += sl[k];
-  }
+  acc_t d = lane_sum(d0 + d1), s = lane_sum(s0 + s1);
   for (; i < n; ++i) {
     const acc_t y = (p[i] - mx) * inv_t;
     const acc_t e = std::exp(y);
@@ -304,11 +256,7 @@ inline acc_t chunk_sum(const acc_t* p, int64_t n) {
     a1 = a1 + V::loadu(p + i + W);
   }
   for (; i + W <= n; i += W) a0 = a0 + V::loadu(p + i);
-  a0 = a0 + a1;
-  alignas(64) acc_t l[W];
-  a0.store(l);
-  acc_t sum = 0;
-  for (int64_t k = 0; k < W; ++k) sum += l[k];
+  acc_t sum = lane_sum(a0 + a1);
   for (; i < n; ++i) sum += p[i];
   return sum;
 }
