@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from thermokern.reference import acc_dtype
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -64,6 +66,22 @@ def _can_sync(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
+    """View ``x`` as (rows, C) with the reduced dim last and unit stride along it.
+
+    Copies only when the reduced dim is not already the unit-stride one (a non-last ``dim``
+    of a contiguous tensor, or a transposed input); leading dims are flattened as a view when
+    their strides allow.
+    """
+    moved = x.movedim(dim, -1)
+    out_shape = moved.shape[:-1]
+    c = moved.shape[-1]
+    rows = moved.reshape(-1, c)
+    if c > 1 and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    return rows, out_shape
+
+
 def inverse_temperature(
     temperature: float | torch.Tensor, out_shape: torch.Size, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -74,7 +92,7 @@ def inverse_temperature(
     the values are checked where that needs no host synchronisation in a traced or captured
     region (see :func:`_can_sync`).
     """
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     if not isinstance(temperature, torch.Tensor):
         return torch.full((1,), 1.0 / temperature, dtype=acc, device=device)
     if temperature.device != device and temperature.numel() != 1:

@@ -14,16 +14,18 @@ import numbers
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import _can_sync, check_float_tensor, check_temperature, inverse_temperature
+from thermokern.ops._checks import (
+    _can_sync,
+    as_rows,
+    check_float_tensor,
+    check_temperature,
+    inverse_temperature,
+)
 
 __all__ = ["entropy_regularized_cross_entropy"]
 
 _ops = torch.ops.thermokern if _backend._C is not None else None
 REDUCTIONS = ("none", "mean", "sum")
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _setup_context(ctx, inputs, output):
@@ -52,7 +54,7 @@ if _ops is not None:
     def _fwd_fake(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         n = logits.shape[0]
-        acc = _acc_dtype(logits.dtype)
+        acc = reference.acc_dtype(logits.dtype)
         return tuple(logits.new_empty((n,), dtype=acc) for _ in range(4))
 
     @torch.library.register_fake("thermokern::entropy_ce_bwd")
@@ -222,20 +224,17 @@ def entropy_regularized_cross_entropy(
     name = _backend.resolve_backend(backend, logits)
 
     out_shape = logits.shape[:-1]
-    rows = logits.reshape(-1, num_classes)
-    if num_classes > 1 and rows.stride(1) != 1:
-        rows = rows.contiguous()
     tgt = target.reshape(-1).long()
-    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)
+    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates
     if name != "cpu":  # the CPU op checks its targets itself, without cost
         _check_target_values(tgt, num_classes, ignore_index)
     if name == "reference":
         return reference.entropy_regularized_cross_entropy(
-            logits, target.long(), entropy_weight=entropy_weight,
-            temperature=(1.0 / inv_t).reshape(()) if inv_t.numel() == 1 else (1.0 / inv_t).reshape(out_shape),
+            logits, tgt.reshape(out_shape), entropy_weight=entropy_weight, temperature=temperature,
             label_smoothing=label_smoothing, ignore_index=ignore_index, reduction=reduction,
             z_loss_weight=z_loss_weight,
         )  # fmt: skip
+    rows, _ = as_rows(logits, -1)
     args = (rows, tgt, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight)
     if name == "triton":
         loss = _triton_ops()(*args)[0]

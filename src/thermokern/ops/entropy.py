@@ -11,15 +11,17 @@ from __future__ import annotations
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import check_dim, check_float_tensor, check_temperature, inverse_temperature
+from thermokern.ops._checks import (
+    as_rows,
+    check_dim,
+    check_float_tensor,
+    check_temperature,
+    inverse_temperature,
+)
 
 __all__ = ["softmax_entropy"]
 
 _ops = torch.ops.thermokern if _backend._C is not None else None
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _setup_context(ctx, inputs, output):
@@ -49,7 +51,7 @@ if _ops is not None:
     def _fwd_fake(logits: torch.Tensor, inv_t: torch.Tensor):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         n = logits.shape[0]
-        acc = _acc_dtype(logits.dtype)
+        acc = reference.acc_dtype(logits.dtype)
         return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
 
     @torch.library.register_fake("thermokern::softmax_entropy_bwd")
@@ -96,27 +98,6 @@ def _triton_ops():
 
 
 # ----------------------------------------------------------------------------- public API
-def _per_row(t: torch.Tensor, out_shape: torch.Size) -> torch.Tensor:
-    """A 1- or N-element temperature tensor shaped to broadcast against the output."""
-    return t.reshape(()) if t.numel() == 1 else t.reshape(out_shape)
-
-
-def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
-    """View ``x`` as (rows, C) with the reduced dim last and unit stride along it.
-
-    Copies only when the reduced dim is not already the unit-stride one (a non-last ``dim``
-    of a contiguous tensor, or a transposed input); leading dims are flattened as a view when
-    their strides allow.
-    """
-    moved = x.movedim(dim, -1)
-    out_shape = moved.shape[:-1]
-    c = moved.shape[-1]
-    rows = moved.reshape(-1, c)
-    if c > 1 and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    return rows, out_shape
-
-
 def softmax_entropy(
     logits: torch.Tensor,
     dim: int = -1,
@@ -166,10 +147,11 @@ def softmax_entropy(
             f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined"
         )
     name = _backend.resolve_backend(backend, logits)
-    rows, out_shape = _as_rows(logits, dim)
-    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)
+    out_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
+    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates
     if name == "reference":
-        return reference.softmax_entropy(logits, dim, temperature=_per_row(1.0 / inv_t, out_shape))
+        return reference.softmax_entropy(logits, dim, temperature=temperature)
+    rows, _ = as_rows(logits, dim)
     if name == "triton":
         entropy = _triton_ops()(rows, inv_t)[0]
     else:
