@@ -42,6 +42,40 @@ TORCH_LIBRARY(thermokern, m) {
       "entropy_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
       "Tensor shift, Tensor log_norm, float entropy_weight, float label_smoothing, "
       "int ignore_index, float z_loss_weight) -> Tensor");
+
+  // [Note: partition statistics]
+  // Online statistics of a reduction over dim 1 of a contiguous 3-D (O, R, I) tensor x with
+  // R >= 1 (I == 1: rows; I > 1: a middle dimension, reduced without a transposing copy).
+  // Output j = o * I + i describes x[o, :, i]. With x' = -x when `negate`, else x, and
+  // k = scale[j] (scale: 1-D, accumulation dtype, 1 element or O * I; finite and > 0),
+  // z = k x'. An element is *included* when mask is None or true, and weight is None or != 0
+  // (a zero weight hides the element, even an infinity or NaN, as in scipy).
+  //   shift: a finite value with max(included x') - shift in [0, margin] (the CPU kernels may
+  //          stay up to 8 ln 2 / k below the maximum; CUDA and Triton return the maximum);
+  //          exactly the maximum when that is +inf or NaN; -inf when nothing is included.
+  //   sum:   sum over included of w e^u with u = k (x' - shift) (w = 1 without weight); when
+  //          shift = +inf, the sum of w over the included x' = +inf; NaN when shift is NaN;
+  //          0 when nothing is included.
+  //   m1, m2 (moments == 2): sum w u e^u and sum w u^2 e^u (0 when nothing is included, NaN
+  //          when shift is +inf or NaN); with moments == 0 they are empty tensors.
+  // So log|sum w e^z| = k * shift + log|sum|, whatever the row holds (the Python layer then
+  // gives logsumexp, log Z and the thermodynamic statistics). weight: None or x's shape and
+  // dtype; mask: None or x's shape, bool. Outputs are 1-D (O * I) in the accumulation dtype.
+  m.def(
+      "partition_fwd(Tensor x, Tensor? weight, Tensor? mask, Tensor scale, bool negate, "
+      "int moments) -> (Tensor shift, Tensor sum, Tensor m1, Tensor m2)");
+  // Backward of any function of those statistics whose derivative w.r.t. z_e is
+  //   w_e * g_e,  g_e = p_e * (coef[j,0] + coef[j,1] u_e + coef[j,2] u_e^2),
+  //   p_e = e^{u_e - log_norm[j]},  u_e = k (x'_e - shift[j]),
+  // (coef: 2-D (O * I, n) with n in 1..3, missing terms 0; g_e = 0 wherever p_e == 0, so
+  // that 0 * (-inf) never appears). Returns grad_x = +-k * w * g on included elements (the sign
+  // of dz/dx) and 0 elsewhere, in x's dtype; and, when weight_grad (weight given), grad_weight
+  // = g on elements the mask keeps (zero weights included: d/dw of w e^z is e^z), 0 elsewhere;
+  // an empty tensor otherwise.
+  m.def(
+      "partition_bwd(Tensor x, Tensor? weight, Tensor? mask, Tensor scale, bool negate, "
+      "Tensor shift, Tensor log_norm, Tensor coef, bool weight_grad) -> "
+      "(Tensor grad_x, Tensor grad_weight)");
 }
 
 namespace thermokern {

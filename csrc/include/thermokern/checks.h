@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -98,6 +99,75 @@ inline void check_entropy_ce_weights(double entropy_weight, double label_smoothi
                     "label_smoothing: expected a value in [0, 1], got ", label_smoothing);
   TORCH_CHECK_VALUE(std::isfinite(z_loss_weight) && z_loss_weight >= 0.0,
                     "z_loss_weight: expected a finite value >= 0, got ", z_loss_weight);
+}
+
+// partition_fwd / partition_bwd (csrc/thermokern.cpp, [Note: partition statistics]).
+inline void check_partition_inputs(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& mask, const at::Tensor& scale) {
+  check_floating(x, "input");
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(1) > 0 && x.is_contiguous(),
+                    "input: expected a contiguous 3-D (outer, reduced, inner) tensor with a "
+                    "non-empty reduced dimension, got shape ", x.sizes());
+  if (weight.has_value()) {
+    TORCH_CHECK_VALUE(weight->sizes() == x.sizes() && weight->is_contiguous(),
+                      "weight: expected a contiguous tensor of shape ", x.sizes(), ", got ",
+                      weight->sizes());
+    TORCH_CHECK_TYPE(weight->scalar_type() == x.scalar_type(), "weight: expected dtype ",
+                     x.scalar_type(), ", got ", weight->scalar_type());
+    TORCH_CHECK_VALUE(weight->device() == x.device(), "weight: expected device ", x.device(),
+                      ", got ", weight->device());
+  }
+  if (mask.has_value()) {
+    TORCH_CHECK_VALUE(mask->sizes() == x.sizes() && mask->is_contiguous(),
+                      "mask: expected a contiguous tensor of shape ", x.sizes(), ", got ",
+                      mask->sizes());
+    TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, "mask: expected a bool tensor, got ",
+                     mask->scalar_type());
+    TORCH_CHECK_VALUE(mask->device() == x.device(), "mask: expected device ", x.device(),
+                      ", got ", mask->device());
+  }
+  const int64_t outputs = x.size(0) * x.size(2);
+  TORCH_CHECK_VALUE(scale.dim() == 1 && (scale.size(0) == 1 || scale.size(0) == outputs),
+                    "temperature: expected 1 or ", outputs, " scale values, got shape ",
+                    scale.sizes());
+  TORCH_CHECK_VALUE(scale.is_contiguous() && scale.device() == x.device(),
+                    "temperature: expected a contiguous scale tensor on ", x.device());
+  TORCH_CHECK_TYPE(scale.scalar_type() == acc_dtype(x.scalar_type()), "temperature: expected the scale as ",
+                   acc_dtype(x.scalar_type()), ", got ", scale.scalar_type());
+}
+
+inline void check_partition_fwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& mask, const at::Tensor& scale,
+                                int64_t moments) {
+  check_partition_inputs(x, weight, mask, scale);
+  TORCH_CHECK_VALUE(moments == 0 || moments == 2, "moments: expected 0 or 2, got ", moments);
+}
+
+inline void check_partition_bwd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& mask, const at::Tensor& scale,
+                                const at::Tensor& shift, const at::Tensor& log_norm,
+                                const at::Tensor& coef, bool weight_grad) {
+  check_partition_inputs(x, weight, mask, scale);
+  const int64_t outputs = x.size(0) * x.size(2);
+  const auto acc = acc_dtype(x.scalar_type());
+  for (const auto* t : {&shift, &log_norm}) {
+    const char* name = t == &shift ? "shift" : "log_norm";
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == outputs && t->is_contiguous(), name,
+                      ": expected a contiguous 1-D tensor of ", outputs, " values, got shape ",
+                      t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == acc, name, ": expected dtype ", acc, ", got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x.device(), name, ": expected device ", x.device());
+  }
+  TORCH_CHECK_VALUE(coef.dim() == 2 && coef.size(0) == outputs && coef.size(1) >= 1 &&
+                        coef.size(1) <= 3 && coef.is_contiguous(),
+                    "coef: expected a contiguous (", outputs, ", 1..3) tensor, got shape ",
+                    coef.sizes());
+  TORCH_CHECK_TYPE(coef.scalar_type() == acc, "coef: expected dtype ", acc, ", got ",
+                   coef.scalar_type());
+  TORCH_CHECK_VALUE(coef.device() == x.device(), "coef: expected device ", x.device());
+  TORCH_CHECK_VALUE(!weight_grad || weight.has_value(),
+                    "weight_grad: needs a weight tensor");
 }
 
 }  // namespace thermokern
