@@ -45,18 +45,54 @@ struct EntropyArgs {
 
 using RowFn = void (*)(const EntropyArgs& args, int64_t row_begin, int64_t row_end);
 
+// Arguments of partition_fwd / partition_bwd (csrc/thermokern.cpp, [Note: partition
+// statistics]): a contiguous (O, R, I) tensor x reduced over R; output j = o * I + i. Per-output
+// values are in the accumulation type. Forward tasks are rows (I == 1) or (o, tile of lanes)
+// pairs (partition_kernel.h, [Note: lanes]); backward tasks are rows (I == 1) or (o, r) lines.
+struct PartitionArgs {
+  c10::ScalarType dtype;
+  const void* x;
+  const void* weight = nullptr;  // x's dtype, or nullptr
+  const bool* mask = nullptr;
+  int64_t O, R, I;
+  const void* scale;
+  int64_t scale_stride;  // 0: one k for every output, 1: per output
+  bool negate = false;
+  int64_t moments = 0;
+  // Forward outputs.
+  void* shift = nullptr;
+  void* sum = nullptr;
+  void* m1 = nullptr;
+  void* m2 = nullptr;
+  // Backward: shift and log_norm as inputs, coefficients transposed to (n_coef, outputs).
+  const void* log_norm = nullptr;
+  const void* coef = nullptr;
+  int64_t n_coef = 1;
+  int64_t coef_stride = 0;  // = number of outputs
+  void* grad_x = nullptr;
+  void* grad_w = nullptr;
+};
+
+using PartFn = void (*)(const PartitionArgs& args, int64_t task_begin, int64_t task_end);
+
 struct Kernels {
   RowFn entropy_fwd;
   RowFn entropy_bwd;
   RowFn entropy_ce_fwd;
   RowFn entropy_ce_bwd;
+  PartFn partition_fwd;
+  PartFn partition_bwd;
+  int64_t (*partition_fwd_tasks)(const PartitionArgs& args);  // tasks of partition_fwd
 };
 
 #define TK_DECLARE_ISA(ISA)                                  \
   void entropy_fwd_##ISA(const EntropyArgs&, int64_t, int64_t);    \
   void entropy_bwd_##ISA(const EntropyArgs&, int64_t, int64_t);    \
   void entropy_ce_fwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
-  void entropy_ce_bwd_##ISA(const EntropyArgs&, int64_t, int64_t);
+  void entropy_ce_bwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
+  void partition_fwd_##ISA(const PartitionArgs&, int64_t, int64_t); \
+  void partition_bwd_##ISA(const PartitionArgs&, int64_t, int64_t); \
+  int64_t partition_fwd_tasks_##ISA(const PartitionArgs&);
 TK_DECLARE_ISA(DEFAULT)
 #if defined(__x86_64__)
 TK_DECLARE_ISA(AVX2)

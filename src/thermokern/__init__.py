@@ -10,15 +10,21 @@ from thermokern import nn
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
+from thermokern.ops.partition import ThermoStats, free_energy, log_partition, logsumexp, thermo_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "BackendInfo",
+    "ThermoStats",
     "__version__",
     "available_backends",
     "entropy_regularized_cross_entropy",
+    "free_energy",
+    "log_partition",
+    "logsumexp",
     "nn",
     "softmax_entropy",
+    "thermo_stats",
 ]

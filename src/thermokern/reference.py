@@ -80,3 +80,119 @@ def entropy_regularized_cross_entropy(
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / valid.sum()
+
+
+# ----------------------------------------------------------------------------- partition functions
+def reduce_dims(dim, ndim: int) -> tuple[int, ...]:
+    """``dim`` (an int or a sequence of ints) as a sorted tuple of non-negative dims.
+
+    A 0-d tensor reduces over its single implicit dimension (``dim`` 0 or -1), as torch does.
+    """
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    n = max(ndim, 1)
+    return tuple(sorted({d % n for d in dims})) if ndim > 0 else ()
+
+
+def _lse_parts(x, dims, weight, mask):
+    """(shift, s) with log|sum_j w_j e^{x_j}| = shift + log|s| over ``dims`` (keepdim), in the
+    accumulation dtype, following thermokern's conventions: masked elements and zero weights
+    are left out (a zero weight hides an infinity or NaN, as in scipy), shift is the maximum of
+    what is left (0 when that is not finite). The gradient w.r.t. a zero weight is e^{x - lse}."""
+    acc = acc_dtype(x.dtype)
+    xa = x.to(acc)
+    keep = torch.ones_like(xa, dtype=torch.bool)
+    if mask is not None:
+        keep = keep & mask.broadcast_to(xa.shape)
+    inc = keep
+    w = None
+    if weight is not None:
+        w = weight.to(acc).broadcast_to(xa.shape)
+        inc = keep & (w != 0)
+    xm = torch.where(inc, xa, float("-inf"))
+    m = xm.amax(dim=dims, keepdim=True) if xm.numel() else xm.sum(dims, keepdim=True)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    e = torch.exp(xm - shift)
+    if w is not None:
+        e = w * e
+        # d/dw at w = 0 is e^{x - shift}: a term whose value is exactly 0.
+        hidden = torch.where(keep & ~inc, xa, float("-inf"))
+        eh = torch.exp(hidden - shift).detach()
+        e = e + (w - w.detach()) * torch.where(torch.isfinite(eh), eh, torch.zeros_like(eh))
+    s = torch.where(inc, e, torch.zeros_like(e)).sum(dim=dims, keepdim=True)
+    # +inf maxima: e^{inf - 0} = inf gives +inf (or NaN for inf - inf) in s, as it should.
+    return shift, s
+
+
+def logsumexp(input, dim, keepdim=False, *, weight=None, mask=None, return_sign=False):
+    """log sum_j w_j e^{x_j} over ``dim``, with torch.logsumexp's edge cases when unweighted.
+
+    ``weight`` follows scipy's ``b`` (negative values allowed; without ``return_sign`` a
+    negative sum gives NaN); ``mask`` follows JAX's ``where``. Fully masked or all -inf rows
+    give -inf with gradient 0. ``return_sign`` also returns sign(sum) (0 for a zero sum, NaN
+    where the result is NaN).
+    """
+    x = input if input.is_floating_point() else input.to(torch.get_default_dtype())
+    dims = reduce_dims(dim, x.dim())
+    x0 = x.reshape(1) if x.dim() == 0 else x
+    dims0 = dims if x.dim() else (0,)
+    shift, s = _lse_parts(x0, dims0, weight, mask)
+    zero = s == 0
+    s_safe = torch.where(zero, torch.ones_like(s), s)
+    lse = torch.where(zero, torch.full_like(s, float("-inf")), shift + torch.log(s_safe.abs()))
+    sign = torch.sign(s.detach())
+    sign = torch.where(torch.isnan(lse.detach()), torch.full_like(sign, float("nan")), sign)
+    if not return_sign:
+        lse = torch.where(s.detach() < 0, torch.full_like(lse, float("nan")), lse)
+    if x.dim() == 0:
+        lse, sign = lse.reshape(()), sign.reshape(())
+    elif not keepdim:
+        lse, sign = lse.squeeze(dims), sign.squeeze(dims)
+    lse = lse.to(x.dtype)
+    return (lse, sign.to(x.dtype)) if return_sign else lse
+
+
+def _energy_z(energy, dims, temperature):
+    acc = acc_dtype(energy.dtype)
+    e = energy.to(acc)
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(device=e.device, dtype=acc)
+        if t.dim() > 0:
+            out_shape = [1 if i in dims else n for i, n in enumerate(e.shape)]
+            kept = [n for i, n in enumerate(e.shape) if i not in dims]
+            t = t.broadcast_to(kept).reshape(out_shape)
+    else:
+        t = temperature
+    return e, t
+
+
+def log_partition(energy, dim=-1, *, temperature=1.0, keepdim=False):
+    """log Z = logsumexp(-E / T) over ``dim``."""
+    dims = reduce_dims(dim, energy.dim())
+    e, t = _energy_z(energy, dims, temperature)
+    return logsumexp(-e / t, dims, keepdim=keepdim).to(energy.dtype)
+
+
+def free_energy(energy, dim=-1, *, temperature=1.0, keepdim=False):
+    """F = -T log Z over ``dim``."""
+    dims = reduce_dims(dim, energy.dim())
+    e, t = _energy_z(energy, dims, temperature)
+    lz = logsumexp(-e / t, dims, keepdim=True)
+    f = -t * lz
+    return (f if keepdim else f.squeeze(dims)).to(energy.dtype)
+
+
+def thermo_stats(energy, dim=-1, *, temperature=1.0):
+    """(log Z, F, U, S, C) over ``dim`` with p = softmax(-E/T): U = <E>, S = (U - F)/T,
+    C = Var_p(E) / T^2 (k_B = 1). Returned as a tuple in ``energy.dtype``."""
+    dims = reduce_dims(dim, energy.dim())
+    e, t = _energy_z(energy, dims, temperature)
+    lz = logsumexp(-e / t, dims, keepdim=True)
+    p = torch.exp(-e / t - lz)
+    pe = torch.where(p == 0, torch.zeros_like(p), p * e)
+    u = pe.sum(dims, keepdim=True)
+    dev = e - u
+    var = torch.where(p == 0, torch.zeros_like(p), p * dev * dev).sum(dims, keepdim=True)
+    f = -t * lz
+    s = (u - f) / t
+    c = var / (t * t)
+    return tuple(v.squeeze(dims).to(energy.dtype) for v in (lz, f, u, s, c))

@@ -1,0 +1,545 @@
+// partition_fwd / partition_bwd CPU kernels (logsumexp, log Z, thermodynamic statistics),
+// compiled once per ISA next to entropy_kernel.h (which provides exp2_nonpos, load_chunk, ...).
+// The statistics are defined in csrc/thermokern.cpp, [Note: partition statistics].
+//
+// [Note: lanes]
+// A task is one output row (I == 1: the reduced elements are contiguous) or a tile of W
+// adjacent outputs (I > 1: the reduced elements of output i are I apart, so W outputs side by
+// side form one vector per reduced index and nothing is transposed). Either way the kernel
+// walks a sequence of vectors of W lanes; every lane keeps its own online statistics
+// (ref, d, m1, m2), in base 2: t = (x' - ref) k log2(e), d = sum w 2^t, m1 = sum w t 2^t,
+// m2 = sum w t^2 2^t. A row's lanes are merged at the end; a tile's lanes are its outputs.
+// Elements are taken in chunks of kSteps vectors (8 KB of fp32). As in entropy_kernel.h, a
+// chunk is swept once relative to the lanes' current ref while its maximum is tracked on the
+// side; when some lane's chunk maximum passes its ref by more than the margin (or a sum turns
+// NaN), the chunk is redone in two sweeps: its maximum first, then the sums relative to it.
+// Chunk sums are float (double for double input) and are added into double lane totals.
+// A task whose data holds +inf or NaN (or excluded-only lanes at the end) is recomputed by a
+// scalar double loop (rare), which is also what defines the special values.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "entropy_kernel.h"
+
+namespace thermokern::cpu {
+inline namespace CPU_CAPABILITY {
+
+constexpr int64_t kPartSteps = 128;
+
+// 2^t, with t_clamped = max(t, low) so that t_clamped * 2^t is 0 (not NaN) for t = -inf.
+inline Vectorized<float> exp2_acc(const Vectorized<float>& t, Vectorized<float>& t_clamped) {
+  return exp2_nonpos(t, t_clamped);  // accurate for t <= 127 (the margins keep t <= 32)
+}
+inline Vectorized<double> exp2_acc(const Vectorized<double>& t, Vectorized<double>& t_clamped) {
+  t_clamped = at::vec::clamp_min(t, Vectorized<double>(-1100.0));  // 2^-1100 == 0 in double
+  return t_clamped.exp2();
+}
+
+template <typename T>
+inline bool any_true(const Vectorized<T>& mask) {
+  // Comparison results have all bits set in true lanes; zero_mask() has a bit per zero lane.
+  return mask.zero_mask() != (1 << Vectorized<T>::size()) - 1;
+}
+
+template <typename T>
+inline T lane_max_of(const Vectorized<T>& v) {
+  constexpr int64_t W = Vectorized<T>::size();
+  alignas(64) T l[W];
+  v.store(l);
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < W; ++k) m = nan_max(m, l[k]);
+  return m;
+}
+
+// Exact statistics of one output in double (the special-value path, and the definition):
+// elements x'[n * stride] for n < R, weights and mask alike (nullptr when absent).
+template <typename scalar_t>
+void partition_scalar(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t R,
+                      int64_t stride, bool negate, double k, bool moments, double out[4]) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto value = [&](int64_t n, double& xv, double& wv) {
+    const int64_t at = n * stride;
+    if (mask != nullptr && !mask[at]) return false;
+    wv = w != nullptr ? static_cast<double>(w[at]) : 1.0;
+    if (w != nullptr && wv == 0.0) return false;
+    xv = static_cast<double>(x[at]);
+    if (negate) xv = -xv;
+    return true;
+  };
+  double m = -kInf, xv = 0, wv = 0;
+  for (int64_t n = 0; n < R; ++n)
+    if (value(n, xv, wv)) m = nan_max(m, xv);
+  if (m != m) {
+    out[0] = out[1] = out[2] = out[3] = nan;
+    return;
+  }
+  if (m == -kInf) {
+    out[0] = -kInf;
+    out[1] = out[2] = out[3] = 0.0;
+    return;
+  }
+  double d = 0, m1 = 0, m2 = 0;
+  if (m == kInf) {
+    for (int64_t n = 0; n < R; ++n)
+      if (value(n, xv, wv) && xv == kInf) d += wv;
+    out[0] = kInf;
+    out[1] = d;
+    out[2] = out[3] = nan;
+    return;
+  }
+  for (int64_t n = 0; n < R; ++n) {
+    if (!value(n, xv, wv) || xv == -kInf) continue;
+    const double u = k * (xv - m);
+    const double e = wv * std::exp(u);
+    d += e;
+    if (moments) {
+      m1 += u * e;
+      m2 += u * u * e;
+    }
+  }
+  out[0] = m;
+  out[1] = d;
+  out[2] = moments ? m1 : 0.0;
+  out[3] = moments ? m2 : 0.0;
+}
+
+// Online base-2 statistics of W lanes (see [Note: lanes]).
+template <typename acc_t, bool HasW, bool Moments>
+struct LaneStats {
+  using V = Vectorized<acc_t>;
+  static constexpr int64_t W = V::size();
+  static constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  // The one-sweep margin in base-2 units: 8 where the moments or signed weights make a low
+  // ref cost accuracy (cancellation grows with the gap), 32 for plain sums (overflow-safe).
+  static constexpr acc_t kMargin = (Moments || HasW) ? acc_t(8) : acc_t(32);
+
+  V k2;                      // k log2(e) per lane
+  int64_t valid;             // lanes that hold outputs (the rest only ever see -inf)
+  alignas(64) acc_t ref[W];  // per lane: -inf until the lane sees an included element
+  alignas(64) acc_t use[W];  // the shift the sweeps use: ref, or 0 while ref is -inf
+  double D[W], M1[W], M2[W];
+  bool special = false;  // +inf or NaN seen: the task is redone by partition_scalar
+
+  LaneStats(const V& k2_, int64_t valid_) : k2(k2_), valid(valid_) {
+    for (int64_t l = 0; l < W; ++l) {
+      ref[l] = -kInf;
+      use[l] = 0;
+      D[l] = M1[l] = M2[l] = 0.0;
+    }
+  }
+
+  // Sums of nsteps vectors xp[s * stride] (excluded elements hold -inf) relative to vr (finite
+  // in every lane). Returns false when some lane passes vr by more than the margin or a sum
+  // is NaN (+inf/NaN data); then nothing is added.
+  bool sweep(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps, const V& vr,
+             bool check) {
+    V d0(0), m10(0), m20(0), tmax(-kInf);
+    for (int64_t s = 0; s < nsteps; ++s) {
+      const V t = (V::loadu(xp + s * stride) - vr) * k2;
+      if (check) tmax = at::vec::maximum(tmax, t);  // NaN propagates into tmax
+      V tc;
+      V e = exp2_acc(t, tc);
+      if constexpr (HasW) e = e * V::loadu(wp + s * stride);
+      d0 = d0 + e;
+      if constexpr (Moments) {
+        const V te = tc * e;
+        m10 = m10 + te;
+        m20 = at::vec::fmadd(tc, te, m20);
+      }
+    }
+    if (check) {
+      const acc_t mt = lane_max_of(tmax);
+      if (!(mt <= kMargin)) return false;
+    }
+    alignas(64) acc_t ld[W], l1[W], l2[W];
+    d0.store(ld);
+    m10.store(l1);
+    m20.store(l2);
+    for (int64_t l = 0; l < W; ++l)
+      if (ld[l] != ld[l]) return false;
+    for (int64_t l = 0; l < W; ++l) {
+      D[l] += ld[l];
+      if constexpr (Moments) {
+        M1[l] += l1[l];
+        M2[l] += l2[l];
+      }
+    }
+    return true;
+  }
+
+  // Move lane l's totals to a larger ref (delta2 = (old - new) k log2 e <= 0).
+  void rebase(int64_t l, acc_t new_ref) {
+    if (ref[l] != -kInf) {
+      const double k2l = static_cast<double>(lane(k2, l));
+      const double delta = (static_cast<double>(ref[l]) - static_cast<double>(new_ref)) * k2l;
+      const double r = std::exp2(delta);
+      if constexpr (Moments) {
+        M2[l] = r * (M2[l] + 2.0 * delta * M1[l] + delta * delta * D[l]);
+        M1[l] = r * (M1[l] + delta * D[l]);
+      }
+      D[l] *= r;
+    }
+    ref[l] = new_ref;
+  }
+
+  static acc_t lane(const V& v, int64_t l) {
+    alignas(64) acc_t a[W];
+    v.store(a);
+    return a[l];
+  }
+
+  void chunk(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps) {
+    if (special) return;
+    bool fresh = false;
+    for (int64_t l = 0; l < valid; ++l) fresh |= ref[l] == -kInf;
+    if (!fresh && sweep(xp, wp, stride, nsteps, V::loadu(use), true)) return;
+    // Two sweeps: the chunk's lane maxima, then the sums relative to the new refs.
+    V cm(-kInf);
+    for (int64_t s = 0; s < nsteps; ++s) cm = at::vec::maximum(cm, V::loadu(xp + s * stride));
+    alignas(64) acc_t cml[W];
+    cm.store(cml);
+    for (int64_t l = 0; l < W; ++l) {
+      const acc_t nr = nan_max(ref[l], cml[l]);
+      if (!(nr < kInf)) {  // +inf or NaN
+        special = true;
+        return;
+      }
+      if (nr > ref[l]) rebase(l, nr);
+      use[l] = ref[l] == -kInf ? acc_t(0) : ref[l];  // all -inf so far: any finite shift
+    }
+    // Only non-finite weights can make this sweep fail now; the scalar path gives their NaN.
+    if (!sweep(xp, wp, stride, nsteps, V::loadu(use), false)) special = true;
+  }
+};
+
+// Per-ISA scratch for gathering a chunk (conversion, negation, mask, weights, tails).
+template <typename acc_t>
+struct ChunkBuf {
+  static constexpr int64_t W = Vectorized<acc_t>::size();
+  alignas(64) acc_t x[kPartSteps * W];
+  alignas(64) acc_t w[kPartSteps * W];
+};
+
+// Gather nsteps vectors into b: lane l of step s is element s * step + l * lane_stride, valid
+// when l < lanes and s * W + l < count; invalid or excluded elements become -inf (weight 0).
+template <typename scalar_t, typename acc_t, bool HasW>
+inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t step,
+                   int64_t lane_stride, int64_t nsteps, int64_t lanes, int64_t count,
+                   bool negate, ChunkBuf<acc_t>& b) {
+  constexpr int64_t W = ChunkBuf<acc_t>::W;
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t s = 0; s < nsteps; ++s) {
+    for (int64_t l = 0; l < W; ++l) {
+      acc_t xv = kNegInf, wv = 0;
+      if (l < lanes && s * W + l < count) {
+        const int64_t at = s * step + l * lane_stride;
+        bool inc = mask == nullptr || mask[at];
+        if constexpr (HasW) {
+          wv = static_cast<acc_t>(w[at]);
+          inc = inc && wv != acc_t(0);
+        }
+        if (inc) {
+          xv = static_cast<acc_t>(x[at]);
+          if (negate) xv = -xv;
+        }
+      }
+      b.x[s * W + l] = xv;
+      if constexpr (HasW) b.w[s * W + l] = wv;
+    }
+  }
+}
+
+// Statistics of one output row (I == 1) or of one tile of W adjacent outputs (I > 1).
+template <typename scalar_t, bool HasW, bool Moments>
+void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
+  using acc_t = acc_type_t<scalar_t>;
+  using V = Vectorized<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr double kLog2eD = 1.4426950408889634;
+  const int64_t R = a.R, I = a.I;
+  const int64_t base = o * R * I + i0;
+  const auto* x = static_cast<const scalar_t*>(a.x) + base;
+  const auto* w = HasW ? static_cast<const scalar_t*>(a.weight) + base : nullptr;
+  const bool* mask = a.mask != nullptr ? a.mask + base : nullptr;
+  const auto* scale = static_cast<const acc_t*>(a.scale);
+  const bool rows = I == 1;
+  const int64_t j0 = o * I + i0;
+  const int64_t outs = rows ? 1 : std::min<int64_t>(W, I - i0);  // outputs of this task
+  alignas(64) acc_t k2v[W];
+  for (int64_t l = 0; l < W; ++l) {
+    const int64_t j = j0 + (rows ? 0 : std::min(l, outs - 1));
+    k2v[l] = static_cast<acc_t>(static_cast<double>(scale[a.scale_stride * j]) * kLog2eD);
+  }
+  LaneStats<acc_t, HasW, Moments> st(V::loadu(k2v), rows ? W : outs);
+  ChunkBuf<acc_t> buf;
+  // Direct reads need the accumulation type, no negation, mask or weights, and full vectors.
+  const bool plain = std::is_same_v<scalar_t, acc_t> && !a.negate && mask == nullptr && !HasW;
+  for (int64_t c0 = 0; c0 < R && !st.special;) {
+    if (rows) {
+      const int64_t n = std::min(kPartSteps * W, R - c0);
+      const int64_t full = n / W;
+      if (plain && full > 0) {
+        st.chunk(reinterpret_cast<const acc_t*>(x + c0), nullptr, W, full);
+        if (n > full * W) {
+          gather<scalar_t, acc_t, HasW>(x + c0 + full * W, nullptr, nullptr, W, 1, 1, W,
+                                        n - full * W, false, buf);
+          st.chunk(buf.x, buf.w, W, 1);
+        }
+      } else {
+        const int64_t steps = (n + W - 1) / W;
+        gather<scalar_t, acc_t, HasW>(x + c0, HasW ? w + c0 : nullptr,
+                                      mask ? mask + c0 : nullptr, W, 1, steps, W, n, a.negate,
+                                      buf);
+        st.chunk(buf.x, buf.w, W, steps);
+      }
+      c0 += n;
+    } else {
+      const int64_t n = std::min(kPartSteps, R - c0);  // reduced indices in this chunk
+      if (plain && outs == W) {
+        st.chunk(reinterpret_cast<const acc_t*>(x + c0 * I), nullptr, I, n);
+      } else {
+        gather<scalar_t, acc_t, HasW>(x + c0 * I, HasW ? w + c0 * I : nullptr,
+                                      mask ? mask + c0 * I : nullptr, I, 1, n, outs,
+                                      std::numeric_limits<int64_t>::max(), a.negate, buf);
+        st.chunk(buf.x, buf.w, W, n);
+      }
+      c0 += n;
+    }
+  }
+
+  auto* shift = static_cast<acc_t*>(a.shift);
+  auto* sum = static_cast<acc_t*>(a.sum);
+  auto* m1 = static_cast<acc_t*>(a.m1);
+  auto* m2 = static_cast<acc_t*>(a.m2);
+  constexpr double kLn2D = 0.6931471805599453;
+  auto store = [&](int64_t j, double ref, double d, double t1, double t2) {
+    shift[j] = static_cast<acc_t>(ref);
+    sum[j] = static_cast<acc_t>(d);
+    if constexpr (Moments) {
+      m1[j] = static_cast<acc_t>(t1 * kLn2D);
+      m2[j] = static_cast<acc_t>(t2 * kLn2D * kLn2D);
+    }
+  };
+  auto exact = [&](int64_t l) {  // output l of the task by the scalar path
+    double out[4];
+    const int64_t j = j0 + l;
+    partition_scalar<scalar_t>(x + l, HasW ? w + l : nullptr, mask ? mask + l : nullptr, R, I,
+                               a.negate, static_cast<double>(scale[a.scale_stride * j]),
+                               Moments, out);
+    shift[j] = static_cast<acc_t>(out[0]);
+    sum[j] = static_cast<acc_t>(out[1]);
+    if constexpr (Moments) {
+      m1[j] = static_cast<acc_t>(out[2]);
+      m2[j] = static_cast<acc_t>(out[3]);
+    }
+  };
+  if (st.special) {
+    for (int64_t l = 0; l < outs; ++l) exact(l);
+    return;
+  }
+  if (!rows) {
+    for (int64_t l = 0; l < outs; ++l) {
+      if (st.ref[l] == -LaneStats<acc_t, HasW, Moments>::kInf) {
+        exact(l);  // nothing included: the scalar path's -inf / 0 convention
+      } else {
+        store(j0 + l, st.ref[l], st.D[l], st.M1[l], st.M2[l]);
+      }
+    }
+    return;
+  }
+  // Merge the row's lanes at the largest ref.
+  acc_t top = -LaneStats<acc_t, HasW, Moments>::kInf;
+  for (int64_t l = 0; l < W; ++l) top = std::max(top, st.ref[l]);
+  if (top == -LaneStats<acc_t, HasW, Moments>::kInf) {
+    exact(0);
+    return;
+  }
+  double d = 0, t1 = 0, t2 = 0;
+  for (int64_t l = 0; l < W; ++l) {
+    if (st.ref[l] == -LaneStats<acc_t, HasW, Moments>::kInf) continue;
+    st.rebase(l, top);
+    d += st.D[l];
+    t1 += st.M1[l];
+    t2 += st.M2[l];
+  }
+  store(j0, top, d, t1, t2);
+}
+
+template <typename scalar_t>
+void partition_fwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
+  constexpr int64_t W = Vectorized<acc_type_t<scalar_t>>::size();
+  const int64_t tiles = a.I == 1 ? 1 : (a.I + W - 1) / W;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t o = t / tiles, i0 = (t % tiles) * W;
+    const bool hw = a.weight != nullptr, mom = a.moments == 2;
+    if (hw && mom) {
+      partition_fwd_task<scalar_t, true, true>(a, o, i0);
+    } else if (hw) {
+      partition_fwd_task<scalar_t, true, false>(a, o, i0);
+    } else if (mom) {
+      partition_fwd_task<scalar_t, false, true>(a, o, i0);
+    } else {
+      partition_fwd_task<scalar_t, false, false>(a, o, i0);
+    }
+  }
+}
+
+// Backward over `len` consecutive elements of x starting at element e0; per-output values
+// (shift, log_norm, k, coefficients) are read at index j0 + i * jstride (jstride 0: the
+// elements share one output, a row; 1: element i belongs to output j0 + i).
+template <typename scalar_t>
+void partition_bwd_line(const PartitionArgs& a, int64_t e0, int64_t len, int64_t j0,
+                        int64_t jstride) {
+  using acc_t = acc_type_t<scalar_t>;
+  using V = Vectorized<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
+  const auto* x = static_cast<const scalar_t*>(a.x) + e0;
+  const auto* w = a.weight != nullptr ? static_cast<const scalar_t*>(a.weight) + e0 : nullptr;
+  const bool* mask = a.mask != nullptr ? a.mask + e0 : nullptr;
+  auto* gx = static_cast<scalar_t*>(a.grad_x) + e0;
+  auto* gw = a.grad_w != nullptr ? static_cast<scalar_t*>(a.grad_w) + e0 : nullptr;
+  const auto* shift = static_cast<const acc_t*>(a.shift) + j0;
+  const auto* log_norm = static_cast<const acc_t*>(a.log_norm) + j0;
+  const auto* scale = static_cast<const acc_t*>(a.scale) + a.scale_stride * j0;
+  const auto* coef = static_cast<const acc_t*>(a.coef) + j0;  // (n_coef, outputs): transposed
+  const int64_t cs = a.coef_stride;
+  const int64_t sstride = a.scale_stride * jstride;
+  const acc_t sign = a.negate ? acc_t(-1) : acc_t(1);
+  const V zero(0);
+
+  // g = p (c0 + c1 u + c2 u^2), 0 where p == 0; u = k (x' - shift), p = 2^{(u - ln) log2 e}.
+  auto grad_of = [&](const V& xv, const V& sh, const V& ln, const V& k, const V& c0, const V& c1,
+                     const V& c2) {
+    const V u = (xv - sh) * k;
+    V tc;
+    const V p = exp2_acc((u - ln) * V(kLog2e), tc);
+    const V poly = at::vec::fmadd(at::vec::fmadd(c2, u, c1), u, c0);
+    return V::blendv(p * poly, zero, p == zero);
+  };
+
+  if (mask == nullptr && w == nullptr) {
+    // Vectorised: x widened per block, per-output values broadcast (rows) or loaded (tiles).
+    constexpr int64_t kBlk = 2048;
+    alignas(64) acc_t xbuf[std::is_same_v<scalar_t, acc_t> ? 1 : kBlk];
+    alignas(64) acc_t obuf[std::is_same_v<scalar_t, acc_t> ? 1 : kBlk];
+    const V b_sh(shift[0]), b_ln(log_norm[0]), b_k(scale[0]);
+    const V b_c0(coef[0]), b_c1(a.n_coef > 1 ? coef[cs] : acc_t(0)),
+        b_c2(a.n_coef > 2 ? coef[2 * cs] : acc_t(0));
+    for (int64_t b0 = 0; b0 < len; b0 += kBlk) {
+      const int64_t nb = std::min(kBlk, len - b0);
+      const acc_t* xs = load_chunk<scalar_t, acc_t>(x + b0, nb, xbuf);
+      acc_t* out;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        out = gx + b0;
+      } else {
+        out = obuf;
+      }
+      for (int64_t i = 0; i < nb; i += W) {
+        const int64_t n = std::min(W, nb - i);
+        V xv = V::loadu(xs + i, n);
+        if (a.negate) xv = zero - xv;
+        V g;
+        if (jstride == 0) {
+          g = grad_of(xv, b_sh, b_ln, b_k, b_c0, b_c1, b_c2);
+          g = g * b_k * V(sign);
+        } else {
+          const int64_t j = b0 + i;
+          const V k = sstride == 0 ? b_k : V::loadu(scale + j, n);
+          const V c1 = a.n_coef > 1 ? V::loadu(coef + cs + j, n) : zero;
+          const V c2 = a.n_coef > 2 ? V::loadu(coef + 2 * cs + j, n) : zero;
+          g = grad_of(xv, V::loadu(shift + j, n), V::loadu(log_norm + j, n), k,
+                      V::loadu(coef + j, n), c1, c2);
+          g = g * k * V(sign);
+        }
+        g.store(out + i, n);
+      }
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_chunk<scalar_t>(obuf, nb, gx + b0);
+    }
+    return;
+  }
+
+  // With a mask or weights: gathered lane by lane (these inputs are rarely the hot path).
+  alignas(64) acc_t xb[W], wb[W], inc[W], keep[W], gxb[W], gwb[W];
+  alignas(64) acc_t sh[W], ln[W], kk[W], c0[W], c1[W], c2[W];
+  for (int64_t i = 0; i < len; i += W) {
+    const int64_t n = std::min(W, len - i);
+    for (int64_t l = 0; l < W; ++l) {
+      const int64_t e = i + std::min(l, n - 1);
+      const int64_t j = e * jstride;
+      const acc_t xv = static_cast<acc_t>(x[e]);
+      const bool kept = mask == nullptr || mask[e];
+      const acc_t wv = w != nullptr ? static_cast<acc_t>(w[e]) : acc_t(1);
+      xb[l] = a.negate ? -xv : xv;
+      wb[l] = wv;
+      keep[l] = kept ? acc_t(1) : acc_t(0);
+      inc[l] = (kept && wv != acc_t(0)) ? acc_t(1) : acc_t(0);
+      sh[l] = shift[j];
+      ln[l] = log_norm[j];
+      kk[l] = scale[e * sstride];
+      c0[l] = coef[j];
+      c1[l] = a.n_coef > 1 ? coef[cs + j] : acc_t(0);
+      c2[l] = a.n_coef > 2 ? coef[2 * cs + j] : acc_t(0);
+    }
+    const V k = V::loadu(kk);
+    const V g = grad_of(V::loadu(xb), V::loadu(sh), V::loadu(ln), k, V::loadu(c0), V::loadu(c1),
+                        V::loadu(c2));
+    V::blendv(zero, g * V::loadu(wb) * k * V(sign), V::loadu(inc) != zero).store(gxb);
+    if (gw != nullptr) V::blendv(zero, g, V::loadu(keep) != zero).store(gwb);
+    for (int64_t l = 0; l < n; ++l) {
+      gx[i + l] = static_cast<scalar_t>(gxb[l]);
+      if (gw != nullptr) gw[i + l] = static_cast<scalar_t>(gwb[l]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void partition_bwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
+  // I == 1: task o is row o (R elements, one output); I > 1: task (o, r) is I elements, one
+  // output each.
+  for (int64_t t = begin; t < end; ++t) {
+    if (a.I == 1) {
+      partition_bwd_line<scalar_t>(a, t * a.R, a.R, t, 0);
+    } else {
+      const int64_t o = t / a.R;
+      partition_bwd_line<scalar_t>(a, t * a.I, a.I, o * a.I, 1);
+    }
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+
+#define TK_PART_DISPATCH(DTYPE, ...)                                               \
+  switch (DTYPE) {                                                                 \
+    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; }   \
+    case c10::ScalarType::Double: { using scalar_t = double; __VA_ARGS__; break; } \
+    case c10::ScalarType::BFloat16: {                                              \
+      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                        \
+    case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
+    default: break;                                                                \
+  }
+
+void TK_CAT(partition_fwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
+  TK_PART_DISPATCH(a.dtype, CPU_CAPABILITY::partition_fwd_tasks<scalar_t>(a, begin, end))
+}
+
+void TK_CAT(partition_bwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
+  TK_PART_DISPATCH(a.dtype, CPU_CAPABILITY::partition_bwd_tasks<scalar_t>(a, begin, end))
+}
+
+int64_t TK_CAT(partition_fwd_tasks, CPU_CAPABILITY)(const PartitionArgs& a) {
+  const int64_t W = a.dtype == c10::ScalarType::Double
+                        ? at::vec::Vectorized<double>::size()
+                        : at::vec::Vectorized<float>::size();
+  return a.O * (a.I == 1 ? 1 : (a.I + W - 1) / W);
+}
+
+#undef TK_PART_DISPATCH
+
+}  // namespace thermokern::cpu
