@@ -114,11 +114,13 @@ def _lse_parts(x, dims, weight, mask):
     e = torch.exp(xm - shift)
     if w is not None:
         e = w * e
+    e = torch.where(inc, e, torch.zeros_like(e))
+    if w is not None:
         # d/dw at w = 0 is e^{x - shift}: a term whose value is exactly 0.
         hidden = torch.where(keep & ~inc, xa, float("-inf"))
         eh = torch.exp(hidden - shift).detach()
         e = e + (w - w.detach()) * torch.where(torch.isfinite(eh), eh, torch.zeros_like(eh))
-    s = torch.where(inc, e, torch.zeros_like(e)).sum(dim=dims, keepdim=True)
+    s = e.sum(dim=dims, keepdim=True)
     # +inf maxima: e^{inf - 0} = inf gives +inf (or NaN for inf - inf) in s, as it should.
     return shift, s
 

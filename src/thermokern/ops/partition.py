@@ -234,10 +234,12 @@ def _finish(v: torch.Tensor, out_shape, keep_shape, keepdim: bool, dtype: torch.
 
 
 def _log_abs_sum(shift_k: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """k shift + log|sum|: -inf for an empty sum (never NaN from log 0 in the gradient)."""
+    """k shift + log|sum|: -inf for an empty sum (never NaN from log 0 in the gradient), NaN
+    for +inf terms that cancel (inf - inf)."""
     empty = total == 0
     safe = torch.where(empty, torch.ones_like(total), total)
-    return torch.where(empty, torch.full_like(total, -math.inf), shift_k + torch.log(safe.abs()))
+    at_zero = torch.where(shift_k == math.inf, math.nan, -math.inf).to(total.dtype)
+    return torch.where(empty, at_zero, shift_k + torch.log(safe.abs()))
 
 
 # ----------------------------------------------------------------------------- public API

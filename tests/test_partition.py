@@ -1,0 +1,339 @@
+"""logsumexp, log_partition, free_energy, thermo_stats: every backend x dtype vs the float64
+reference, torch.logsumexp conformance, scipy/JAX semantics as data, analytic checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _util import DTYPES, assert_close
+from conftest import cpu_backends
+
+import thermokern
+from thermokern import reference
+
+INF, NAN = math.inf, math.nan
+BACKENDS = cpu_backends()
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "reference"]
+
+# (shape, dim): rows (inner size 1) hitting vector tails, the CPU chunk of 2048 and several
+# chunks; middle and leading dims (inner > 1, reduced in place) with full and partial lane tiles.
+CASES = [
+    ((3, 7), -1),
+    ((4, 2048), 1),
+    ((2, 5000), -1),
+    ((3, 37, 5), 1),
+    ((2, 300, 40), 1),
+    ((70, 3), 0),
+    ((2, 3, 4, 5), (1, 2)),
+    ((2, 3, 4, 5), (0, 2)),
+    ((1, 1), 1),
+]
+
+
+def _make(shape, dtype, scale=3.0):
+    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
+
+
+def _grad(fn, x, g):
+    (gx,) = torch.autograd.grad(fn(x), x, g)
+    return gx
+
+
+# ----------------------------------------------------------------------------- logsumexp
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_logsumexp_matches_reference(backend, dtype, case):
+    shape, dim = case
+    x = _make(shape, dtype).requires_grad_(True)
+    out = thermokern.logsumexp(x, dim, backend=backend)
+    xr = x.detach().double().requires_grad_(True)
+    ref = torch.logsumexp(xr, dim)
+    assert out.dtype == dtype and out.shape == ref.shape
+    native = torch.logsumexp(x.detach(), dim)
+    assert_close(out, ref, dtype, native=native)
+    g = torch.randn(ref.shape, dtype=torch.float64).to(dtype)
+    gx = torch.autograd.grad(out, x, g)[0]
+    gr = torch.autograd.grad(ref, xr, g.double())[0]
+    assert gx.dtype == dtype
+    assert_close(gx, gr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_logsumexp_keepdim_noncontiguous(backend, keepdim):
+    x = torch.randn(6, 9, 5, dtype=torch.float64).transpose(0, 2)  # (5, 9, 6), non-contiguous
+    for dim in (0, 1, 2, (0, 2)):
+        out = thermokern.logsumexp(x, dim, keepdim, backend=backend)
+        ref = torch.logsumexp(x, dim, keepdim)
+        assert out.shape == ref.shape
+        assert_close(out, ref, torch.float64)
+
+
+# torch.logsumexp's edge cases: rows of special values, the expected result and gradient.
+TORCH_EDGE = [
+    ([0.0, -INF], 0.0, [1.0, 0.0]),
+    ([-INF, -INF], -INF, [0.0, 0.0]),  # torch's gradient is NaN here; ours is 0 (documented)
+    ([INF, 1.0], INF, None),
+    ([INF, -INF], INF, None),
+    ([NAN, 1.0], NAN, None),
+    ([INF, NAN], NAN, None),
+    ([1e4, 1e4], 1e4 + math.log(2), [0.5, 0.5]),
+    ([-1e4, -1e4 - 1], -1e4 + math.log1p(math.exp(-1)), None),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("row,value,grad", TORCH_EDGE, ids=str)
+def test_logsumexp_torch_edge_cases(backend, row, value, grad):
+    x = torch.tensor([row] * 3, dtype=torch.float64, requires_grad=True)
+    out = thermokern.logsumexp(x, 1, backend=backend)
+    expected = torch.full((3,), value, dtype=torch.float64)
+    assert_close(out, expected, torch.float64)
+    # the value matches torch.logsumexp's, also in float32
+    assert_close(thermokern.logsumexp(x.detach().float(), 1, backend=backend), torch.logsumexp(x.detach().float(), 1), torch.float32)
+    if grad is not None:
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        assert_close(gx, torch.tensor([grad] * 3, dtype=torch.float64), torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logsumexp_shapes_and_promotion(backend):
+    # integer and bool inputs promote to the default dtype, as torch.logsumexp does
+    xi = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    out = thermokern.logsumexp(xi, 1, backend=backend)
+    assert out.dtype == torch.get_default_dtype()
+    assert_close(out, torch.logsumexp(xi, 1), torch.float32)
+    xb = torch.tensor([True, False])
+    assert_close(thermokern.logsumexp(xb, 0, backend=backend), torch.logsumexp(xb, 0), torch.float32)
+    # empty reduced dimension: -inf; empty outer dimension: empty result
+    assert_close(thermokern.logsumexp(torch.empty(2, 0), 1, backend=backend), torch.full((2,), -INF), torch.float32)
+    assert thermokern.logsumexp(torch.empty(0, 3), 1, backend=backend).shape == (0,)
+    # 0-d input: dim 0 or -1, result is the value itself
+    s = torch.tensor(2.5)
+    assert thermokern.logsumexp(s, 0, backend=backend).shape == ()
+    assert float(thermokern.logsumexp(s, -1, backend=backend)) == 2.5
+    assert thermokern.logsumexp(s, 0, keepdim=True, backend=backend).shape == torch.logsumexp(s, 0, keepdim=True).shape
+
+
+# scipy.special.logsumexp(a, b=..., return_sign=True) semantics, written out as data:
+# (a, b, expected log|sum|, expected sign).
+WEIGHTED = [
+    ([1.0, 2.0], [1.0, -1.0], math.log(math.e**2 - math.e), -1.0),
+    ([1.0, 2.0], [-1.0, 1.0], math.log(math.e**2 - math.e), 1.0),
+    ([1.0, 1.0], [1.0, -1.0], -INF, 0.0),  # exact cancellation
+    ([1.0, 2.0], [2.0, 3.0], math.log(2 * math.e + 3 * math.e**2), 1.0),
+    ([INF, 1.0], [0.0, 1.0], 1.0, 1.0),  # a zero weight hides +inf
+    ([NAN, 1.0], [0.0, 1.0], 1.0, 1.0),  # ... and NaN
+    ([INF, 1.0], [-1.0, 1.0], INF, -1.0),
+    ([INF, INF], [-1.0, 1.0], NAN, NAN),  # inf - inf
+    ([1.0, 2.0], [0.0, 0.0], -INF, 0.0),
+    ([-INF, -INF], [1.0, 1.0], -INF, 0.0),
+    ([1.0, 2.0], [NAN, 1.0], NAN, NAN),
+    ([1000.0, 1000.0], [0.5, 0.5], 1000.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("a,b,value,sign", WEIGHTED, ids=str)
+def test_logsumexp_weight_semantics(backend, a, b, value, sign):
+    x = torch.tensor([a] * 2, dtype=torch.float64)
+    w = torch.tensor([b] * 2, dtype=torch.float64)
+    out, sg = thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)
+    assert_close(out, torch.full((2,), value, dtype=torch.float64), torch.float64)
+    assert_close(sg, torch.full((2,), sign, dtype=torch.float64), torch.float64)
+    plain = thermokern.logsumexp(x, 1, weight=w, backend=backend)
+    expected = NAN if sign < 0 else value  # a negative sum without return_sign: NaN
+    assert_close(plain, torch.full((2,), expected, dtype=torch.float64), torch.float64)
+
+
+# JAX's logsumexp(a, where=...) semantics: (a, where, expected).
+MASKED = [
+    ([1.0, 2.0, 3.0], [True, False, True], math.log(math.e + math.e**3)),
+    ([1.0, 2.0], [False, False], -INF),  # fully masked
+    ([INF, 1.0], [False, True], 1.0),  # a masked +inf is ignored
+    ([NAN, 1.0], [False, True], 1.0),
+    ([NAN, 1.0], [True, True], NAN),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("a,where,value", MASKED, ids=str)
+def test_logsumexp_mask_semantics(backend, a, where, value):
+    x = torch.tensor([a] * 2, dtype=torch.float64, requires_grad=True)
+    m = torch.tensor([where] * 2)
+    out = thermokern.logsumexp(x, 1, mask=m, backend=backend)
+    assert_close(out, torch.full((2,), value, dtype=torch.float64), torch.float64)
+    if math.isfinite(value) or value == -INF:
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(gx).all()
+        assert (gx[~m] == 0).all()  # masked elements, and fully masked rows, get 0
+        if value == -INF:
+            assert (gx == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [((3, 37), 1), ((2, 300, 40), 1), ((70, 3), 0)], ids=str)
+def test_logsumexp_weight_mask_random(backend, dtype, case):
+    shape, dim = case
+    x = _make(shape, dtype).requires_grad_(True)
+    w = (torch.rand(shape, dtype=torch.float64) * 2 - 0.5).to(dtype)  # mixed signs
+    w[..., 0] = 0  # some zero weights
+    w.requires_grad_(True)
+    m = torch.rand(shape) > 0.3
+    out, sign = thermokern.logsumexp(x, dim, weight=w, mask=m, return_sign=True, backend=backend)
+    xr = x.detach().double().requires_grad_(True)
+    wr = w.detach().double().requires_grad_(True)
+    ref, rsign = reference.logsumexp(xr, dim, weight=wr, mask=m, return_sign=True)
+    assert out.dtype == dtype
+    # near-cancelling sums lose relative accuracy in 16-bit: compare where |sum| is not tiny
+    assert_close(sign, rsign, dtype)
+    assert_close(out, ref, dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(out, (x, w), g.to(dtype))
+    grx, grw = torch.autograd.grad(ref, (xr, wr), g)
+    assert_close(gx, grx, dtype, grad=True)
+    assert_close(gw, grw, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logsumexp_weight_broadcast_and_gradcheck(backend):
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(6, dtype=torch.float64) + 0.1).requires_grad_(True)  # broadcast over rows
+    out = thermokern.logsumexp(x, 1, weight=w, backend=backend)
+    assert_close(out, torch.logsumexp(x.detach() + w.detach().log(), 1), torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w: thermokern.logsumexp(x, 1, weight=w, backend=backend), (x, w))
+    wn = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w: thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)[0], (x, wn)
+    )
+    m = torch.rand(4, 6) > 0.4
+    m[0, 1:] = False  # one element left (a fully masked row is constant -inf: no finite differences)
+    m[0, 0] = True
+    assert torch.autograd.gradcheck(lambda x: thermokern.logsumexp(x, 1, mask=m, backend=backend), (x,))
+
+
+# ----------------------------------------------------------------------------- energies
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_energy_ops_match_reference(backend, dtype, case):
+    shape, dim = case
+    e = _make(shape, dtype, scale=2.0)
+    out_shape = torch.logsumexp(e.double(), dim).shape
+    temp = torch.rand(out_shape, dtype=torch.float64) + 0.5 if len(out_shape) else 0.8
+    lz = thermokern.log_partition(e, dim, temperature=temp, backend=backend)
+    f = thermokern.free_energy(e, dim, temperature=temp, backend=backend)
+    st = thermokern.thermo_stats(e, dim, temperature=temp, backend=backend)
+    ref = reference.thermo_stats(e.double(), dim, temperature=temp)
+    assert isinstance(st, thermokern.ThermoStats)
+    assert_close(lz, ref[0], dtype)
+    assert_close(f, ref[1], dtype)
+    for got, want in zip(st, ref):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [((3, 37), 1), ((2, 3000), 1), ((2, 300, 40), 1)], ids=str)
+def test_thermo_stats_gradients(backend, dtype, case):
+    shape, dim = case
+    e = _make(shape, dtype, scale=1.5).requires_grad_(True)
+    er = e.detach().double().requires_grad_(True)
+    st = thermokern.thermo_stats(e, dim, temperature=0.9, backend=backend)
+    ref = reference.thermo_stats(er, dim, temperature=0.9)
+    gs = [torch.randn(ref[0].shape, dtype=torch.float64) for _ in range(5)]
+    loss = sum((g.to(dtype) * v).sum() for g, v in zip(gs, st))
+    lref = sum((g * v).sum() for g, v in zip(gs, ref))
+    (ge,) = torch.autograd.grad(loss, e)
+    (gr,) = torch.autograd.grad(lref, er)
+    assert_close(ge, gr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_energy_gradcheck(backend):
+    e = torch.randn(3, 11, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(3, 4, dtype=torch.float64) + 0.5
+    assert torch.autograd.gradcheck(lambda e: thermokern.thermo_stats(e, 1, temperature=t, backend=backend), (e,))
+    assert torch.autograd.gradcheck(lambda e: thermokern.free_energy(e, -1, temperature=0.7, backend=backend), (e,))
+    assert torch.autograd.gradcheck(lambda e: thermokern.log_partition(e, 0, keepdim=True, backend=backend), (e,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0, 3.0])
+def test_two_level_system(backend, temperature):
+    eps = 1.3
+    e = torch.tensor([[0.0, eps]], dtype=torch.float64)
+    st = thermokern.thermo_stats(e, temperature=temperature, backend=backend)
+    b = eps / temperature
+    z = 1 + math.exp(-b)
+    u = eps * math.exp(-b) / z
+    c = b * b * math.exp(b) / (1 + math.exp(b)) ** 2
+    assert st.log_z.item() == pytest.approx(math.log(z), rel=1e-12)
+    assert st.free_energy.item() == pytest.approx(-temperature * math.log(z), rel=1e-12)
+    assert st.mean_energy.item() == pytest.approx(u, rel=1e-12, abs=1e-300)
+    assert st.heat_capacity.item() == pytest.approx(c, rel=1e-10, abs=1e-300)
+    assert st.entropy.item() == pytest.approx((st.mean_energy - st.free_energy).item() / temperature, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shift_invariance_and_identities(backend):
+    e = torch.randn(5, 400, dtype=torch.float64) * 2
+    a = thermokern.thermo_stats(e, temperature=0.6, backend=backend)
+    b = thermokern.thermo_stats(e + 1234.5, temperature=0.6, backend=backend)
+    assert_close(b.free_energy - 1234.5, a.free_energy, torch.float64)
+    assert_close(b.mean_energy - 1234.5, a.mean_energy, torch.float64)
+    assert_close(b.entropy, a.entropy, torch.float64)
+    assert torch.allclose(b.heat_capacity, a.heat_capacity, rtol=1e-8)
+    assert_close(a.entropy, (a.mean_energy - a.free_energy) / 0.6, torch.float64)
+    # S is the Shannon entropy of p = softmax(-E/T)
+    assert_close(a.entropy, thermokern.softmax_entropy(-e, temperature=0.6), torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_energy_special_values(backend):
+    e = torch.tensor(
+        [[0.0, INF, 1.0], [INF, INF, INF], [-INF, 0.0, 1.0], [NAN, 0.0, 1.0]], dtype=torch.float64
+    )
+    ref = reference.thermo_stats(e, temperature=0.5)
+    st = thermokern.thermo_stats(e, temperature=0.5, backend=backend)
+    # forbidden (+inf) states add nothing: row 0 is the two-level system
+    assert_close(st.log_z[0], ref[0][0], torch.float64)
+    assert torch.isfinite(torch.stack(list(st))[:, 0]).all()
+    assert st.log_z[1].item() == -INF  # no allowed state
+    assert st.log_z[2].item() == INF
+    assert math.isnan(st.log_z[3].item())
+    lz = thermokern.log_partition(e, temperature=0.5, backend=backend)
+    assert_close(lz, ref[0], torch.float64)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_large_reduction_and_extremes(backend):
+    if backend == "triton":
+        shape = (2, 70000)
+    else:
+        shape = (3, 300000)
+    x = torch.randn(shape) * 30  # wide spread: chunk maxima far apart
+    assert_close(thermokern.logsumexp(x, 1, backend=backend), torch.logsumexp(x.double(), 1), torch.float32)
+    st = thermokern.thermo_stats(x, backend=backend)
+    ref = reference.thermo_stats(x.double())
+    for got, want in zip(st, ref):
+        assert_close(got, want, torch.float32)
+
+
+def test_cpu_every_isa(cpu_isa):
+    for shape, dim in [((3, 5000), 1), ((2, 300, 40), 1), ((50, 7), 0)]:
+        x = torch.randn(shape, dtype=torch.float32, requires_grad=True)
+        out = thermokern.logsumexp(x, dim, backend="cpu")
+        xr = x.detach().double().requires_grad_(True)
+        ref = torch.logsumexp(xr, dim)
+        assert_close(out, ref, torch.float32)
+        g = torch.randn(ref.shape, dtype=torch.float64)
+        assert_close(torch.autograd.grad(out, x, g.float())[0], torch.autograd.grad(ref, xr, g)[0], torch.float32, grad=True)
+        st = thermokern.thermo_stats(x.detach().to(torch.bfloat16), dim, backend="cpu")
+        for got, want in zip(st, reference.thermo_stats(x.detach().to(torch.bfloat16).double(), dim)):
+            assert_close(got, want, torch.bfloat16)
