@@ -134,3 +134,73 @@ def test_import_without_triton():
     )
     assert out.returncode == 0, out.stderr
     assert abs(float(out.stdout.strip()) - math.log(4)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- partition functions
+def test_partition_errors():
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match="input"):
+        thermokern.logsumexp([1.0, 2.0], 0)
+    with pytest.raises(TypeError, match="input"):
+        thermokern.logsumexp(torch.ones(2, dtype=torch.complex64), 0)
+    with pytest.raises(TypeError, match="mask"):
+        thermokern.logsumexp(x, 1, mask=torch.ones(3, 4))
+    with pytest.raises(ValueError, match="mask"):
+        thermokern.logsumexp(x, 1, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="weight"):
+        thermokern.logsumexp(x, 1, weight=torch.ones(5))
+    with pytest.raises(TypeError, match="weight"):
+        thermokern.logsumexp(x, 1, weight=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="dim"):
+        thermokern.logsumexp(x, (1, 1))
+    with pytest.raises(ValueError, match="dim"):
+        thermokern.logsumexp(x, ())
+    with pytest.raises(IndexError, match="dim"):
+        thermokern.logsumexp(x, 2)
+    with pytest.raises(TypeError, match="dim"):
+        thermokern.logsumexp(x, 1.0)
+    with pytest.raises(ValueError, match="backend"):
+        thermokern.logsumexp(x, 1, backend="gpu")
+
+
+@pytest.mark.parametrize("op", ["log_partition", "free_energy", "thermo_stats"])
+def test_energy_op_errors(op):
+    fn = getattr(thermokern, op)
+    e = torch.randn(3, 4)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="temperature"):
+            fn(e, temperature=bad)
+    with pytest.raises(ValueError, match="temperature"):
+        fn(e, temperature=torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="temperature"):
+        fn(e, temperature=torch.ones(4))  # not broadcastable to the output (3,)
+    with pytest.raises(TypeError, match="energy"):
+        fn(torch.ones(3, 4, dtype=torch.int64))  # integer energies: float is needed
+    with pytest.raises(IndexError, match="dim"):
+        fn(e, 3)
+    with pytest.raises(IndexError, match="energy"):
+        fn(torch.tensor(1.0))
+
+
+def test_partition_op_checks_name_arguments():
+    # calling the C++ op directly still gives clear messages
+    ops = torch.ops.thermokern
+    x = torch.randn(2, 3, 1)
+    k = torch.ones(1)
+    with pytest.raises(ValueError, match="input"):
+        ops.partition_fwd(torch.randn(2, 3), None, None, k, False, 0)
+    with pytest.raises(ValueError, match="input"):
+        ops.partition_fwd(torch.randn(2, 0, 1), None, None, k, False, 0)
+    with pytest.raises(TypeError, match="mask"):
+        ops.partition_fwd(x, None, torch.ones(2, 3, 1), k, False, 0)
+    with pytest.raises(TypeError, match="weight"):
+        ops.partition_fwd(x, torch.ones(2, 3, 1, dtype=torch.float64), None, k, False, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        ops.partition_fwd(x, None, None, torch.ones(3), False, 0)
+    with pytest.raises(ValueError, match="moments"):
+        ops.partition_fwd(x, None, None, k, False, 1)
+    shift, total, _, _ = ops.partition_fwd(x, None, None, k, False, 0)
+    with pytest.raises(ValueError, match="coef"):
+        ops.partition_bwd(x, None, None, k, False, shift, total, torch.ones(2, 4), False)
+    with pytest.raises(ValueError, match="weight_grad"):
+        ops.partition_bwd(x, None, None, k, False, shift, total, torch.ones(2, 1), True)

@@ -70,3 +70,54 @@ def test_fuzz_cpu(case):
 @given(cases())
 def test_fuzz_triton(case):
     _run("triton", case)
+
+
+# ----------------------------------------------------------------------------- logsumexp
+@st.composite
+def lse_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = [draw(st.integers(1, 5)) for _ in range(ndim)]
+    dim = draw(st.integers(-ndim, ndim - 1))
+    shape[dim] = draw(st.sampled_from([1, 2, 17, 255, 2049, 4100]))
+    dtype = draw(st.sampled_from(DTYPES))
+    scale = draw(st.sampled_from([0.1, 1.0, 30.0, 300.0]))
+    specials = draw(st.sampled_from([0.0, 0.0, 0.05]))
+    weighted = draw(st.booleans())
+    masked = draw(st.booleans())
+    transpose = ndim >= 2 and draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    return shape, dim, dtype, scale, specials, weighted, masked, transpose, seed
+
+
+def _run_lse(backend, case):
+    shape, dim, dtype, scale, specials, weighted, masked, transpose, seed = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if specials:
+        pick = torch.rand(shape, generator=g)
+        x = torch.where(pick < specials / 2, float("-inf"), x)
+        x = torch.where((pick > 1 - specials / 4), float("inf"), x)
+    x = x.to(dtype)
+    if transpose:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    w = (torch.rand(shape, generator=g, dtype=torch.float64) + 0.05).to(dtype) if weighted else None
+    m = (torch.rand(shape, generator=g) > 0.2) if masked else None
+    out = thermokern.logsumexp(x, dim, weight=w, mask=m, backend=backend)
+    ref = reference.logsumexp(x.double(), dim, weight=None if w is None else w.double(), mask=m)
+    nat = reference.logsumexp(x, dim, weight=w, mask=m)
+    assert_close(out, ref, dtype, native=nat)
+    if w is None and m is None:
+        assert_close(out, torch.logsumexp(x.double(), dim), dtype, native=torch.logsumexp(x, dim))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lse_cases())
+def test_fuzz_logsumexp_cpu(case):
+    _run_lse("cpu", case)
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lse_cases())
+def test_fuzz_logsumexp_triton(case):
+    _run_lse("triton", case)

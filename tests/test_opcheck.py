@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import thermokern  # noqa: F401  (registers the ops)
-from thermokern.ops import cross_entropy, entropy  # noqa: F401  (fake + autograd registrations)
+from thermokern.ops import cross_entropy, entropy, partition  # noqa: F401  (fake + autograd registrations)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -50,3 +50,27 @@ def test_opcheck_entropy_ce(device, dtype, shape):
     g = torch.randn(shape[0], device=device, dtype=acc)
     bwd = torch.ops.thermokern.entropy_ce_bwd.default
     torch.library.opcheck(bwd, (g, x, target, inv_t, h, mx, ln, *params))
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 7, 1), (2, 2500, 1), (2, 9, 20)], ids=str)
+@pytest.mark.parametrize("extras", ["none", "weight", "mask"])
+def test_opcheck_partition(device, dtype, shape, extras):
+    x = torch.randn(shape, device=device, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    n = shape[0] * shape[2]
+    scale = torch.rand(n, device=device, dtype=acc) + 0.5
+    weight = torch.randn(shape, device=device, dtype=dtype) if extras == "weight" else None
+    mask = torch.rand(shape, device=device) > 0.3 if extras == "mask" else None
+    fwd = torch.ops.thermokern.partition_fwd.default
+    moments = 0 if extras == "weight" else 2
+    torch.library.opcheck(fwd, (x, weight, mask, scale, True, moments))
+    xg = x.clone().requires_grad_(True)
+    wg = None if weight is None else weight.clone().requires_grad_(True)
+    torch.library.opcheck(fwd, (xg, wg, mask, scale, False, moments))
+    shift, total, _, _ = fwd(x, weight, mask, scale, False, 0)
+    coef = torch.randn(n, 3, device=device, dtype=acc)
+    log_norm = total.abs().log()
+    bwd = torch.ops.thermokern.partition_bwd.default
+    torch.library.opcheck(bwd, (x, weight, mask, scale, False, shift, log_norm, coef, weight is not None))

@@ -67,6 +67,11 @@ def _make_backward(bwd_op):
     def backward(ctx, g_shift, g_sum, g_m1, g_m2):
         x, weight, mask, scale, shift, total = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # Without moments m1 and m2 are empty outputs (their gradients, if any, are empty too).
+        if g_m1 is not None and g_m1.shape != total.shape:
+            g_m1 = None
+        if g_m2 is not None and g_m2.shape != total.shape:
+            g_m2 = None
         if not (need_x or need_w) or (g_sum is None and g_m1 is None and g_m2 is None):
             return None, None, None, None, None, None
         zero = torch.zeros_like(total)
@@ -191,11 +196,16 @@ def _layout(x: torch.Tensor, dims: tuple[int, ...]):
     shape = list(x.shape)
     out_shape = [n for i, n in enumerate(shape) if i not in dims]
     keep_shape = [1 if i in dims else n for i, n in enumerate(shape)]
-    r = math.prod(shape[d] for d in dims)
+    r = 1
+    for d in dims:
+        r *= shape[d]
     adjacent = dims == tuple(range(dims[0], dims[-1] + 1))
     if adjacent:
-        o = math.prod(shape[: dims[0]])
-        i = math.prod(shape[dims[-1] + 1 :])
+        o, i = 1, 1
+        for n in shape[: dims[0]]:
+            o *= n
+        for n in shape[dims[-1] + 1 :]:
+            i *= n
 
         def to_3d(t):
             return t.contiguous().view(o, r, i)
