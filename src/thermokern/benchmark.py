@@ -397,6 +397,90 @@ def _entropy_ce_dtypes(device: str, quick: bool) -> list[torch.dtype]:
     return [torch.float32]
 
 
+# ----------------------------------------------------------------------------- partition functions
+_THERMO_T = 1.0
+
+
+def _generic_providers(device: str, thermokern_fn, eager_fn) -> tuple[list[Provider], list[str]]:
+    """thermokern backends running ``thermokern_fn(x, backend)``, eager ``eager_fn``, its compile."""
+    base, notes = _softmax_entropy_providers(device)
+    providers = []
+    for p in base:
+        if p.kind != "thermokern":
+            continue
+
+        def make(backend=p.name):
+            return lambda x: thermokern_fn(x, backend)
+
+        providers.append(Provider(p.name, make, kind="thermokern"))
+    providers.append(Provider("eager", lambda: eager_fn, kind="baseline"))
+    providers.append(_compile_provider(eager_fn))
+    return providers, [n for n in notes if not n.startswith(("liger", "quack"))]
+
+
+def _eager_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(x, -1)
+
+
+def _logsumexp_providers(device: str) -> tuple[list[Provider], list[str]]:
+    providers, notes = _generic_providers(
+        device, lambda x, backend: thermokern.logsumexp(x, -1, backend=backend), _eager_logsumexp
+    )
+    notes.append("eager: torch.logsumexp; liger/quack: no logsumexp op to compare with")
+    return providers, notes
+
+
+def _eager_thermo_stats(e: torch.Tensor, temperature: float = _THERMO_T) -> torch.Tensor:
+    """What one writes in PyTorch: log Z, then p, then U, S and C as further reductions."""
+    z = -e.float() / temperature
+    log_z = torch.logsumexp(z, -1)
+    p = torch.softmax(z, -1)
+    u = (p * e).sum(-1)
+    f = -temperature * log_z
+    s = (u - f) / temperature
+    c = (p * (e - u.unsqueeze(-1)).square()).sum(-1) / temperature**2
+    return (log_z + f + u + s + c).to(e.dtype)
+
+
+def _thermokern_thermo(x: torch.Tensor, backend: str) -> torch.Tensor:
+    st = thermokern.thermo_stats(x, -1, temperature=_THERMO_T, backend=backend)
+    return st.log_z + st.free_energy + st.mean_energy + st.entropy + st.heat_capacity
+
+
+def _thermo_stats_providers(device: str) -> tuple[list[Provider], list[str]]:
+    providers, notes = _generic_providers(device, _thermokern_thermo, _eager_thermo_stats)
+    notes.append(
+        "thermo_stats: every provider computes all five statistics; the timed output (checked "
+        "against float64) is their sum log Z + F + U + S + C"
+    )
+    return providers, notes
+
+
+def _rows_reference_chunks(fn):
+    """reference_chunks for a row op whose float64 reference is ``fn(chunk)`` -> (rows,)."""
+
+    def chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+        rows = x.detach().reshape(-1, x.shape[-1])
+        g_rows = grad.reshape(-1) if grad is not None else None
+        budget = (1 << 26) if rows.is_cuda else (1 << 23)
+        step = max(1, budget // rows.shape[1])
+        for r0 in range(0, rows.shape[0], step):
+            sl = slice(r0, r0 + step)
+            chunk = rows[sl].to(torch.float64)
+            if mode == "fwd":
+                yield sl, fn(chunk)
+            else:
+                chunk.requires_grad_(True)
+                fn(chunk).backward(g_rows[sl].to(torch.float64))
+                yield sl, chunk.grad
+
+    return chunks
+
+
+def _thermo_reference(chunk: torch.Tensor) -> torch.Tensor:
+    return sum(reference.thermo_stats(chunk, -1, temperature=_THERMO_T))
+
+
 OPS: dict[str, OpSpec] = {
     "softmax_entropy": OpSpec(
         name="softmax_entropy",
@@ -423,6 +507,31 @@ OPS: dict[str, OpSpec] = {
         default_shapes=_entropy_ce_shapes,
         default_dtypes=_entropy_ce_dtypes,
         params={"entropy_weight": _CE_BETA, "reduction": "none", "target": "uniform random"},
+    ),
+    "logsumexp": OpSpec(
+        name="logsumexp",
+        providers=_logsumexp_providers,
+        make_input=_softmax_entropy_input,
+        make_grad=_row_grad,
+        min_bytes=_softmax_entropy_min_bytes,
+        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        reference_chunks=_rows_reference_chunks(lambda c: torch.logsumexp(c, -1)),
+        default_shapes=_softmax_entropy_shapes,
+        default_dtypes=_softmax_entropy_dtypes,
+        params={"dim": -1, "input": f"randn * {_LOGIT_SCALE}"},
+    ),
+    "thermo_stats": OpSpec(
+        name="thermo_stats",
+        providers=_thermo_stats_providers,
+        make_input=_softmax_entropy_input,
+        make_grad=_row_grad,
+        min_bytes=_softmax_entropy_min_bytes,
+        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        reference_chunks=_rows_reference_chunks(_thermo_reference),
+        default_shapes=_softmax_entropy_shapes,
+        default_dtypes=_softmax_entropy_dtypes,
+        params={"dim": -1, "temperature": _THERMO_T, "energy": f"randn * {_LOGIT_SCALE}",
+                "output": "log_z + free_energy + mean_energy + entropy + heat_capacity"},
     ),
 }
 

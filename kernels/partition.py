@@ -1,0 +1,571 @@
+"""Triton kernels for partition_fwd / partition_bwd, with their launchers.
+
+Semantics: csrc/thermokern.cpp, [Note: partition statistics]. x is a contiguous (O, R, I)
+tensor reduced over dim 1; output j = o * I + i describes x[o, :, i], with k = scale[j] and
+x' = -x when ``negate``. An element is *included* when the mask keeps it and its weight (if
+any) is != 0.
+
+Forward: online statistics over the included elements, per output,
+    m = max x' over the finite (or -inf) included x',  d = sum w e^u,
+    m1 = sum w u e^u,  m2 = sum w u^2 e^u,  u = k (x' - m).
+When the running maximum grows from m to m' (delta = k (m - m') <= 0, r = e^delta), the
+sums seen so far become
+    d' = r d,  m1' = r (m1 + delta d),  m2' = r (m2 + 2 delta m1 + delta^2 d),
+and are 0 while m is -inf (nothing finite seen yet: -inf - -inf and 0 * -inf never appear).
+Included +inf and NaN elements are kept out of those sums and only flagged; at the end a NaN
+gives (NaN, NaN, NaN, NaN), and a +inf gives shift +inf, sum = the sum of w over the included
++inf elements (a second pass, taken only by outputs holding a +inf), m1 = m2 = NaN. The shift
+is the exact maximum.
+
+Backward: per element, u = k (x' - shift), p = e^{u - log_norm},
+    g = p (c0 + c1 u + c2 u^2), 0 where p == 0 or x' == -inf (e^{z} = 0 exactly there),
+    grad_x = (-k if negate else k) w g on included elements, 0 elsewhere;
+    grad_weight = g where the mask keeps the element (zero weights included), 0 elsewhere.
+
+Two layouts, without any transposing copy:
+  * rows (I == 1): one program per output, walking R in 1-D blocks of BLOCK_R;
+  * columns (I > 1): one program per (o, block of BLOCK_I consecutive i), walking r with a
+    [BLOCK_R, BLOCK_I] tile (loads contiguous along i) and per-column statistics.
+The backward has no reduction, so it also splits R into chunks over a second grid axis when
+there would otherwise be too few programs to fill the GPU.
+
+Offsets are int64 (O * R * I can pass 2^31). Optional tensors that are None reach the kernels
+as a dummy pointer (x) with their HAS_* flag off; the bool mask is read as uint8 (a view).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import _acc, _block_and_warps, _empty, _interpreting
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _load_elements(
+    x_ptr,
+    w_ptr,
+    mask_ptr,
+    offs,  # int64 element offsets
+    valid,  # in bounds
+    NEGATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """(x', w, keep, inc): x' in ACC; w (1.0 without weight); keep: in bounds and kept by the
+    mask; inc: kept and w != 0 (the element is included)."""
+    x = tl.load(x_ptr + offs, mask=valid, other=0.0).to(ACC)
+    if NEGATE:
+        x = -x
+    keep = valid
+    if HAS_MASK:
+        keep = keep & (tl.load(mask_ptr + offs, mask=valid, other=0) != 0)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(ACC)
+        inc = keep & (w != 0.0)
+    else:
+        w = tl.full((), 1.0, ACC)
+        inc = keep
+    return x, w, keep, inc
+
+
+@triton.jit
+def _online_update(
+    m,  # running max of the finite included x' (-inf: none yet)
+    d,  # sum w e^u, u = k (x' - m)
+    s1,  # sum w u e^u
+    s2,  # sum w u^2 e^u
+    flag,  # 0: finite so far; 1: an included +inf; 2: an included NaN
+    x,  # x' of the block (ACC), [BLOCK_R] or [BLOCK_R, BLOCK_I]
+    w,  # weights of the block (ACC) or the scalar 1.0 without weight
+    inc,  # included elements
+    k,  # scale, a scalar or [BLOCK_I]
+    HAS_WEIGHT: tl.constexpr,
+    MOMENTS: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Merge one block into the per-output statistics (reductions over axis 0)."""
+    inf = float("inf")
+    code = tl.where(inc & (x != x), 2, tl.where(inc & (x == inf), 1, 0))  # noqa: PLR0124 (NaN)
+    flag = tl.maximum(flag, tl.max(code, axis=0))
+    xf = tl.where(inc & (x < inf), x, -inf).to(ACC)  # NaN < inf is false
+    m_new = tl.maximum(m, tl.max(xf, axis=0))
+    # Shift by 0 while everything seen is -inf, so that -inf - -inf never appears.
+    m_safe = tl.where(m_new == -inf, 0.0, m_new).to(ACC)
+    empty = m == -inf  # the sums so far are 0
+    delta = (m - m_safe) * k
+    r = tl.exp(delta)
+    u = (xf - m_safe) * k  # subtract first: exact for x' near the max
+    e = tl.exp(u)  # 0 for xf = -inf (excluded elements included)
+    if HAS_WEIGHT:
+        we = tl.where(inc, w, 0.0) * e  # a NaN weight of an excluded element must not leak
+    else:
+        we = e
+    if MOMENTS:
+        us = tl.where(xf == -inf, 0.0, u).to(ACC)  # u e^u = 0 there, not -inf * 0
+        t1 = we * us
+        s2 = tl.where(empty, 0.0, r * (s2 + delta * (2.0 * s1 + delta * d))).to(ACC)
+        s2 += tl.sum(t1 * us, axis=0)
+        s1 = tl.where(empty, 0.0, r * (s1 + delta * d)).to(ACC)
+        s1 += tl.sum(t1, axis=0)
+    d = tl.where(empty, 0.0, r * d).to(ACC)
+    d += tl.sum(we, axis=0)
+    return m_new, d, s1, s2, flag
+
+
+@triton.jit
+def _inf_weight(x, w, inc, HAS_WEIGHT: tl.constexpr):
+    """Per element: w on the included x' = +inf, else 0."""
+    hit = inc & (x == float("inf"))
+    if HAS_WEIGHT:
+        return tl.where(hit, w, 0.0)
+    else:
+        return tl.where(hit, 1.0, 0.0)
+
+
+@triton.jit
+def _finish(m, d, s1, s2, flag, winf):
+    """(shift, sum, m1, m2) from the online statistics and the +inf/NaN flag."""
+    nan = float("nan")
+    bad = flag != 0
+    shift = tl.where(flag == 2, nan, tl.where(flag == 1, float("inf"), m))
+    total = tl.where(flag == 2, nan, tl.where(flag == 1, winf, d))
+    return shift, total, tl.where(bad, nan, s1), tl.where(bad, nan, s2)
+
+
+@triton.jit
+def _grads(
+    x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF: tl.constexpr, HAS_WEIGHT: tl.constexpr
+):
+    """(grad_x, g) of a block; g is 0 wherever p == 0 or x' == -inf; grad_x is 0 off inc,
+    g is 0 off keep."""
+    u = (x - shift) * k
+    p = tl.exp(u - log_norm)
+    poly = c0
+    if NCOEF >= 2:
+        poly = poly + c1 * u
+    if NCOEF >= 3:
+        poly = poly + c2 * u * u
+    g = tl.where((p == 0.0) | (x == float("-inf")), 0.0, p * poly)
+    if HAS_WEIGHT:
+        gx = tl.where(inc, k_x * w * g, 0.0)
+    else:
+        gx = tl.where(inc, k_x * g, 0.0)
+    return gx, tl.where(keep, g, 0.0)
+
+
+# ----------------------------------------------------------------------------- forward kernels
+
+
+@triton.jit
+def _partition_fwd_rows_kernel(
+    x_ptr,  # (O, R) contiguous
+    w_ptr,  # (O, R) weights (read only with HAS_WEIGHT)
+    mask_ptr,  # (O, R) uint8 mask (read only with HAS_MASK)
+    scale_ptr,  # (1,) or (O,) scale k, accumulation dtype
+    shift_ptr,  # (O,) out
+    sum_ptr,  # (O,) out
+    m1_ptr,  # (O,) out (written only with MOMENTS)
+    m2_ptr,  # (O,) out (written only with MOMENTS)
+    R,  # reduced length
+    SCALE_STRIDE: tl.constexpr,  # 0: one scale for every output; 1: one per output
+    NEGATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    MOMENTS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * R
+    k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
+    rr = tl.arange(0, BLOCK_R)
+    m = tl.full((), float("-inf"), ACC)
+    d = tl.zeros((), ACC)
+    s1 = tl.zeros((), ACC)
+    s2 = tl.zeros((), ACC)
+    flag = tl.zeros((), tl.int32)
+    for r0 in range(0, R, BLOCK_R):
+        valid = r0 + rr < R
+        x, w, _, inc = _load_elements(
+            x_ptr, w_ptr, mask_ptr, base + r0 + rr, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
+        m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
+    winf = tl.zeros((), ACC)
+    if flag == 1:  # rare: an included +inf and no NaN; sum the weights of the +inf elements
+        for r0 in range(0, R, BLOCK_R):
+            valid = r0 + rr < R
+            x, w, _, inc = _load_elements(
+                x_ptr, w_ptr, mask_ptr, base + r0 + rr, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+            )
+            winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
+    shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
+    tl.store(shift_ptr + row, shift)
+    tl.store(sum_ptr + row, total)
+    if MOMENTS:
+        tl.store(m1_ptr + row, m1)
+        tl.store(m2_ptr + row, m2)
+
+
+@triton.jit
+def _partition_fwd_cols_kernel(
+    x_ptr,  # (O, R, I) contiguous
+    w_ptr,  # (O, R, I) weights (read only with HAS_WEIGHT)
+    mask_ptr,  # (O, R, I) uint8 mask (read only with HAS_MASK)
+    scale_ptr,  # (1,) or (O * I,) scale k, accumulation dtype
+    shift_ptr,  # (O * I,) out
+    sum_ptr,  # (O * I,) out
+    m1_ptr,  # (O * I,) out (written only with MOMENTS)
+    m2_ptr,  # (O * I,) out (written only with MOMENTS)
+    R,  # reduced length
+    I,  # inner length
+    SCALE_STRIDE: tl.constexpr,
+    NEGATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    MOMENTS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n_ib = tl.cdiv(I, BLOCK_I)
+    o = pid // n_ib
+    cols = (pid % n_ib) * BLOCK_I + tl.arange(0, BLOCK_I)
+    col_ok = cols < I
+    j = o * I + cols  # int64
+    k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
+    rr = tl.arange(0, BLOCK_R)
+    tile = rr[:, None].to(tl.int64) * I + cols[None, :]  # offsets in a block of rows
+    step = tl.full((), BLOCK_R, tl.int64) * I
+    base0 = o * R * I
+    m = tl.full((BLOCK_I,), float("-inf"), ACC)
+    d = tl.zeros((BLOCK_I,), ACC)
+    s1 = tl.zeros((BLOCK_I,), ACC)
+    s2 = tl.zeros((BLOCK_I,), ACC)
+    flag = tl.zeros((BLOCK_I,), tl.int32)
+    base = base0
+    for r0 in range(0, R, BLOCK_R):
+        valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+        x, w, _, inc = _load_elements(
+            x_ptr, w_ptr, mask_ptr, base + tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
+        m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
+        base += step
+    winf = tl.zeros((BLOCK_I,), ACC)
+    if tl.sum((flag == 1).to(tl.int32), axis=0) > 0:  # rare: a column with a +inf, no NaN
+        base = base0
+        for r0 in range(0, R, BLOCK_R):
+            valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+            x, w, _, inc = _load_elements(
+                x_ptr, w_ptr, mask_ptr, base + tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+            )
+            winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
+            base += step
+    shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
+    tl.store(shift_ptr + j, shift, mask=col_ok)
+    tl.store(sum_ptr + j, total, mask=col_ok)
+    if MOMENTS:
+        tl.store(m1_ptr + j, m1, mask=col_ok)
+        tl.store(m2_ptr + j, m2, mask=col_ok)
+
+
+# ----------------------------------------------------------------------------- backward kernels
+
+
+@triton.jit
+def _partition_bwd_rows_kernel(
+    x_ptr,  # (O, R) contiguous
+    w_ptr,  # (O, R) weights (read only with HAS_WEIGHT)
+    mask_ptr,  # (O, R) uint8 mask (read only with HAS_MASK)
+    scale_ptr,  # (1,) or (O,) scale k
+    shift_ptr,  # (O,) shift from the forward
+    log_norm_ptr,  # (O,) log_norm
+    coef_ptr,  # (O, NCOEF) contiguous
+    gx_ptr,  # (O, R) out, x's dtype
+    gw_ptr,  # (O, R) out, x's dtype (written only with WEIGHT_GRAD)
+    R,
+    CHUNK_R,  # rows of R per program along grid axis 1 (a multiple of BLOCK_R)
+    SCALE_STRIDE: tl.constexpr,
+    NEGATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr,
+    NCOEF: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    r_start = tl.program_id(1) * CHUNK_R
+    r_end = tl.minimum(r_start + CHUNK_R, R)
+    base = row * R
+    k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
+    k_x = -k if NEGATE else k
+    shift = tl.load(shift_ptr + row).to(ACC)
+    log_norm = tl.load(log_norm_ptr + row).to(ACC)
+    c0 = tl.load(coef_ptr + row * NCOEF).to(ACC)
+    c1 = c0
+    c2 = c0
+    if NCOEF >= 2:
+        c1 = tl.load(coef_ptr + row * NCOEF + 1).to(ACC)
+    if NCOEF >= 3:
+        c2 = tl.load(coef_ptr + row * NCOEF + 2).to(ACC)
+    rr = tl.arange(0, BLOCK_R)
+    out_t = gx_ptr.dtype.element_ty
+    for r0 in range(r_start, r_end, BLOCK_R):
+        valid = r0 + rr < R
+        offs = base + r0 + rr
+        x, w, keep, inc = _load_elements(
+            x_ptr, w_ptr, mask_ptr, offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
+        gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
+        tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
+        if WEIGHT_GRAD:
+            tl.store(gw_ptr + offs, g.to(out_t), mask=valid)
+
+
+@triton.jit
+def _partition_bwd_cols_kernel(
+    x_ptr,  # (O, R, I) contiguous
+    w_ptr,  # (O, R, I) weights (read only with HAS_WEIGHT)
+    mask_ptr,  # (O, R, I) uint8 mask (read only with HAS_MASK)
+    scale_ptr,  # (1,) or (O * I,) scale k
+    shift_ptr,  # (O * I,)
+    log_norm_ptr,  # (O * I,)
+    coef_ptr,  # (O * I, NCOEF) contiguous
+    gx_ptr,  # (O, R, I) out, x's dtype
+    gw_ptr,  # (O, R, I) out (written only with WEIGHT_GRAD)
+    R,
+    I,
+    CHUNK_R,  # rows of R per program along grid axis 1 (a multiple of BLOCK_R)
+    SCALE_STRIDE: tl.constexpr,
+    NEGATE: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    WEIGHT_GRAD: tl.constexpr,
+    NCOEF: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    r_start = tl.program_id(1) * CHUNK_R
+    r_end = tl.minimum(r_start + CHUNK_R, R)
+    n_ib = tl.cdiv(I, BLOCK_I)
+    o = pid // n_ib
+    cols = (pid % n_ib) * BLOCK_I + tl.arange(0, BLOCK_I)
+    col_ok = cols < I
+    j = o * I + cols
+    k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
+    k_x = -k if NEGATE else k
+    shift = tl.load(shift_ptr + j, mask=col_ok, other=0.0).to(ACC)
+    log_norm = tl.load(log_norm_ptr + j, mask=col_ok, other=0.0).to(ACC)
+    c0 = tl.load(coef_ptr + j * NCOEF, mask=col_ok, other=0.0).to(ACC)
+    c1 = c0
+    c2 = c0
+    if NCOEF >= 2:
+        c1 = tl.load(coef_ptr + j * NCOEF + 1, mask=col_ok, other=0.0).to(ACC)
+    if NCOEF >= 3:
+        c2 = tl.load(coef_ptr + j * NCOEF + 2, mask=col_ok, other=0.0).to(ACC)
+    rr = tl.arange(0, BLOCK_R)
+    tile = rr[:, None].to(tl.int64) * I + cols[None, :]
+    step = tl.full((), BLOCK_R, tl.int64) * I
+    base = o * R * I + step * (r_start // BLOCK_R)
+    out_t = gx_ptr.dtype.element_ty
+    for r0 in range(r_start, r_end, BLOCK_R):
+        valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+        offs = base + tile
+        x, w, keep, inc = _load_elements(
+            x_ptr, w_ptr, mask_ptr, offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
+        gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
+        tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
+        if WEIGHT_GRAD:
+            tl.store(gw_ptr + offs, g.to(out_t), mask=valid)
+        base += step
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _check_inputs(x, weight, mask, scale) -> tuple[int, int, int, torch.dtype, int]:
+    """Argument contract of check_partition_inputs (csrc/include/thermokern/checks.h).
+
+    Returns (O, R, I, accumulation torch dtype, SCALE_STRIDE)."""
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"input: expected a floating tensor (float32, float64, float16, bfloat16), got {x.dtype}"
+        )
+    if x.dim() != 3 or x.shape[1] == 0 or not x.is_contiguous():
+        raise ValueError(
+            "input: expected a contiguous 3-D (outer, reduced, inner) tensor with a non-empty "
+            f"reduced dimension, got shape {tuple(x.shape)}"
+        )
+    for name, t in (("weight", weight), ("mask", mask)):
+        if t is None:
+            continue
+        if t.shape != x.shape or not t.is_contiguous():
+            raise ValueError(
+                f"{name}: expected a contiguous tensor of shape {tuple(x.shape)}, got {tuple(t.shape)}"
+            )
+        want = x.dtype if name == "weight" else torch.bool
+        if t.dtype != want:
+            raise TypeError(f"{name}: expected dtype {want}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device}, got {t.device}")
+    O, R, I = x.shape
+    n = O * I
+    acc_t, _ = _acc(x.dtype)
+    if scale.dim() != 1 or scale.shape[0] not in (1, n):
+        raise ValueError(f"temperature: expected 1 or {n} scale values, got shape {tuple(scale.shape)}")
+    if not scale.is_contiguous() or scale.device != x.device:
+        raise ValueError(f"temperature: expected a contiguous scale tensor on {x.device}")
+    if scale.dtype != acc_t:
+        raise TypeError(f"temperature: expected the scale as {acc_t}, got {scale.dtype}")
+    return O, R, I, acc_t, 0 if scale.shape[0] == 1 else 1
+
+
+def _cols_blocks(O: int, R: int, I: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_I, num_warps) of the column kernels."""
+    if _interpreting():  # few, large programs: each one is a series of numpy calls
+        tile = 16384
+        block_i = min(triton.next_power_of_2(I), tile)
+    else:
+        tile = 4096
+        block_i = min(triton.next_power_of_2(I), 128)
+        # Narrower column blocks when there would be too few programs to fill the GPU; 16
+        # columns still read 64 contiguous bytes of float32 per row.
+        while block_i > 16 and O * triton.cdiv(I, block_i) < 264:
+            block_i //= 2
+    block_r = max(1, min(triton.next_power_of_2(R), tile // block_i))
+    warps = 4 if block_r * block_i <= 1024 else 8
+    return block_r, block_i, warps
+
+
+def _bwd_min_programs() -> int:
+    """Programs the backward aims for before it splits R over a second grid axis."""
+    return 1 if _interpreting() else 1024
+
+
+def _r_chunks(R: int, block_r: int, programs: int) -> tuple[int, int]:
+    """(CHUNK_R, number of chunks) splitting R over grid axis 1 (at most 65535 chunks)."""
+    blocks = triton.cdiv(R, block_r)
+    splits = max(1, min(blocks, triton.cdiv(_bwd_min_programs(), max(programs, 1)), 65535))
+    chunk = triton.cdiv(blocks, splits) * block_r
+    return chunk, triton.cdiv(R, chunk)
+
+
+def _optional_args(x, weight, mask):
+    """Kernel pointers (a dummy x when absent) and HAS_* flags of weight and mask."""
+    w_arg = weight if weight is not None else x
+    m_arg = mask.view(torch.uint8) if mask is not None else x
+    return w_arg, m_arg, {"HAS_WEIGHT": weight is not None, "HAS_MASK": mask is not None}
+
+
+def partition_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    scale: torch.Tensor,
+    negate: bool,
+    moments: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shift, sum, m1, m2), each 1-D (O * I) in the accumulation dtype; m1 and m2 are empty
+    (shape (0,)) when ``moments == 0``. See [Note: partition statistics]."""
+    O, R, I, acc_t, scale_stride = _check_inputs(x, weight, mask, scale)
+    if moments not in (0, 2):
+        raise ValueError(f"moments: expected 0 or 2, got {moments}")
+    n = O * I
+    shift = _empty(n, acc_t, x.device)
+    total = _empty(n, acc_t, x.device)
+    m1 = _empty(n if moments else 0, acc_t, x.device)
+    m2 = _empty(n if moments else 0, acc_t, x.device)
+    if n == 0:
+        return shift, total, m1, m2
+    w_arg, m_arg, flags = _optional_args(x, weight, mask)
+    meta = dict(
+        SCALE_STRIDE=scale_stride, NEGATE=bool(negate), MOMENTS=moments == 2, ACC=_acc(x.dtype)[1], **flags
+    )
+    m1_arg = m1 if moments else shift
+    m2_arg = m2 if moments else shift
+    if I == 1:
+        block_r, warps = _block_and_warps(R)
+        torch.library.wrap_triton(_partition_fwd_rows_kernel)[(O,)](
+            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, BLOCK_R=block_r, num_warps=warps, **meta
+        )
+    else:
+        block_r, block_i, warps = _cols_blocks(O, R, I)
+        grid = (O * triton.cdiv(I, block_i),)
+        torch.library.wrap_triton(_partition_fwd_cols_kernel)[grid](
+            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, I,
+            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
+        )  # fmt: skip
+    return shift, total, m1, m2
+
+
+def partition_bwd(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    scale: torch.Tensor,
+    negate: bool,
+    shift: torch.Tensor,
+    log_norm: torch.Tensor,
+    coef: torch.Tensor,
+    weight_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight) in x's dtype and shape (contiguous); grad_weight is empty
+    (shape (0,)) unless ``weight_grad``. See [Note: partition statistics]."""
+    O, R, I, acc_t, scale_stride = _check_inputs(x, weight, mask, scale)
+    n = O * I
+    for name, t in (("shift", shift), ("log_norm", log_norm)):
+        if t.dim() != 1 or t.shape[0] != n or not t.is_contiguous():
+            raise ValueError(
+                f"{name}: expected a contiguous 1-D tensor of {n} values, got shape {tuple(t.shape)}"
+            )
+        if t.dtype != acc_t:
+            raise TypeError(f"{name}: expected dtype {acc_t}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device}")
+    if coef.dim() != 2 or coef.shape[0] != n or not 1 <= coef.shape[1] <= 3 or not coef.is_contiguous():
+        raise ValueError(f"coef: expected a contiguous ({n}, 1..3) tensor, got shape {tuple(coef.shape)}")
+    if coef.dtype != acc_t:
+        raise TypeError(f"coef: expected dtype {acc_t}, got {coef.dtype}")
+    if coef.device != x.device:
+        raise ValueError(f"coef: expected device {x.device}")
+    if weight_grad and weight is None:
+        raise ValueError("weight_grad: needs a weight tensor")
+    grad_x = _empty(x.shape, x.dtype, x.device)
+    grad_w = _empty(x.shape if weight_grad else 0, x.dtype, x.device)
+    if x.numel() == 0:
+        return grad_x, grad_w
+    w_arg, m_arg, flags = _optional_args(x, weight, mask)
+    meta = dict(
+        SCALE_STRIDE=scale_stride,
+        NEGATE=bool(negate),
+        WEIGHT_GRAD=bool(weight_grad),
+        NCOEF=coef.shape[1],
+        ACC=_acc(x.dtype)[1],
+        **flags,
+    )
+    gw_arg = grad_w if weight_grad else grad_x
+    if I == 1:
+        block_r, warps = _block_and_warps(R)
+        chunk, splits = _r_chunks(R, block_r, O)
+        torch.library.wrap_triton(_partition_bwd_rows_kernel)[(O, splits)](
+            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, chunk,
+            BLOCK_R=block_r, num_warps=warps, **meta,
+        )  # fmt: skip
+    else:
+        block_r, block_i, warps = _cols_blocks(O, R, I)
+        programs = O * triton.cdiv(I, block_i)
+        chunk, splits = _r_chunks(R, block_r, programs)
+        torch.library.wrap_triton(_partition_bwd_cols_kernel)[(programs, splits)](
+            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, I, chunk,
+            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
+        )  # fmt: skip
+    return grad_x, grad_w
