@@ -44,6 +44,11 @@ def _id(value) -> str:
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_entropy_family(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode):
+    run_case(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode)
+
+
+def run_case(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode) -> None:
+    """Time one (op, provider) case and fill ``benchmark.extra_info`` (shared by bench_*.py)."""
     spec, provider = case
     gen = torch.Generator(device=bench_device).manual_seed(0)
     # several input copies for small shapes, rotated so that rounds do not run from cache

@@ -1,5 +1,6 @@
-"""Small softmax_entropy and entropy_regularized_cross_entropy forward+backward cases on the
-GPU, for compute-sanitizer.
+"""Small forward+backward cases of every CUDA/Triton kernel on the GPU, for compute-sanitizer:
+softmax_entropy, entropy_regularized_cross_entropy, and the partition kernels (logsumexp with
+weights and masks, thermo_stats) over rows and over a middle dimension.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_cases.py \
@@ -44,6 +45,48 @@ def _close(value: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[
     err = (v - ref).abs()
     ok = bool(torch.isfinite(v).all()) and bool((err <= atol + rtol * ref.abs()).all())
     return ok, float(err.max()) if err.numel() else 0.0
+
+
+def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
+    """logsumexp (weighted, masked) and thermo_stats, forward and backward, rows and tiles."""
+    cases = failures = 0
+    for dtype in dtypes:
+        shapes = [((args.rows, c), 1) for c in widths] + [((3, 37, 5), 1), ((2, 9, 40), 1), ((1, 3000, 3), 1)]
+        for shape, dim in shapes:
+            x_cpu = (torch.randn(shape, generator=gen) * 3).to(dtype)
+            w_cpu = (torch.rand(shape, generator=gen) * 2 - 0.5).to(dtype)
+            m_cpu = torch.rand(shape, generator=gen) > 0.2
+            m_cpu.select(dim, 0).fill_(True)  # no fully masked output (-inf is checked in tests)
+            x = x_cpu.cuda().requires_grad_(True)
+            w = w_cpu.cuda().requires_grad_(True)
+            out, _ = thermokern.logsumexp(
+                x, dim, weight=w, mask=m_cpu.cuda(), return_sign=True, backend=args.backend
+            )
+            st = thermokern.thermo_stats(x, dim, temperature=args.temperature, backend=args.backend)
+            g = torch.randn(out.shape, generator=gen)
+            total = (out * g.cuda().to(out.dtype)).sum() + sum(v.sum() for v in st)
+            total.backward()
+            torch.cuda.synchronize()
+            x64 = x_cpu.to(torch.float64).requires_grad_(True)
+            w64 = w_cpu.to(torch.float64).requires_grad_(True)
+            o64, _ = reference.logsumexp(x64, dim, weight=w64, mask=m_cpu, return_sign=True)
+            s64 = reference.thermo_stats(x64, dim, temperature=args.temperature)
+            ((o64 * g.double()).sum() + sum(v.sum() for v in s64)).backward()
+            checks = [(out, o64), (x.grad, x64.grad), (w.grad, w64.grad)]
+            checks += list(zip(st, s64))
+            ok = True
+            worst = 0.0
+            for got, want in checks:
+                good, err = _close(got, want.detach(), dtype)
+                ok, worst = ok and good, max(worst, err)
+            cases += 1
+            if not ok:
+                failures += 1
+                print(
+                    f"MISMATCH partition {args.backend} {str(dtype)[6:]} shape={shape}: max err {worst:.3g}",
+                    file=sys.stderr,
+                )
+    return cases, failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"max err output {err_o:.3g}, grad {err_g:.3g}",
                             file=sys.stderr,
                         )
+    c2, f2 = _partition_cases(args, dtypes, widths, gen)
+    cases, failures = cases + c2, failures + f2
     print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
     return 1 if failures else 0
 

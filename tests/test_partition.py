@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from _util import DTYPES, assert_close
-from conftest import cpu_backends
+from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
 from thermokern import reference
@@ -337,3 +337,66 @@ def test_cpu_every_isa(cpu_isa):
         st = thermokern.thermo_stats(x.detach().to(torch.bfloat16), dim, backend="cpu")
         for got, want in zip(st, reference.thermo_stats(x.detach().to(torch.bfloat16).double(), dim)):
             assert_close(got, want, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- GPU (bench/gpu_check.sh)
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+GPU_CASES = CASES + [((64, 32000), 1), ((1, 200000), 1), ((1, 3000, 3), 1), ((4, 5000, 130), 1), ((3000, 7), 0)]
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_gpu_partition_ops(backend, dtype, case):
+    shape, dim = case
+    x = _make(shape, dtype).cuda().requires_grad_(True)
+    out = thermokern.logsumexp(x, dim, backend=backend)
+    xr = x.detach().cpu().double().requires_grad_(True)
+    ref = torch.logsumexp(xr, dim)
+    assert_close(out.cpu(), ref, dtype, native=torch.logsumexp(x.detach(), dim).cpu())
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    gx = torch.autograd.grad(out, x, g.to(dtype).cuda())[0]
+    assert_close(gx.cpu(), torch.autograd.grad(ref, xr, g.to(dtype).double())[0], dtype, grad=True)
+    st = thermokern.thermo_stats(x.detach(), dim, temperature=0.8, backend=backend)
+    for got, want in zip(st, reference.thermo_stats(x.detach().cpu().double(), dim, temperature=0.8)):
+        assert_close(got.cpu(), want, dtype)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_partition_weights_masks_specials(backend):
+    for a, b, value, sign in WEIGHTED:
+        x = torch.tensor([a] * 3, dtype=torch.float64, device="cuda")
+        w = torch.tensor([b] * 3, dtype=torch.float64, device="cuda")
+        out, sg = thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)
+        assert_close(out.cpu(), torch.full((3,), value, dtype=torch.float64), torch.float64)
+        assert_close(sg.cpu(), torch.full((3,), sign, dtype=torch.float64), torch.float64)
+    for row, value, grad in TORCH_EDGE:
+        x = torch.tensor([row] * 3, dtype=torch.float32, device="cuda", requires_grad=True)
+        out = thermokern.logsumexp(x, 1, backend=backend)
+        assert_close(out.cpu(), torch.full((3,), value, dtype=torch.float64), torch.float32)
+        if grad is not None:
+            (gx,) = torch.autograd.grad(out.sum(), x)
+            assert_close(gx.cpu(), torch.tensor([grad] * 3, dtype=torch.float64), torch.float32)
+    x = torch.randn(5, 300, 7, device="cuda", dtype=torch.float64)
+    w = torch.randn(5, 300, 7, device="cuda", dtype=torch.float64)
+    m = torch.rand(5, 300, 7, device="cuda") > 0.3
+    base = x[:, 1:, :]  # not contiguous: copied to the (O, R, I) layout
+    for args in ((x, w, m), (base, None, m[:, 1:]), (x, None, None)):
+        out, sg = thermokern.logsumexp(args[0], 1, weight=args[1], mask=args[2], return_sign=True, backend=backend)
+        ref, rs = reference.logsumexp(
+            args[0].cpu(), 1, weight=None if args[1] is None else args[1].cpu(),
+            mask=None if args[2] is None else args[2].cpu(), return_sign=True,
+        )
+        assert_close(out.cpu(), ref, torch.float64)
+        assert_close(sg.cpu(), rs, torch.float64)
+    e = torch.randn(3, 11, 4, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda e: thermokern.thermo_stats(e, 1, temperature=0.7, backend=backend), (e,))
+    xw = torch.randn(3, 20, dtype=torch.float64, device="cuda", requires_grad=True)
+    ww = torch.randn(3, 20, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w: thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)[0], (xw, ww)
+    )
