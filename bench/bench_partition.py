@@ -8,7 +8,6 @@ error against float64, compile time), driven by the registry in ``thermokern.ben
 from __future__ import annotations
 
 import pytest
-import torch
 from bench_entropy import DEVICE, DTYPES, SHAPES, _id, run_case
 
 from thermokern import benchmark as tb

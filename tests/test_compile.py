@@ -47,7 +47,12 @@ def test_compile_partition_ops_cpu():
     def loss_fn(x, w):
         a = thermokern.logsumexp(x, 1, weight=w, backend="cpu").sum()
         st = thermokern.thermo_stats(x * 0.5, 0, temperature=0.7, backend="cpu")
-        return a + st.heat_capacity.sum() + st.entropy.sum() + thermokern.free_energy(x, (0, 2), backend="cpu").sum()
+        return (
+            a
+            + st.heat_capacity.sum()
+            + st.entropy.sum()
+            + thermokern.free_energy(x, (0, 2), backend="cpu").sum()
+        )
 
     compiled = torch.compile(loss_fn, fullgraph=True)
     x = torch.randn(5, 33, 7, dtype=torch.float64, requires_grad=True)

@@ -93,7 +93,11 @@ def test_logsumexp_torch_edge_cases(backend, row, value, grad):
     expected = torch.full((3,), value, dtype=torch.float64)
     assert_close(out, expected, torch.float64)
     # the value matches torch.logsumexp's, also in float32
-    assert_close(thermokern.logsumexp(x.detach().float(), 1, backend=backend), torch.logsumexp(x.detach().float(), 1), torch.float32)
+    assert_close(
+        thermokern.logsumexp(x.detach().float(), 1, backend=backend),
+        torch.logsumexp(x.detach().float(), 1),
+        torch.float32,
+    )
     if grad is not None:
         (gx,) = torch.autograd.grad(out.sum(), x)
         assert_close(gx, torch.tensor([grad] * 3, dtype=torch.float64), torch.float64)
@@ -109,13 +113,18 @@ def test_logsumexp_shapes_and_promotion(backend):
     xb = torch.tensor([True, False])
     assert_close(thermokern.logsumexp(xb, 0, backend=backend), torch.logsumexp(xb, 0), torch.float32)
     # empty reduced dimension: -inf; empty outer dimension: empty result
-    assert_close(thermokern.logsumexp(torch.empty(2, 0), 1, backend=backend), torch.full((2,), -INF), torch.float32)
+    assert_close(
+        thermokern.logsumexp(torch.empty(2, 0), 1, backend=backend), torch.full((2,), -INF), torch.float32
+    )
     assert thermokern.logsumexp(torch.empty(0, 3), 1, backend=backend).shape == (0,)
     # 0-d input: dim 0 or -1, result is the value itself
     s = torch.tensor(2.5)
     assert thermokern.logsumexp(s, 0, backend=backend).shape == ()
     assert float(thermokern.logsumexp(s, -1, backend=backend)) == 2.5
-    assert thermokern.logsumexp(s, 0, keepdim=True, backend=backend).shape == torch.logsumexp(s, 0, keepdim=True).shape
+    assert (
+        thermokern.logsumexp(s, 0, keepdim=True, backend=backend).shape
+        == torch.logsumexp(s, 0, keepdim=True).shape
+    )
 
 
 # scipy.special.logsumexp(a, b=..., return_sign=True) semantics, written out as data:
@@ -205,7 +214,9 @@ def test_logsumexp_weight_broadcast_and_gradcheck(backend):
     w = (torch.rand(6, dtype=torch.float64) + 0.1).requires_grad_(True)  # broadcast over rows
     out = thermokern.logsumexp(x, 1, weight=w, backend=backend)
     assert_close(out, torch.logsumexp(x.detach() + w.detach().log(), 1), torch.float64)
-    assert torch.autograd.gradcheck(lambda x, w: thermokern.logsumexp(x, 1, weight=w, backend=backend), (x, w))
+    assert torch.autograd.gradcheck(
+        lambda x, w: thermokern.logsumexp(x, 1, weight=w, backend=backend), (x, w)
+    )
     wn = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, w: thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)[0], (x, wn)
@@ -258,9 +269,15 @@ def test_thermo_stats_gradients(backend, dtype, case):
 def test_energy_gradcheck(backend):
     e = torch.randn(3, 11, 4, dtype=torch.float64, requires_grad=True)
     t = torch.rand(3, 4, dtype=torch.float64) + 0.5
-    assert torch.autograd.gradcheck(lambda e: thermokern.thermo_stats(e, 1, temperature=t, backend=backend), (e,))
-    assert torch.autograd.gradcheck(lambda e: thermokern.free_energy(e, -1, temperature=0.7, backend=backend), (e,))
-    assert torch.autograd.gradcheck(lambda e: thermokern.log_partition(e, 0, keepdim=True, backend=backend), (e,))
+    assert torch.autograd.gradcheck(
+        lambda e: thermokern.thermo_stats(e, 1, temperature=t, backend=backend), (e,)
+    )
+    assert torch.autograd.gradcheck(
+        lambda e: thermokern.free_energy(e, -1, temperature=0.7, backend=backend), (e,)
+    )
+    assert torch.autograd.gradcheck(
+        lambda e: thermokern.log_partition(e, 0, keepdim=True, backend=backend), (e,)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -277,7 +294,9 @@ def test_two_level_system(backend, temperature):
     assert st.free_energy.item() == pytest.approx(-temperature * math.log(z), rel=1e-12)
     assert st.mean_energy.item() == pytest.approx(u, rel=1e-12, abs=1e-300)
     assert st.heat_capacity.item() == pytest.approx(c, rel=1e-10, abs=1e-300)
-    assert st.entropy.item() == pytest.approx((st.mean_energy - st.free_energy).item() / temperature, rel=1e-12)
+    assert st.entropy.item() == pytest.approx(
+        (st.mean_energy - st.free_energy).item() / temperature, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -333,7 +352,12 @@ def test_cpu_every_isa(cpu_isa):
         ref = torch.logsumexp(xr, dim)
         assert_close(out, ref, torch.float32)
         g = torch.randn(ref.shape, dtype=torch.float64)
-        assert_close(torch.autograd.grad(out, x, g.float())[0], torch.autograd.grad(ref, xr, g)[0], torch.float32, grad=True)
+        assert_close(
+            torch.autograd.grad(out, x, g.float())[0],
+            torch.autograd.grad(ref, xr, g)[0],
+            torch.float32,
+            grad=True,
+        )
         st = thermokern.thermo_stats(x.detach().to(torch.bfloat16), dim, backend="cpu")
         for got, want in zip(st, reference.thermo_stats(x.detach().to(torch.bfloat16).double(), dim)):
             assert_close(got, want, torch.bfloat16)
@@ -341,7 +365,13 @@ def test_cpu_every_isa(cpu_isa):
 
 # ----------------------------------------------------------------------------- GPU (bench/gpu_check.sh)
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
-GPU_CASES = CASES + [((64, 32000), 1), ((1, 200000), 1), ((1, 3000, 3), 1), ((4, 5000, 130), 1), ((3000, 7), 0)]
+GPU_CASES = CASES + [
+    ((64, 32000), 1),
+    ((1, 200000), 1),
+    ((1, 3000, 3), 1),
+    ((4, 5000, 130), 1),
+    ((3000, 7), 0),
+]
 
 
 @pytest.mark.cuda
@@ -386,15 +416,22 @@ def test_gpu_partition_weights_masks_specials(backend):
     m = torch.rand(5, 300, 7, device="cuda") > 0.3
     base = x[:, 1:, :]  # not contiguous: copied to the (O, R, I) layout
     for args in ((x, w, m), (base, None, m[:, 1:]), (x, None, None)):
-        out, sg = thermokern.logsumexp(args[0], 1, weight=args[1], mask=args[2], return_sign=True, backend=backend)
+        out, sg = thermokern.logsumexp(
+            args[0], 1, weight=args[1], mask=args[2], return_sign=True, backend=backend
+        )
         ref, rs = reference.logsumexp(
-            args[0].cpu(), 1, weight=None if args[1] is None else args[1].cpu(),
-            mask=None if args[2] is None else args[2].cpu(), return_sign=True,
+            args[0].cpu(),
+            1,
+            weight=None if args[1] is None else args[1].cpu(),
+            mask=None if args[2] is None else args[2].cpu(),
+            return_sign=True,
         )
         assert_close(out.cpu(), ref, torch.float64)
         assert_close(sg.cpu(), rs, torch.float64)
     e = torch.randn(3, 11, 4, dtype=torch.float64, device="cuda", requires_grad=True)
-    assert torch.autograd.gradcheck(lambda e: thermokern.thermo_stats(e, 1, temperature=0.7, backend=backend), (e,))
+    assert torch.autograd.gradcheck(
+        lambda e: thermokern.thermo_stats(e, 1, temperature=0.7, backend=backend), (e,)
+    )
     xw = torch.randn(3, 20, dtype=torch.float64, device="cuda", requires_grad=True)
     ww = torch.randn(3, 20, dtype=torch.float64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(

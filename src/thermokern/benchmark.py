@@ -530,8 +530,12 @@ OPS: dict[str, OpSpec] = {
         reference_chunks=_rows_reference_chunks(_thermo_reference),
         default_shapes=_softmax_entropy_shapes,
         default_dtypes=_softmax_entropy_dtypes,
-        params={"dim": -1, "temperature": _THERMO_T, "energy": f"randn * {_LOGIT_SCALE}",
-                "output": "log_z + free_energy + mean_energy + entropy + heat_capacity"},
+        params={
+            "dim": -1,
+            "temperature": _THERMO_T,
+            "energy": f"randn * {_LOGIT_SCALE}",
+            "output": "log_z + free_energy + mean_energy + entropy + heat_capacity",
+        },
     ),
 }
 

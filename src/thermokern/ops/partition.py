@@ -96,7 +96,9 @@ def _make_backward(bwd_op):
         else:
             cx = coefs([gd])
         moments = g_m1 is not None or g_m2 is not None
-        grad_x, grad_w = bwd_op(x, weight, mask, scale, ctx.negate, shift_b, log_norm, cx, need_w and not moments)
+        grad_x, grad_w = bwd_op(
+            x, weight, mask, scale, ctx.negate, shift_b, log_norm, cx, need_w and not moments
+        )
         if need_w and moments:
             cw = coefs([gd, g1, g2])
             _, grad_w = bwd_op(x, weight, mask, scale, ctx.negate, shift_b, log_norm, cw, True)
@@ -114,7 +116,12 @@ if _ops is not None:
         n = x.shape[0] * x.shape[2]
         acc = reference.acc_dtype(x.dtype)
         m = n if moments else 0
-        return (x.new_empty((n,), dtype=acc), x.new_empty((n,), dtype=acc), x.new_empty((m,), dtype=acc), x.new_empty((m,), dtype=acc))
+        return (
+            x.new_empty((n,), dtype=acc),
+            x.new_empty((n,), dtype=acc),
+            x.new_empty((m,), dtype=acc),
+            x.new_empty((m,), dtype=acc),
+        )
 
     @torch.library.register_fake("thermokern::partition_bwd")
     def _bwd_fake(x, weight, mask, scale, negate, shift, log_norm, coef, weight_grad):
@@ -339,7 +346,13 @@ def logsumexp(
     acc = reference.acc_dtype(x.dtype)
     scale = torch.ones((1,), dtype=acc, device=x.device)
     shift, total, _, _ = _stats(
-        to_3d(x), None if wt is None else to_3d(wt), None if mask is None else to_3d(mask), scale, False, 0, name
+        to_3d(x),
+        None if wt is None else to_3d(wt),
+        None if mask is None else to_3d(mask),
+        scale,
+        False,
+        0,
+        name,
     )
     lse = _log_abs_sum(shift, total)
     sign = torch.sign(total.detach())
@@ -368,7 +381,9 @@ def _energy_setup(energy, dim, temperature, backend):
 
 def _energy_lz(energy, dim, temperature, backend, moments: int):
     """(log Z and, with moments, (<u>, <u^2>) with u = -E/T - shift/T ...) in the accumulation dtype."""
-    dims, temperature, name, to_3d, out_shape, keep_shape, r, k = _energy_setup(energy, dim, temperature, backend)
+    dims, temperature, name, to_3d, out_shape, keep_shape, r, k = _energy_setup(
+        energy, dim, temperature, backend
+    )
     if name == "reference" or r == 0 or energy.numel() == 0:
         return None, (dims, temperature, out_shape, keep_shape)
     shift, total, m1, m2 = _stats(to_3d(energy), None, None, k, True, moments, name)
