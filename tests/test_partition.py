@@ -345,7 +345,8 @@ def test_large_reduction_and_extremes(backend):
 
 
 def test_cpu_every_isa(cpu_isa):
-    for shape, dim in [((3, 5000), 1), ((2, 300, 40), 1), ((50, 7), 0)]:
+    # rows; a middle dim with one partial tile, with several tiles (I > 128) and row chunks
+    for shape, dim in [((3, 5000), 1), ((2, 300, 40), 1), ((50, 7), 0), ((2, 200, 300), 1)]:
         x = torch.randn(shape, dtype=torch.float32, requires_grad=True)
         out = thermokern.logsumexp(x, dim, backend="cpu")
         xr = x.detach().double().requires_grad_(True)

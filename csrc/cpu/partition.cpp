@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> partition_fwd_cpu(
   const Kernels& k = kernels();
   const int64_t tasks = k.partition_fwd_tasks(a);
   if (tasks > 0) {
-    const int64_t per_task = a.R * (a.I == 1 ? 1 : std::min<int64_t>(a.I, 16));
+    const int64_t per_task = a.R * (a.I == 1 ? 1 : std::min<int64_t>(a.I, 128));  // column tiles
     at::parallel_for(0, tasks, grain(per_task),
                      [&](int64_t begin, int64_t end) { k.partition_fwd(a, begin, end); });
   }

@@ -22,7 +22,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "entropy_kernel.h"
 
@@ -126,7 +128,11 @@ struct LaneStats {
   double D[W], M1[W], M2[W];
   bool special = false;  // +inf or NaN seen: the task is redone by partition_scalar
 
-  LaneStats(const V& k2_, int64_t valid_) : k2(k2_), valid(valid_) {
+  // Data as stored: x' = -x when neg, handled inside the sweeps (t = (x + ref) (-k2)) so that
+  // the input is read directly.
+  bool neg = false;
+
+  LaneStats(const V& k2_, int64_t valid_, bool neg_) : k2(k2_), valid(valid_), neg(neg_) {
     for (int64_t l = 0; l < W; ++l) {
       ref[l] = -kInf;
       use[l] = 0;
@@ -137,11 +143,13 @@ struct LaneStats {
   // Sums of nsteps vectors xp[s * stride] (excluded elements hold -inf) relative to vr (finite
   // in every lane). Returns false when some lane passes vr by more than the margin or a sum
   // is NaN (+inf/NaN data); then nothing is added.
-  bool sweep(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps, const V& vr,
+  bool sweep(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps, const V& vr_in,
              bool check) {
     V d0(0), m10(0), m20(0), tmax(-kInf);
+    const V vr = neg ? V(0) - vr_in : vr_in;  // ref in units of the stored data
+    const V ks = neg ? V(0) - k2 : k2;
     for (int64_t s = 0; s < nsteps; ++s) {
-      const V t = (V::loadu(xp + s * stride) - vr) * k2;
+      const V t = (V::loadu(xp + s * stride) - vr) * ks;
       if (check) tmax = at::vec::maximum(tmax, t);  // NaN propagates into tmax
       V tc;
       V e = exp2_acc(t, tc);
@@ -201,7 +209,13 @@ struct LaneStats {
     if (!fresh && sweep(xp, wp, stride, nsteps, V::loadu(use), true)) return;
     // Two sweeps: the chunk's lane maxima, then the sums relative to the new refs.
     V cm(-kInf);
-    for (int64_t s = 0; s < nsteps; ++s) cm = at::vec::maximum(cm, V::loadu(xp + s * stride));
+    if (neg) {
+      const V zero(0);
+      for (int64_t s = 0; s < nsteps; ++s)
+        cm = at::vec::maximum(cm, zero - V::loadu(xp + s * stride));
+    } else {
+      for (int64_t s = 0; s < nsteps; ++s) cm = at::vec::maximum(cm, V::loadu(xp + s * stride));
+    }
     alignas(64) acc_t cml[W];
     cm.store(cml);
     for (int64_t l = 0; l < W; ++l) {
@@ -255,13 +269,34 @@ inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64
   }
 }
 
-// Statistics of one output row (I == 1) or of one tile of W adjacent outputs (I > 1).
+// [Note: column tiles]
+// For I > 1 a task owns up to kTileLanes groups of W adjacent outputs. Reading one group's
+// column alone would take 64 bytes from every row, I elements apart: a new DRAM page per load,
+// which runs at a fraction of the bandwidth. Instead each chunk of kTileRows rows of the whole
+// tile is first copied row by row (long contiguous reads) into a buffer, and the lane groups
+// then sweep the buffer from cache.
+constexpr int64_t kTileLanes = 8;
+constexpr int64_t kTileRows = 128;
+
+template <typename scalar_t, typename acc_t, bool HasW>
+struct TileBuf {
+  static constexpr int64_t W = Vectorized<acc_t>::size();
+  static constexpr int64_t kWidth = kTileLanes * W;
+  alignas(64) acc_t x[kTileRows * kWidth];
+  alignas(64) acc_t w[HasW ? kTileRows * kWidth : 1];
+};
+
+// Statistics of one output row (I == 1) or of one tile of up to kTileLanes * W adjacent
+// outputs (I > 1).
 template <typename scalar_t, bool HasW, bool Moments>
 void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
   using acc_t = acc_type_t<scalar_t>;
   using V = Vectorized<acc_t>;
+  using Stats = LaneStats<acc_t, HasW, Moments>;
   constexpr int64_t W = V::size();
   constexpr double kLog2eD = 1.4426950408889634;
+  constexpr double kLn2D = 0.6931471805599453;
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   const int64_t R = a.R, I = a.I;
   const int64_t base = o * R * I + i0;
   const auto* x = static_cast<const scalar_t*>(a.x) + base;
@@ -270,26 +305,54 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
   const auto* scale = static_cast<const acc_t*>(a.scale);
   const bool rows = I == 1;
   const int64_t j0 = o * I + i0;
-  const int64_t outs = rows ? 1 : std::min<int64_t>(W, I - i0);  // outputs of this task
-  alignas(64) acc_t k2v[W];
-  for (int64_t l = 0; l < W; ++l) {
-    const int64_t j = j0 + (rows ? 0 : std::min(l, outs - 1));
-    k2v[l] = static_cast<acc_t>(static_cast<double>(scale[a.scale_stride * j]) * kLog2eD);
-  }
-  LaneStats<acc_t, HasW, Moments> st(V::loadu(k2v), rows ? W : outs);
-  ChunkBuf<acc_t> buf;
-  // Direct reads need the accumulation type, no negation, mask or weights, and full vectors.
-  const bool plain = std::is_same_v<scalar_t, acc_t> && !a.negate && mask == nullptr && !HasW;
-  for (int64_t c0 = 0; c0 < R && !st.special;) {
-    if (rows) {
+  const int64_t outs = rows ? 1 : std::min<int64_t>(kTileLanes * W, I - i0);
+  const int64_t groups = rows ? 1 : (outs + W - 1) / W;
+  auto k2_of = [&](int64_t j) {
+    return static_cast<acc_t>(static_cast<double>(scale[a.scale_stride * j]) * kLog2eD);
+  };
+
+  auto* shift = static_cast<acc_t*>(a.shift);
+  auto* sum = static_cast<acc_t*>(a.sum);
+  auto* m1 = static_cast<acc_t*>(a.m1);
+  auto* m2 = static_cast<acc_t*>(a.m2);
+  auto store = [&](int64_t j, double ref, double d, double t1, double t2) {
+    shift[j] = static_cast<acc_t>(ref);
+    sum[j] = static_cast<acc_t>(d);
+    if constexpr (Moments) {
+      m1[j] = static_cast<acc_t>(t1 * kLn2D);
+      m2[j] = static_cast<acc_t>(t2 * kLn2D * kLn2D);
+    }
+  };
+  auto exact = [&](int64_t l) {  // output j0 + l by the scalar path
+    double out[4];
+    const int64_t j = j0 + l;
+    partition_scalar<scalar_t>(x + l, HasW ? w + l : nullptr, mask ? mask + l : nullptr, R, I,
+                               a.negate, static_cast<double>(scale[a.scale_stride * j]),
+                               Moments, out);
+    store(j, out[0], out[1], 0.0, 0.0);
+    if constexpr (Moments) {
+      m1[j] = static_cast<acc_t>(out[2]);
+      m2[j] = static_cast<acc_t>(out[3]);
+    }
+  };
+  // Mask and weights go through gather (which also negates); otherwise the data is read as
+  // stored (widened to acc_t) and LaneStats negates.
+  const bool plain = mask == nullptr && !HasW;
+
+  if (rows) {
+    Stats st(V(k2_of(j0)), W, plain && a.negate);
+    ChunkBuf<acc_t> buf;
+    for (int64_t c0 = 0; c0 < R && !st.special;) {
       const int64_t n = std::min(kPartSteps * W, R - c0);
-      const int64_t full = n / W;
-      if (plain && full > 0) {
-        st.chunk(reinterpret_cast<const acc_t*>(x + c0), nullptr, W, full);
-        if (n > full * W) {
-          gather<scalar_t, acc_t, HasW>(x + c0 + full * W, nullptr, nullptr, W, 1, 1, W,
-                                        n - full * W, false, buf);
-          st.chunk(buf.x, buf.w, W, 1);
+      if (plain) {
+        const acc_t* p = load_chunk<scalar_t, acc_t>(x + c0, n, buf.x);
+        const int64_t full = n / W;
+        if (full > 0) st.chunk(p, nullptr, W, full);
+        if (n > full * W) {  // the tail, padded with -inf (which negation must keep -inf)
+          alignas(64) acc_t tail[W];
+          const acc_t pad = a.negate ? -kNegInf : kNegInf;
+          for (int64_t l = 0; l < W; ++l) tail[l] = full * W + l < n ? p[full * W + l] : pad;
+          st.chunk(tail, nullptr, W, 1);
         }
       } else {
         const int64_t steps = (n + W - 1) / W;
@@ -299,84 +362,82 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
         st.chunk(buf.x, buf.w, W, steps);
       }
       c0 += n;
-    } else {
-      const int64_t n = std::min(kPartSteps, R - c0);  // reduced indices in this chunk
-      if (plain && outs == W) {
-        st.chunk(reinterpret_cast<const acc_t*>(x + c0 * I), nullptr, I, n);
-      } else {
-        gather<scalar_t, acc_t, HasW>(x + c0 * I, HasW ? w + c0 * I : nullptr,
-                                      mask ? mask + c0 * I : nullptr, I, 1, n, outs,
-                                      std::numeric_limits<int64_t>::max(), a.negate, buf);
-        st.chunk(buf.x, buf.w, W, n);
-      }
-      c0 += n;
     }
+    if (st.special) return exact(0);
+    acc_t top = kNegInf;  // merge the row's lanes at the largest ref
+    for (int64_t l = 0; l < W; ++l) top = std::max(top, st.ref[l]);
+    if (top == kNegInf) return exact(0);
+    double d = 0, t1 = 0, t2 = 0;
+    for (int64_t l = 0; l < W; ++l) {
+      if (st.ref[l] == kNegInf) continue;
+      st.rebase(l, top);
+      d += st.D[l];
+      t1 += st.M1[l];
+      t2 += st.M2[l];
+    }
+    return store(j0, top, d, t1, t2);
   }
 
-  auto* shift = static_cast<acc_t*>(a.shift);
-  auto* sum = static_cast<acc_t*>(a.sum);
-  auto* m1 = static_cast<acc_t*>(a.m1);
-  auto* m2 = static_cast<acc_t*>(a.m2);
-  constexpr double kLn2D = 0.6931471805599453;
-  auto store = [&](int64_t j, double ref, double d, double t1, double t2) {
-    shift[j] = static_cast<acc_t>(ref);
-    sum[j] = static_cast<acc_t>(d);
-    if constexpr (Moments) {
-      m1[j] = static_cast<acc_t>(t1 * kLn2D);
-      m2[j] = static_cast<acc_t>(t2 * kLn2D * kLn2D);
-    }
-  };
-  auto exact = [&](int64_t l) {  // output l of the task by the scalar path
-    double out[4];
-    const int64_t j = j0 + l;
-    partition_scalar<scalar_t>(x + l, HasW ? w + l : nullptr, mask ? mask + l : nullptr, R, I,
-                               a.negate, static_cast<double>(scale[a.scale_stride * j]),
-                               Moments, out);
-    shift[j] = static_cast<acc_t>(out[0]);
-    sum[j] = static_cast<acc_t>(out[1]);
-    if constexpr (Moments) {
-      m1[j] = static_cast<acc_t>(out[2]);
-      m2[j] = static_cast<acc_t>(out[3]);
-    }
-  };
-  if (st.special) {
-    for (int64_t l = 0; l < outs; ++l) exact(l);
-    return;
+  // Column tile: see [Note: column tiles].
+  constexpr int64_t kWidth = TileBuf<scalar_t, acc_t, HasW>::kWidth;
+  auto tb = std::make_unique<TileBuf<scalar_t, acc_t, HasW>>();
+  alignas(64) acc_t k2v[W];
+  std::vector<Stats> st;
+  st.reserve(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t lanes = std::min(W, outs - g * W);
+    for (int64_t l = 0; l < W; ++l) k2v[l] = k2_of(j0 + g * W + std::min(l, lanes - 1));
+    st.emplace_back(V::loadu(k2v), lanes, plain && a.negate);
   }
-  if (!rows) {
-    for (int64_t l = 0; l < outs; ++l) {
-      if (st.ref[l] == -LaneStats<acc_t, HasW, Moments>::kInf) {
-        exact(l);  // nothing included: the scalar path's -inf / 0 convention
+  const acc_t pad = (plain && a.negate) ? -kNegInf : kNegInf;
+  for (int64_t c0 = 0; c0 < R;) {
+    const int64_t n = std::min(kTileRows, R - c0);
+    for (int64_t r = 0; r < n; ++r) {
+      acc_t* dst = tb->x + r * kWidth;
+      const int64_t at = (c0 + r) * I;
+      if (plain) {
+        const acc_t* p = load_chunk<scalar_t, acc_t>(x + at, outs, dst);
+        if (p != dst) std::copy(p, p + outs, dst);
+        for (int64_t l = outs; l < groups * W; ++l) dst[l] = pad;
       } else {
-        store(j0 + l, st.ref[l], st.D[l], st.M1[l], st.M2[l]);
+        for (int64_t l = 0; l < groups * W; ++l) {
+          acc_t xv = kNegInf, wv = 0;
+          if (l < outs) {
+            bool inc = mask == nullptr || mask[at + l];
+            if constexpr (HasW) {
+              wv = static_cast<acc_t>(w[at + l]);
+              inc = inc && wv != acc_t(0);
+            }
+            if (inc) xv = a.negate ? -static_cast<acc_t>(x[at + l]) : static_cast<acc_t>(x[at + l]);
+          }
+          dst[l] = xv;
+          if constexpr (HasW) tb->w[r * kWidth + l] = wv;
+        }
       }
     }
-    return;
+    for (int64_t g = 0; g < groups; ++g)
+      st[g].chunk(tb->x + g * W, HasW ? tb->w + g * W : nullptr, kWidth, n);
+    c0 += n;
   }
-  // Merge the row's lanes at the largest ref.
-  acc_t top = -LaneStats<acc_t, HasW, Moments>::kInf;
-  for (int64_t l = 0; l < W; ++l) top = std::max(top, st.ref[l]);
-  if (top == -LaneStats<acc_t, HasW, Moments>::kInf) {
-    exact(0);
-    return;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t lanes = std::min(W, outs - g * W);
+    for (int64_t l = 0; l < lanes; ++l) {
+      if (st[g].special || st[g].ref[l] == kNegInf) {
+        exact(g * W + l);  // +inf/NaN seen, or nothing included: the scalar path's values
+      } else {
+        store(j0 + g * W + l, st[g].ref[l], st[g].D[l], st[g].M1[l], st[g].M2[l]);
+      }
+    }
   }
-  double d = 0, t1 = 0, t2 = 0;
-  for (int64_t l = 0; l < W; ++l) {
-    if (st.ref[l] == -LaneStats<acc_t, HasW, Moments>::kInf) continue;
-    st.rebase(l, top);
-    d += st.D[l];
-    t1 += st.M1[l];
-    t2 += st.M2[l];
-  }
-  store(j0, top, d, t1, t2);
 }
 
 template <typename scalar_t>
 void partition_fwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
   constexpr int64_t W = Vectorized<acc_type_t<scalar_t>>::size();
-  const int64_t tiles = a.I == 1 ? 1 : (a.I + W - 1) / W;
+  const int64_t tile = kTileLanes * W;
+  const int64_t tiles = a.I == 1 ? 1 : (a.I + tile - 1) / tile;
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t o = t / tiles, i0 = (t % tiles) * W;
+    const int64_t o = t / tiles, i0 = (t % tiles) * tile;
     const bool hw = a.weight != nullptr, mom = a.moments == 2;
     if (hw && mom) {
       partition_fwd_task<scalar_t, true, true>(a, o, i0);
@@ -537,7 +598,8 @@ int64_t TK_CAT(partition_fwd_tasks, CPU_CAPABILITY)(const PartitionArgs& a) {
   const int64_t W = a.dtype == c10::ScalarType::Double
                         ? at::vec::Vectorized<double>::size()
                         : at::vec::Vectorized<float>::size();
-  return a.O * (a.I == 1 ? 1 : (a.I + W - 1) / W);
+  const int64_t tile = CPU_CAPABILITY::kTileLanes * W;
+  return a.O * (a.I == 1 ? 1 : (a.I + tile - 1) / tile);
 }
 
 #undef TK_PART_DISPATCH
