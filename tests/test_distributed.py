@@ -1,0 +1,377 @@
+"""thermokern.distributed: vocabulary-parallel ops vs the single-device ops on the full tensor.
+
+One start of the ranks per world size (2 and 3 ranks, gloo, CPU tensors; see ``_start``) runs
+every check inside the ranks: process start-up dominates the runtime. Each rank builds the same
+full logits from a shared seed, keeps its slice, and compares the distributed result and its
+local gradient with the float64 reference on the full tensor (the local slice of the full
+gradient). The merge itself is also checked in-process on 8 shards of a 131k vocabulary.
+
+The NCCL path (CUDA tensors, the cuda and triton backends) runs only where several GPUs
+exist: ``test_nccl_multi_gpu`` below (selected by bench/gpu_check.sh's "gpu" filter) and
+``torchrun --nproc_per_node=<gpus> bench/distributed_check.py``, both calling ``check_all``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import math
+import multiprocessing
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from _util import assert_close as _assert_close
+
+import thermokern
+from thermokern import distributed as td
+from thermokern import reference
+
+
+def assert_close(actual, expected, dtype, **kw):
+    """_util.assert_close, plus: infinities must match exactly (there, its rtol * |inf| allows
+    any value) and NaN must sit at the same places."""
+    a, e = actual.detach().double(), expected.detach().double()
+    assert torch.equal(torch.isnan(a), torch.isnan(e)), (a, e)
+    inf = torch.isinf(e) | torch.isinf(a)
+    assert torch.equal(a[inf], e[inf]), (a[inf], e[inf])
+    _assert_close(actual, expected, dtype, **kw)
+
+
+def splits_for(world: int) -> list[tuple[int, ...]]:
+    """Uneven shard widths per world size (an empty shard included)."""
+    if world == 1:
+        return [(13,)]
+    if world == 2:
+        return [(20, 17), (1, 8)]
+    if world == 3:
+        return [(20, 10, 7), (12, 0, 5)]
+    return [tuple(3 + 2 * r for r in range(world)), tuple(0 if r == 1 else 4 + r for r in range(world))]
+
+
+def _bounds(widths, rank):
+    start = sum(widths[:rank])
+    return start, start + widths[rank]
+
+
+def _full_logits(lead, c, dtype, seed, device, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, c, generator=g, dtype=torch.float64) * scale
+    return x.to(dtype).to(device)
+
+
+def _randn(shape, seed, device):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+
+
+def _local(x, widths, rank):
+    s, e = _bounds(widths, rank)
+    return x[..., s:e].detach().clone().requires_grad_(True)
+
+
+def _grad_scale(g, temperature):
+    t_min = temperature.min().item() if isinstance(temperature, torch.Tensor) else temperature
+    return float(g.abs().max()) / t_min
+
+
+def _check_entropy(rank, device, backend, widths, dtype, seed, temps=(1.0, 0.7, "per-row")):
+    c = sum(widths)
+    lead = (2, 3)
+    x = _full_logits(lead, c, dtype, seed, device)
+    for temperature in temps:
+        if temperature == "per-row":
+            temperature = (0.5 + _randn(lead, seed + 1, device).abs()).to(torch.float32)
+        xl = _local(x, widths, rank)
+        out = td.softmax_entropy(xl, temperature=temperature, backend=backend)
+        assert out.dtype == dtype and out.shape == lead
+        xr = x.detach().double().requires_grad_(True)
+        ref = reference.softmax_entropy(xr, -1, temperature=temperature)
+        assert_close(out, ref.detach(), dtype)
+        g = _randn(lead, seed + 2, device)
+        (gx,) = torch.autograd.grad(out, xl, g.to(dtype))
+        (gr,) = torch.autograd.grad(ref, xr, g)
+        s, e = _bounds(widths, rank)
+        assert_close(gx, gr[..., s:e], dtype, grad=True, grad_scale=_grad_scale(g, temperature))
+
+
+def _edge_logits(widths, device):
+    """Rows: rank 0's shard all -inf, every entry -inf, +inf in the last shard, NaN, ordinary."""
+    c = sum(widths)
+    x = _full_logits((5,), c, torch.float64, 7, device)
+    x[0, : widths[0] if len(widths) > 1 else c // 2] = -math.inf
+    x[1] = -math.inf
+    x[2, -1] = math.inf
+    x[3, c // 2] = math.nan
+    return x
+
+
+def _check_edge_cases(rank, device, backend, widths):
+    x = _edge_logits(widths, device)
+    s, e = _bounds(widths, rank)
+    g = _randn((5,), 3, device)
+    # logsumexp: torch.logsumexp's values; gradient 0 (not NaN) for the all -inf row.
+    xl = _local(x, widths, rank)
+    out = td.logsumexp(xl, backend=backend)
+    xr = x.detach().clone().requires_grad_(True)
+    ref = reference.logsumexp(xr, -1)
+    assert_close(out, torch.logsumexp(x, -1), torch.float64)
+    (gx,) = torch.autograd.grad(out, xl, g)
+    (gr,) = torch.autograd.grad(ref, xr, g)
+    assert_close(gx, gr[..., s:e], torch.float64, grad=True)
+    assert bool((gx[1] == 0).all())
+    # entropy: NaN for the -inf, +inf and NaN rows; a fully -inf shard contributes nothing.
+    xl = _local(x, widths, rank)
+    out = td.softmax_entropy(xl, backend=backend)
+    ref = reference.softmax_entropy(x, -1)
+    assert_close(out, ref, torch.float64)
+    assert torch.isnan(out[1:4]).all() and torch.isfinite(out[[0, 4]]).all()
+    (gx,) = torch.autograd.grad(out[[0, 4]].sum(), xl)
+    xr = x[[0, 4]].detach().clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(reference.softmax_entropy(xr, -1).sum(), xr)
+    assert_close(gx[[0, 4]], gr[..., s:e], torch.float64, grad=True)
+
+
+def _check_logsumexp(rank, device, backend, widths, dtype, seed):
+    c = sum(widths)
+    lead = (4,)
+    x = _full_logits(lead, c, dtype, seed, device, scale=30.0)
+    xl = _local(x, widths, rank)
+    out = td.logsumexp(xl, backend=backend)
+    assert out.dtype == dtype and out.shape == lead
+    xr = x.detach().double().requires_grad_(True)
+    ref = torch.logsumexp(xr, -1)
+    assert_close(out, ref.detach(), dtype)
+    g = _randn(lead, seed + 1, device)
+    (gx,) = torch.autograd.grad(out, xl, g.to(dtype))
+    (gr,) = torch.autograd.grad(ref, xr, g)
+    s, e = _bounds(widths, rank)
+    assert_close(gx, gr[..., s:e], dtype, grad=True, grad_scale=_grad_scale(g, 1.0))
+
+
+# (entropy_weight, label_smoothing, z_loss_weight, temperature, reduction, ignore_index, explicit vocab_start)
+CE_CASES = [
+    (0.0, 0.0, 0.0, 1.0, "mean", -100, False),  # plain cross-entropy
+    (0.5, 0.1, 1e-2, 0.8, "none", -100, True),  # every term, the layout in the stats collective
+    (-0.3, 0.2, 0.0, "per-row", "sum", 3, False),  # a class index as ignore_index; per-row T
+    (1.0, 1.0, 0.0, 1.3, "mean", -100, True),  # label smoothing 1: no one-hot term
+]
+
+
+def _check_cross_entropy(rank, device, backend, widths, dtype, seed, cases=CE_CASES):
+    c = sum(widths)
+    lead = (3, 4)
+    x = _full_logits(lead, c, dtype, seed, device)
+    s, e = _bounds(widths, rank)
+    for i, (beta, eps, zw, temperature, reduction, ignore_index, explicit) in enumerate(cases):
+        gen = torch.Generator().manual_seed(seed + 10 + i)
+        t = torch.randint(0, c, lead, generator=gen)
+        t[0, ::3] = ignore_index
+        t[1, 0] = c - 1  # targets in the first and the last shard
+        t[1, 1] = 0
+        t = t.to(device)
+        if temperature == "per-row":
+            temperature = (0.5 + _randn(lead, seed + 20 + i, device).abs()).to(torch.float32)
+        kw = {
+            "entropy_weight": beta,
+            "label_smoothing": eps,
+            "z_loss_weight": zw,
+            "temperature": temperature,
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+        }
+        xl = _local(x, widths, rank)
+        vs = s if explicit else None
+        out = td.entropy_regularized_cross_entropy(xl, t, vocab_start=vs, backend=backend, **kw)
+        loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        assert out.dtype == loss_dtype
+        xr = x.detach().double().requires_grad_(True)
+        ref = reference.entropy_regularized_cross_entropy(xr, t, **kw)
+        assert_close(out, ref.detach(), dtype)
+        g = _randn(out.shape, seed + 30 + i, device)
+        (gx,) = torch.autograd.grad(out, xl, g.to(out.dtype))
+        (gr,) = torch.autograd.grad(ref, xr, g)
+        assert_close(gx, gr[..., s:e], dtype, grad=True, grad_scale=_grad_scale(g, temperature))
+
+
+def _check_errors(rank, device, widths):
+    """Errors are raised identically on every rank (before the collective, or after it from
+    replicated data), so the ranks stay in step."""
+    c = sum(widths)
+    s, _ = _bounds(widths, rank)
+    x = _local(_full_logits((4,), c, torch.float32, 5, device), widths, rank)
+    t = torch.zeros(4, dtype=torch.long, device=device)
+    ce = td.entropy_regularized_cross_entropy
+    with pytest.raises(ValueError, match="target: expected shape"):
+        ce(x, t[:3])
+    with pytest.raises(TypeError, match="target: expected an integer"):
+        ce(x, t.float())
+    with pytest.raises(ValueError, match="vocab_start: expected a value >= 0"):
+        ce(x, t, vocab_start=-1)
+    with pytest.raises(TypeError, match="vocab_start"):
+        ce(x, t, vocab_start=1.5)
+    with pytest.raises(ValueError, match="vocab_start: the shards do not tile"):
+        ce(x, t, vocab_start=0 if len(widths) > 1 else 1)  # every rank claims column 0
+    with pytest.raises(ValueError, match="vocab_start: the shards do not tile"):
+        ce(x, t, vocab_start=s + 1)  # a gap before rank 0
+    bad = t.clone()
+    bad[2] = c  # one past the vocabulary (only the layout tells)
+    with pytest.raises(ValueError, match=r"target: class index .* at row 2"):
+        ce(x, bad)
+    with pytest.raises(ValueError, match=r"target: class index .* at row 2"):
+        ce(x, bad, vocab_start=s, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="reduction"):
+        ce(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="temperature"):
+        td.softmax_entropy(x, temperature=0.0)
+    with pytest.raises(TypeError, match="logits_shard"):
+        td.softmax_entropy(x.long())
+    with pytest.raises(TypeError, match="input_shard"):
+        td.logsumexp(torch.zeros(2, 3, dtype=torch.complex64))
+    # Still in step after all of that:
+    out = ce(x, t, vocab_start=s)
+    assert torch.isfinite(out)
+
+
+def _check_no_rows(rank, device, backend, widths):
+    x = _local(torch.zeros(0, sum(widths), device=device), widths, rank)
+    out = td.softmax_entropy(x, backend=backend)
+    assert out.shape == (0,)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    assert gx.shape == x.shape
+    t = torch.zeros(0, dtype=torch.long, device=device)
+    loss = td.entropy_regularized_cross_entropy(x, t, reduction="sum", backend=backend)
+    assert loss.item() == 0.0
+    assert td.logsumexp(x, backend=backend).shape == (0,)
+
+
+def check_all(rank: int, world: int, device: str, backends: list[str], slow: tuple[str, ...] = ()) -> None:
+    """Every check on this rank (the process group is initialised). Backends in ``slow`` (the
+    Triton interpreter) run one split, one dtype and one cross-entropy case."""
+    for backend in backends:
+        if backend in slow:
+            widths = splits_for(world)[0]
+            _check_entropy(rank, device, backend, widths, torch.float32, 1, temps=("per-row",))
+            _check_logsumexp(rank, device, backend, widths, torch.float32, 1)
+            _check_cross_entropy(rank, device, backend, widths, torch.float32, 1, CE_CASES[1:2])
+            continue
+        for k, widths in enumerate(splits_for(world)):
+            for dtype in (torch.float32, torch.float64):
+                _check_entropy(rank, device, backend, widths, dtype, 100 * k + 1)
+                _check_logsumexp(rank, device, backend, widths, dtype, 100 * k + 1)
+                _check_cross_entropy(rank, device, backend, widths, dtype, 100 * k + 1)
+            _check_edge_cases(rank, device, backend, widths)
+        widths = splits_for(world)[0]
+        _check_entropy(rank, device, backend, widths, torch.bfloat16, 9, temps=(0.7,))
+        _check_cross_entropy(rank, device, backend, widths, torch.bfloat16, 9, CE_CASES[1:3])
+        _check_no_rows(rank, device, backend, widths)
+    _check_errors(rank, device, splits_for(world)[0])
+
+
+def _check_example(device):
+    """examples/distributed_entropy.py's step agrees with one device (the README runs it)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "distributed_entropy.py"
+    spec = importlib.util.spec_from_file_location("distributed_entropy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    errs = mod.run(device)
+    assert max(errs["loss_err"], errs["entropy_err"], errs["log_z_err"], errs["grad_err"]) < 1e-5, errs
+
+
+def _worker(rank, world, init_file, device_kind, pg_backend):
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    # The Triton interpreter evaluates masked-off lanes too (as pyproject.toml's filter says).
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.runtime.interpreter")
+    thermokern._C._set_poison_outputs(True)  # unwritten kernel outputs show up as NaN
+    device = "cpu"
+    if device_kind == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(
+        pg_backend,
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    try:
+        info = thermokern.available_backends()
+        usable = [b for b in ("cpu", "cuda", "triton", "reference") if device_kind in info[b].devices]
+        if device_kind == "cpu" and world != 2:  # the Triton interpreter: ~5 s a world size
+            usable = [b for b in usable if b != "triton"]
+        check_all(rank, world, device, usable, slow=("triton",) if device_kind == "cpu" else ())
+        _check_example(device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _start(world, tmp_path, device_kind="cpu", pg_backend="gloo"):
+    """Start ``world`` ranks running every check; an exception in any rank fails the test (and
+    torch.multiprocessing stops the others).
+
+    CPU ranks fork from a forkserver that has imported torch and thermokern once (start-up of
+    both world sizes here: ~5 s, against ~29 s for "spawn", where each rank imports torch on
+    the 2 shared cores). It never touches CUDA; the GPU ranks use "spawn" all the same.
+    """
+    method = "spawn" if device_kind == "cuda" else "forkserver"
+    if method == "forkserver":
+        multiprocessing.set_forkserver_preload(["torch", "thermokern", "test_distributed"])
+    args = (world, str(tmp_path / "init"), device_kind, pg_backend)
+    mp.start_processes(_worker, args=args, nprocs=world, join=True, start_method=method)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gloo_matches_single_device(world, tmp_path):
+    _start(world, tmp_path)
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL needs >= 2 GPUs (run by bench/gpu_check.sh there)"
+)
+def test_nccl_multi_gpu(tmp_path):
+    _start(min(torch.cuda.device_count(), 3), tmp_path, "cuda", "nccl")
+
+
+def test_errors_without_process_group():
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    x = torch.zeros(2, 5)
+    with pytest.raises(RuntimeError, match="group: the default process group is not initialised"):
+        td.softmax_entropy(x)
+    with pytest.raises(RuntimeError, match="group"):
+        td.logsumexp(x)
+    with pytest.raises(RuntimeError, match="group"):
+        td.entropy_regularized_cross_entropy(x, torch.zeros(2, dtype=torch.long))
+    assert thermokern.distributed is td
+    assert os.environ.get("TRITON_INTERPRET") is not None  # conftest ran first (the ranks inherit it)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_merge_many_shards_large_vocab(dtype):
+    """The float64 merge of 8 shards' kernel statistics (no process group needed) matches one
+    device on a 131k vocabulary with large logits, within the single-device tolerances."""
+    c, n = 131_072, 3
+    x = (torch.randn(n, c, dtype=torch.float64) * 8 + 1e3).to(dtype)
+    x[0, 5000:70000] = -math.inf  # whole shards masked
+    widths = [16_384] * 8
+    k = torch.tensor([1 / 0.7], dtype=torch.float32)
+    parts = [td._softmax_stats(s, k, "cpu") for s in x.split(widths, dim=1)]
+    h = torch.stack([p[0] for p in parts]).double()
+    m = torch.stack([p[1] for p in parts]).double()
+    log_d = torch.stack([p[2] for p in parts]).double()
+    big, log_dd, entropy = td._merge_softmax(m, log_d, h, k.double())
+    ref = reference.softmax_entropy(x.double(), -1, temperature=0.7)
+    assert_close(entropy, ref, torch.float32)
+    lse_ref = torch.logsumexp(x.double() / 0.7, -1)
+    assert_close(big * k.double() + log_dd, lse_ref, torch.float32)
+    x3 = x.unsqueeze(2)
+    stats = [td._lse_stats(s.contiguous(), "cpu") for s in x3.split(widths, dim=1)]
+    lse, _, _ = td._merge_lse(
+        torch.stack([s[0] for s in stats]).double(), torch.stack([s[1] for s in stats]).double()
+    )
+    assert_close(lse, torch.logsumexp(x.double(), -1), torch.float32)
+    # Merged in float64 from exact shifts: well inside one float32 ulp of lse ~ 1e3 (1.2e-4).
+    assert float((lse - torch.logsumexp(x.double(), -1)).abs().max()) < 1e-5
