@@ -7,6 +7,7 @@
 #   info       nvidia-smi, toolkit and Python package versions
 #   build      pip install --no-build-isolation --no-deps -e .  (only this GPU's SM arch)
 #   tests      GPU tests: pytest tests -k "cuda or gpu or triton" with TRITON_INTERPRET=0
+#   distributed  bench/distributed_check.py under torchrun, one NCCL rank per GPU
 #   memcheck   compute-sanitizer --tool memcheck  on bench/sanitize_cases.py
 #   racecheck  compute-sanitizer --tool racecheck on bench/sanitize_cases.py
 #   bench      thermokern bench --device cuda --quick --json/--plot into $OUT
@@ -176,13 +177,20 @@ b.run(device='cuda', quick=${#quick[@]} > 0, json_path=sys.argv[1], plot_path=sy
 " "$json" "$png"
 }
 
-export -f step_info step_build step_tests step_memcheck step_racecheck step_bench
+# thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
+# triton paths through a one-rank group; several GPUs test the real merge).
+step_distributed() {
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node=gpu bench/distributed_check.py
+}
+
+export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck step_bench
 
 echo "thermokern gpu_check $(date -Is) in $ROOT; log: $LOG; budget ${BUDGET_S}s"
 #        name       cap  reserve (for the steps after it)
 run_step info        60    400 step_info
 run_step build      300    240 step_build
 run_step tests      150    200 step_tests
+run_step distributed 60    170 step_distributed
 run_step memcheck   120    140 step_memcheck
 run_step racecheck  100    120 step_racecheck
 run_step bench      400      0 step_bench

@@ -56,7 +56,9 @@ def assert_close(
         allowed = allowed + 4 * torch.nan_to_num(native_err, nan=0.0, posinf=0.0)
     both_nan = torch.isnan(actual) & torch.isnan(expected)
     same_inf = torch.isinf(expected) & (actual == expected)
-    ok = both_nan | same_inf | ((actual - expected).abs() <= allowed)
+    # An infinite expected value must be matched exactly (rtol * inf would admit anything).
+    close = torch.isfinite(expected) & ((actual - expected).abs() <= allowed)
+    ok = both_nan | same_inf | close
     if not bool(ok.all()):
         bad = (~ok).nonzero()[:5].tolist()
         err = (actual - expected).abs()
