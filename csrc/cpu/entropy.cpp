@@ -3,16 +3,13 @@
 #include <cstdint>
 #include <tuple>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "isa.h"
+#include "memory.h"
 #include "thermokern/checks.h"
 
 namespace thermokern::cpu {
@@ -24,26 +21,6 @@ namespace {
 // amortises the thread hand-off (a few microseconds) while still giving every core work for
 // N x C = 4096 x 32000; rows are never split, so small-N, huge-C inputs use fewer threads.
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t{1} << 16) / C); }
-
-// [Note: huge pages for large outputs]
-// A fresh (N, C) gradient lives in memory the OS has not mapped yet, and with 4 KB pages the
-// page faults of its first write cost more than the kernel itself (measured here: writing a
-// fresh 4096 x 32000 fp32 tensor 470 ms, 70-110 ms after MADV_HUGEPAGE, 48 ms when already
-// mapped). Where transparent huge pages are in "madvise" mode, ask for them on the 2 MB-aligned
-// interior of large outputs before the kernel writes them. Best effort: errors are ignored.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const size_t bytes = t.nbytes();
-  if (bytes < 4 * kHuge) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (p + bytes) & ~(kHuge - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
 
 EntropyArgs base_args(const at::Tensor& logits, const at::Tensor& inv_t) {
   EntropyArgs a;

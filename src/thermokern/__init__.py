@@ -10,6 +10,7 @@ from thermokern import nn
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
+from thermokern.ops.langevin import langevin_step, langevin_step_
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,8 @@ __all__ = [
     "__version__",
     "available_backends",
     "entropy_regularized_cross_entropy",
+    "langevin_step",
+    "langevin_step_",
     "nn",
     "softmax_entropy",
 ]

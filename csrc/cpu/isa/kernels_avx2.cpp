@@ -5,4 +5,5 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "../entropy_kernel.h"
+#include "../langevin_kernel.h"
 #endif

@@ -4,4 +4,5 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "../entropy_kernel.h"
+#include "../langevin_kernel.h"
 #endif

@@ -2,3 +2,4 @@
 #define CPU_CAPABILITY DEFAULT
 #define CPU_CAPABILITY_DEFAULT
 #include "../entropy_kernel.h"
+#include "../langevin_kernel.h"
