@@ -152,7 +152,7 @@ template <>
 struct NoiseSeries<float> {
   // atanh(s) / s = sum_i z^i / (2i + 1), z = s^2
   static constexpr int kLog = 5;
-  static constexpr float log_c(int i) { return 1.0f / static_cast<float>(2 * i + 1); }
+  TK_HOST_DEVICE static constexpr float log_c(int i) { return 1.0f / static_cast<float>(2 * i + 1); }
   // sin(t) / t = sum_i (-1)^i t^{2i} / (2i + 1)!,  cos(t) = sum_i (-1)^i t^{2i} / (2i)!
   static constexpr int kSin = 5;
   static constexpr int kCos = 5;
@@ -161,7 +161,7 @@ struct NoiseSeries<float> {
 template <>
 struct NoiseSeries<double> {
   static constexpr int kLog = 10;
-  static constexpr double log_c(int i) { return 1.0 / static_cast<double>(2 * i + 1); }
+  TK_HOST_DEVICE static constexpr double log_c(int i) { return 1.0 / static_cast<double>(2 * i + 1); }
   static constexpr int kSin = 8;
   static constexpr int kCos = 9;
 };
