@@ -98,9 +98,10 @@ TORCH_LIBRARY(thermokern, m) {
       "float noise_std, float? grad_clip=None, float? clamp_lo=None, float? clamp_hi=None) "
       "-> ()");
   // Backward of langevin_step: recomputes v (noise included) to find where the clamp was
-  // inactive (clamp_lo <= v <= clamp_hi, torch.clamp's convention, NaN counts as clamped):
+  // inactive, clamp_lo < v < clamp_hi (a v on a bound, or NaN, counts as clamped, as in
+  // torch.clamp's own backward):
   //   grad_x = grad_out there, else 0;
-  //   grad_grad = -step_size * grad_out there and where |grad| <= grad_clip, else 0.
+  //   grad_grad = -step_size * grad_out there and where |grad| < grad_clip, else 0.
   // grad_out has x's shape (any dtype; read as x's dtype); both outputs are contiguous.
   m.def(
       "langevin_step_bwd(Tensor grad_out, Tensor x, Tensor grad, Tensor seed, Tensor offset, "

@@ -232,12 +232,12 @@ def _langevin_step_bwd_kernel(
         v = _value(x, g, noise, neg_step, _param(sigma_bits, ACC), clip, HAS_NOISE, HAS_CLIP)
         # (a NaN v fails every comparison: no gradient, as in torch.clamp's backward)
         if HAS_LO:
-            keep = keep & (v >= _param(lo_bits, ACC))
+            keep = keep & (v > _param(lo_bits, ACC))
         if HAS_HI:
-            keep = keep & (v <= _param(hi_bits, ACC))
+            keep = keep & (v < _param(hi_bits, ACC))
     gx = tl.where(keep, go, 0.0)
     if HAS_CLIP:
-        keep = keep & (g >= -clip) & (g <= clip)
+        keep = keep & (g > -clip) & (g < clip)
     gg = tl.where(keep, neg_step * go, 0.0)
     tl.store(grad_x_ptr + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_grad_ptr + offs, gg.to(grad_grad_ptr.dtype.element_ty), mask=mask)

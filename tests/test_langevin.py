@@ -355,6 +355,21 @@ def test_gradient_only_where_needed(backend):
     assert torch.equal(gg, torch.full_like(gg, -0.1))
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_gradient_on_the_bounds(backend):
+    """A value on a clamp bound counts as clamped, a gradient on +-grad_clip as clipped (as in
+    torch.clamp's backward): zero gradient there, on every backend and the reference."""
+    x = torch.tensor([0.0, 0.5, 1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([0.0, 2.0, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
+    kw = dict(step_size=0.1, noise_scale=0.0, grad_clip=2.0, clamp=(0.0, 1.0), seed=0)
+    out = thermokern.langevin_step(x, g, backend=backend, **kw)
+    gx, gg = torch.autograd.grad(out.sum(), (x, g))
+    assert gx.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert gg.tolist() == [0.0, 0.0, 0.0, -0.1]
+    rx, rg = torch.autograd.grad(reference.langevin_step(x, g, **kw).sum(), (x, g))
+    assert torch.equal(gx, rx) and torch.equal(gg, rg)
+
+
 # ----------------------------------------------------------------------------- in-place twin
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -644,3 +659,41 @@ def test_gpu_ula_stationary_variance():
 
 def test_tolerance_table_covers_dtypes():
     assert set(TOLERANCES) == set(DTYPES)
+
+
+_PTX_CHECK = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from thermokern.kernels import langevin as tk
+
+common = {"seed_ptr": "*i64", "offset_ptr": "*i64", "n": "i64", "step_bits": "i64", "sigma_bits": "i64",
+          "clip_bits": "i64", "lo_bits": "i64", "hi_bits": "i64"}
+flags = ("HAS_NOISE", "HAS_CLIP", "HAS_LO", "HAS_HI", "ACC", "BLOCK_C")
+for kernel, ptrs in ((tk._langevin_step_fwd_kernel, ("x_ptr", "grad_ptr", "out_ptr")),
+                     (tk._langevin_step_bwd_kernel, ("grad_out_ptr", "x_ptr", "grad_ptr", "grad_x_ptr", "grad_grad_ptr"))):
+    for ty, acc in (("*fp32", tl.float32), ("*bf16", tl.float32), ("*fp64", tl.float64)):
+        sig = {p: ty for p in ptrs} | common | {f: "constexpr" for f in flags}
+        consts = {"HAS_NOISE": True, "HAS_CLIP": True, "HAS_LO": True, "HAS_HI": True, "ACC": acc, "BLOCK_C": 256}
+        ptx = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty
+        assert "sqrt.rn" in ptx, ty
+        assert ("div.rn.f32" if acc == tl.float32 else "div.rn.f64") in ptx, ty
+print("ok")
+"""
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
+def test_triton_kernels_compile_for_sm90():
+    """The Triton kernels lower to PTX for sm_90 without a GPU (a subprocess: the interpreter
+    is on here), with correctly rounded division and square root and no approximate
+    log/sin/cos instructions (which would break the 1e-6 agreement of the normals)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", _PTX_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr or "No module named 'triton.backends.nvidia'" in proc.stderr):
+        pytest.skip(f"no Triton CUDA toolchain here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

@@ -511,8 +511,9 @@ void fwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   }
 }
 
-// grad_x = grad_out where lo <= v <= hi (torch.clamp's convention), else 0;
-// grad_grad = -eta grad_out where also |grad| <= clip. v is recomputed (noise included).
+// grad_x = grad_out where lo < v < hi, else 0 (a v on a bound counts as clamped, as in
+// torch.clamp's backward); grad_grad = -eta grad_out where also |grad| < clip. v is
+// recomputed (noise included).
 template <typename scalar_t>
 void bwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   using L = Lanes<scalar_t>;
@@ -544,14 +545,14 @@ void bwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
         if (sp.has_lo || sp.has_hi) {
           const Va v = sp.value(xv[p], gv[p], z + i + p * Va::size());
           // (a NaN v fails every comparison: no gradient, as in torch.clamp's backward)
-          Va keep = sp.has_lo ? (v >= sp.lo) : (v <= sp.hi);
-          if (sp.has_lo && sp.has_hi) keep = keep & (v <= sp.hi);
+          Va keep = sp.has_lo ? (v > sp.lo) : (v < sp.hi);
+          if (sp.has_lo && sp.has_hi) keep = keep & (v < sp.hi);
           pass = Va::blendv(zero, pass, keep);
         }
         gxv[p] = pass;
         Va gpass = pass;
         if (sp.has_clip) {
-          gpass = Va::blendv(zero, pass, (gv[p] >= sp.clip_lo) & (gv[p] <= sp.clip_hi));
+          gpass = Va::blendv(zero, pass, (gv[p] > sp.clip_lo) & (gv[p] < sp.clip_hi));
         }
         ggv[p] = sp.neg_step * gpass;
       }

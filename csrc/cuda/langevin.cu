@@ -67,12 +67,13 @@ __device__ __forceinline__ acc_t clamp_value(acc_t v, const StepParams<acc_t>& p
   return v;
 }
 
-// Whether the clamp left v alone (lo <= v <= hi; NaN fails, as in torch.clamp's backward).
+// Whether the gradient passes the clamp: lo < v < hi (a v on a bound, or NaN, counts as
+// clamped, as in torch.clamp's backward).
 template <typename acc_t>
 __device__ __forceinline__ bool clamp_passes(acc_t v, const StepParams<acc_t>& p) {
   bool keep = true;
-  if (p.has_lo) keep = keep && v >= p.lo;
-  if (p.has_hi) keep = keep && v <= p.hi;
+  if (p.has_lo) keep = keep && v > p.lo;
+  if (p.has_hi) keep = keep && v < p.hi;
   return keep;
 }
 
@@ -125,7 +126,7 @@ __global__ void langevin_step_fwd_kernel(const scalar_t* x,                   //
 }
 
 // grad_x = grad_out where the clamp passed v, else 0; grad_grad = -eta grad_out where also
-// |grad| <= clip. v (and its noise) is recomputed only when there is a clamp.
+// |grad| < clip. v (and its noise) is recomputed only when there is a clamp.
 template <typename scalar_t, typename acc_t, bool HAS_NOISE>
 __global__ void langevin_step_bwd_kernel(const scalar_t* __restrict__ grad_out,  // (n,) contiguous
                                          const scalar_t* __restrict__ x,
@@ -155,7 +156,7 @@ __global__ void langevin_step_bwd_kernel(const scalar_t* __restrict__ grad_out, 
         keep = clamp_passes(step_value<acc_t, HAS_NOISE>(static_cast<acc_t>(x[e]), g, z.v[k], p), p);
       }
       grad_x[e] = static_cast<scalar_t>(keep ? go : acc_t(0));
-      if (p.has_clip) keep = keep && g >= -p.clip && g <= p.clip;
+      if (p.has_clip) keep = keep && g > -p.clip && g < p.clip;
       grad_grad[e] = static_cast<scalar_t>(keep ? p.neg_step * go : acc_t(0));
     }
   }

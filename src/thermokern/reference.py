@@ -177,17 +177,28 @@ def langevin_step(
 ) -> torch.Tensor:
     """x - step_size * clip(grad) + sigma * n, clamped, in the accumulation dtype (float32 for
     16-bit inputs), returned in x's dtype; n from :func:`langevin_noise` (a constant for
-    autograd). Differentiable by PyTorch's autograd: torch.clamp passes the gradient where
-    lo <= v <= hi (bounds included) and the grad clip where |grad| <= grad_clip."""
+    autograd). Differentiable by PyTorch's autograd, with the gradient passing the clamp only
+    where lo < v < hi and the clip only where |grad| < grad_clip (values on a bound count as
+    clamped, as in torch.clamp's backward; spelled out here so as not to depend on it)."""
     acc = acc_dtype(x.dtype)
     sigma = langevin_noise_std(step_size, temperature, noise_scale)
     g = grad.to(acc)
     if grad_clip is not None:
-        g = g.clamp(-grad_clip, grad_clip)
+        g = _clamp_strict(g, -grad_clip, grad_clip)
     v = x.to(acc) - step_size * g
     if sigma != 0.0:
         n = langevin_noise(x.numel(), seed, offset, x.device).to(acc).reshape(x.shape)
         v = v + sigma * n
     if clamp is not None and (clamp[0] is not None or clamp[1] is not None):
-        v = v.clamp(min=clamp[0], max=clamp[1])
+        v = _clamp_strict(v, clamp[0], clamp[1])
     return v.to(x.dtype)
+
+
+def _clamp_strict(t: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+    """t.clamp(lo, hi) (NaN stays NaN) whose gradient passes only strictly inside (lo, hi)."""
+    inside = torch.ones_like(t, dtype=torch.bool)
+    if lo is not None:
+        inside &= t > lo
+    if hi is not None:
+        inside &= t < hi
+    return torch.where(inside, t, t.detach().clamp(min=lo, max=hi))

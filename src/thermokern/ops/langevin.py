@@ -40,8 +40,9 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(bwd_op):
     """Autograd backward of a langevin_step op whose clamp case is computed by ``bwd_op``.
 
-    d out / d x = 1 and d out / d grad = -step_size [|grad| <= grad_clip], both 0 where the
-    clamp was active (v outside [lo, hi]; the bounds themselves pass, as in torch.clamp).
+    d out / d x = 1 and d out / d grad = -step_size [|grad| < grad_clip], both 0 where the
+    clamp was active (v outside (lo, hi); a v on a bound counts as clamped, as in torch.clamp's
+    own backward).
     """
 
     def backward(ctx, grad_out):
@@ -56,7 +57,7 @@ def _make_backward(bwd_op):
             grad_x = grad_out
             grad_grad = grad_out * -step_size
             if grad_clip is not None:
-                grad_grad = torch.where((grad >= -grad_clip) & (grad <= grad_clip), grad_grad, 0.0)
+                grad_grad = torch.where((grad > -grad_clip) & (grad < grad_clip), grad_grad, 0.0)
         return grad_x, grad_grad, None, None, None, None, None, None, None
 
     return backward
@@ -285,9 +286,10 @@ def langevin_step(
         A new contiguous tensor of x's shape and dtype.
 
     Autograd: differentiable w.r.t. ``x`` (d/dx = 1) and ``grad`` (d/dgrad = -step_size where
-    ``|grad| <= grad_clip``), both 0 where the clamp was active, i.e. where the unclamped value
-    ``v`` lies outside ``[lo, hi]`` (the bounds pass, as in ``torch.clamp``); the backward
-    recomputes ``v`` and its noise from the saved inputs. The noise is a constant.
+    ``|grad| < grad_clip``), both 0 where the clamp was active, i.e. where the unclamped value
+    ``v`` is not strictly inside ``(lo, hi)`` (a value on a bound counts as clamped, as in
+    ``torch.clamp``'s own backward; likewise a gradient on ``±grad_clip`` counts as clipped).
+    The backward recomputes ``v`` and its noise from the saved inputs; the noise is a constant.
 
     Raises:
         TypeError: non-float ``x``/``grad``; a non-numeric argument; seed/offset of a wrong type.
