@@ -361,7 +361,7 @@ def test_gradient_on_the_bounds(backend):
     torch.clamp's backward): zero gradient there, on every backend and the reference."""
     x = torch.tensor([0.0, 0.5, 1.0, 0.5], dtype=torch.float64, requires_grad=True)
     g = torch.tensor([0.0, 2.0, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
-    kw = dict(step_size=0.1, noise_scale=0.0, grad_clip=2.0, clamp=(0.0, 1.0), seed=0)
+    kw = {"step_size": 0.1, "noise_scale": 0.0, "grad_clip": 2.0, "clamp": (0.0, 1.0), "seed": 0}
     out = thermokern.langevin_step(x, g, backend=backend, **kw)
     gx, gg = torch.autograd.grad(out.sum(), (x, g))
     assert gx.tolist() == [0.0, 1.0, 0.0, 1.0]
@@ -693,7 +693,11 @@ def test_triton_kernels_compile_for_sm90():
     import sys
 
     env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-c", _PTX_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and ("ptxas" in proc.stderr or "No module named 'triton.backends.nvidia'" in proc.stderr):
+    proc = subprocess.run(
+        [sys.executable, "-c", _PTX_CHECK], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    if proc.returncode != 0 and (
+        "ptxas" in proc.stderr or "No module named 'triton.backends.nvidia'" in proc.stderr
+    ):
         pytest.skip(f"no Triton CUDA toolchain here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

@@ -465,15 +465,20 @@ def _langevin_providers(device: str) -> tuple[list[Provider], list[str]]:
     providers = []
     for p in base:
         if p.kind == "thermokern":
-            providers += [_thermokern_langevin_provider(p.name, False), _thermokern_langevin_provider(p.name, True)]
+            providers += [
+                _thermokern_langevin_provider(p.name, False),
+                _thermokern_langevin_provider(p.name, True),
+            ]
     providers.append(Provider("eager", lambda: _eager_langevin_, kind="baseline", inplace=True, exact=False))
     compiled = _compile_provider(_eager_langevin_)
     providers.append(dataclasses.replace(compiled, inplace=True, exact=False))
     notes = [n for n in notes if not n.startswith(("liger", "quack"))]
     notes += [
-        "<backend> is langevin_step (a new output), <backend>_ the in-place langevin_step_; eager is "
-        "x.add_(-eta * g); x.add_(sigma * torch.randn_like(x)); x.clamp_(-1, 1) and compile its "
-        "torch.compile; all of them update a fresh copy of x per call (copied untimed)",
+        (
+            "<backend> is langevin_step (a new output), <backend>_ the in-place langevin_step_; eager is "
+            "x.add_(-eta * g); x.add_(sigma * torch.randn_like(x)); x.clamp_(-1, 1) and compile its "
+            "torch.compile; all of them update a fresh copy of x per call (copied untimed)"
+        ),
         "eager/compile draw their noise from torch's generator: no error column for them",
         "GB/s counts reading x and grad and writing the result (3 N elements)",
     ]
@@ -544,7 +549,9 @@ OPS: dict[str, OpSpec] = {
         providers=_langevin_providers,
         make_input=_lg_input,
         make_grad=lambda x, gen: None,
-        min_bytes=lambda shape, dtype, mode: 3 * math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        min_bytes=lambda shape, dtype, mode: (
+            3 * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        ),
         input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
         reference_chunks=_langevin_reference_chunks,
         default_shapes=_langevin_shapes,
