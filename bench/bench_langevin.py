@@ -58,7 +58,13 @@ def test_langevin_step(benchmark, bench_device, bench_rounds, copy_gbps, provide
 
     extra = benchmark.extra_info
     extra.update(
-        op=SPEC.name, provider=provider.name, shape=_id(shape), dtype=_id(dtype), mode="fwd", device=bench_device, copies=k
+        op=SPEC.name,
+        provider=provider.name,
+        shape=_id(shape),
+        dtype=_id(dtype),
+        mode="fwd",
+        device=bench_device,
+        copies=k,
     )
     if provider.compiled:  # compile outside the timed rounds
         prepare(0)
