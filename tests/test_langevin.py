@@ -404,10 +404,11 @@ def test_inplace_refuses_autograd(backend):
         thermokern.langevin_step_(x, g, step_size=0.1, seed=0, backend=backend)
 
 
-def test_inplace_partial_overlap_rejected():
+@pytest.mark.parametrize("backend", [b for b in cpu_backends() if b != "reference"])
+def test_inplace_partial_overlap_rejected(backend):
     x = torch.randn(20)
     with pytest.raises(RuntimeError, match="overlap|memory location"):
-        thermokern.langevin_step_(x[1:], x[:-1], step_size=0.1, seed=0, backend="cpu")
+        thermokern.langevin_step_(x[1:], x[:-1], step_size=0.1, seed=0, backend=backend)
 
 
 # ----------------------------------------------------------------------------- compile / opcheck

@@ -187,6 +187,22 @@ def _rng_tensor(value: object, name: str, device: torch.device) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.int64, device=device)
 
 
+def _overlaps_partially(x: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether g shares memory with x other than as the very same view (conservative: the
+    address ranges of two views of one storage intersect)."""
+    if x.numel() == 0 or g.numel() == 0 or x.untyped_storage().data_ptr() != g.untyped_storage().data_ptr():
+        return False
+    if x.data_ptr() == g.data_ptr() and x.stride() == g.stride():
+        return False
+
+    def span(t):
+        last = sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(x), span(g)
+    return a0 < b1 and b0 < a1
+
+
 def _parse(x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset):
     """Checked arguments: (grad, sigma, grad_clip, lo, hi, seed tensor, offset tensor)."""
     check_float_tensor(x, "x")
@@ -373,6 +389,12 @@ def langevin_step_(
         )
         return x.copy_(out)
     if name == "triton":
+        # (the C++ ops check this themselves; the reference computes out of place)
+        if not torch.compiler.is_compiling() and _overlaps_partially(x, grad):
+            raise RuntimeError(
+                "langevin_step_: grad overlaps x in memory (other than being x itself); "
+                "pass grad.clone() or use langevin_step"
+            )
         _triton_ops()[1](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
     else:
         _ops.langevin_step_(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
