@@ -1,6 +1,6 @@
 """Small forward+backward cases of every CUDA/Triton kernel on the GPU, for compute-sanitizer:
-softmax_entropy, entropy_regularized_cross_entropy, and the partition kernels (logsumexp with
-weights and masks, thermo_stats) over rows and over a middle dimension.
+softmax_entropy, entropy_regularized_cross_entropy, the partition kernels (logsumexp with
+weights and masks, thermo_stats) over rows and over a middle dimension, and langevin_step.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_cases.py \
@@ -89,6 +89,53 @@ def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
     return cases, failures
 
 
+def _langevin_cases(backend: str, dtypes, gen, device: str = "cuda") -> tuple[int, int]:
+    """langevin_step forward + backward and langevin_step_ on sizes around the counter (4
+    elements) and vector widths, in three layouts: contiguous, starting one element in
+    (unaligned vector loads) and strided (the op's contiguous copy)."""
+    cases = failures = 0
+    kw = {"step_size": 0.1, "grad_clip": 2.0, "clamp": (-1.5, 1.2), "seed": 5, "offset": 2**32 - 3}
+    for dtype in dtypes:
+        for n in (1, 3, 4, 5, 1001, 4099):
+            views = {
+                "contiguous": lambda t, n=n: t[:n],
+                "offset1": lambda t, n=n: t[1 : n + 1],
+                "strided": lambda t, n=n: t[: 2 * n : 2],
+            }
+            for layout, view in views.items():
+                xb = torch.randn(2 * n + 1, generator=gen).to(dtype)
+                gb = (torch.randn(2 * n + 1, generator=gen) * 3).to(dtype)
+                up = torch.randn(n, generator=gen).to(dtype)
+                x = view(xb.to(device)).detach().requires_grad_(True)
+                g = view(gb.to(device)).detach().requires_grad_(True)
+                out = thermokern.langevin_step(x, g, backend=backend, **kw)
+                out.backward(up.to(device))
+                y = x.detach().clone()
+                thermokern.langevin_step_(y, g.detach(), backend=backend, **kw)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+                x64 = view(xb).to(torch.float64).requires_grad_(True)
+                g64 = view(gb).to(torch.float64).requires_grad_(True)
+                ref = reference.langevin_step(x64, g64, **kw)
+                ref.backward(up.double())
+                checks = [
+                    _close(out, ref.detach(), dtype),
+                    _close(y, ref.detach(), dtype),
+                    _close(x.grad, x64.grad, dtype),
+                    _close(g.grad, g64.grad, dtype),
+                ]
+                cases += 1
+                if not all(ok for ok, _ in checks):
+                    failures += 1
+                    print(
+                        f"MISMATCH langevin_step {backend} {str(dtype)[6:]} n={n} {layout}: max errors "
+                        + ", ".join(f"{e:.3g}" for _, e in checks),
+                        file=sys.stderr,
+                    )
+    return cases, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="cuda", help="cuda (default) or triton")
@@ -173,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
     c2, f2 = _partition_cases(args, dtypes, widths, gen)
     cases, failures = cases + c2, failures + f2
+    lc, lf = _langevin_cases(args.backend, dtypes, gen)
+    cases += lc
+    failures += lf
     print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
     return 1 if failures else 0
 

@@ -76,6 +76,37 @@ TORCH_LIBRARY(thermokern, m) {
       "partition_bwd(Tensor x, Tensor? weight, Tensor? mask, Tensor scale, bool negate, "
       "Tensor shift, Tensor log_norm, Tensor coef, bool weight_grad) -> "
       "(Tensor grad_x, Tensor grad_weight)");
+
+  // [Note: Langevin step]
+  // One overdamped Langevin step over every element of x (any shape, read in row-major
+  // logical order), as one pass reading x and grad:
+  //   v = x - step_size * clip(grad) + noise_std * n,   out = clamp(v, clamp_lo, clamp_hi)
+  // with clip(g) = clamp(g, -grad_clip, grad_clip) when grad_clip is given, a missing bound
+  // meaning none, and n the standard normal of the element from Philox4x32-10 keyed by seed
+  // at counter offset + e / 4 ([Note: Langevin noise layout] in thermokern/philox.h; no noise
+  // tensor exists). noise_std == 0 skips the generator. seed and offset are 0-dim int64
+  // tensors on x's device, read by the kernels (a CUDA graph can replay a captured step after
+  // updating them in place); their bits are taken as uint64. grad has x's shape and dtype.
+  // 16-bit inputs compute in float32, float64 in float64; the output is contiguous, x's dtype.
+  m.def(
+      "langevin_step(Tensor x, Tensor grad, Tensor seed, Tensor offset, float step_size, "
+      "float noise_std, float? grad_clip=None, float? clamp_lo=None, float? clamp_hi=None) "
+      "-> Tensor");
+  // The same step written into x (same noise as langevin_step for the same arguments).
+  m.def(
+      "langevin_step_(Tensor(a!) x, Tensor grad, Tensor seed, Tensor offset, float step_size, "
+      "float noise_std, float? grad_clip=None, float? clamp_lo=None, float? clamp_hi=None) "
+      "-> ()");
+  // Backward of langevin_step: recomputes v (noise included) to find where the clamp was
+  // inactive, clamp_lo < v < clamp_hi (a v on a bound, or NaN, counts as clamped, as in
+  // torch.clamp's own backward):
+  //   grad_x = grad_out there, else 0;
+  //   grad_grad = -step_size * grad_out there and where |grad| < grad_clip, else 0.
+  // grad_out has x's shape (any dtype; read as x's dtype); both outputs are contiguous.
+  m.def(
+      "langevin_step_bwd(Tensor grad_out, Tensor x, Tensor grad, Tensor seed, Tensor offset, "
+      "float step_size, float noise_std, float? grad_clip=None, float? clamp_lo=None, "
+      "float? clamp_hi=None) -> (Tensor grad_x, Tensor grad_grad)");
 }
 
 namespace thermokern {
@@ -142,4 +173,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("_poison_outputs", &thermokern::poison_outputs_enabled);
   m.def("_philox_randint4x", &philox_randint4x, pybind11::arg("seed"), pybind11::arg("offset"),
         pybind11::arg("n"));
+  m.def("_langevin_words", &thermokern::cpu::langevin_words, pybind11::arg("seed"),
+        pybind11::arg("offset"), pybind11::arg("n"),
+        "Philox words of counters offset .. offset + n - 1 from the vectorised CPU kernel of "
+        "the active ISA (4 per counter).");
 }

@@ -41,6 +41,11 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert {r["provider"] for r in rows} == {"cpu", "eager"}
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
-        assert r["median_ms"] > 0 and r["max_abs_err"] < 1e-4, r
+        assert r["median_ms"] > 0, r
+        if r["op"] == "langevin_step" and r["provider"] == "eager":
+            assert r["max_abs_err"] is None, r  # torch's own noise: not comparable
+        else:
+            assert r["max_abs_err"] < 1e-4, r
+    assert {r["mode"] for r in rows if r["op"] == "langevin_step"} == {"fwd"}
     table = benchmark.format_table(result)
-    assert "softmax_entropy" in table and "32x1000" in table
+    assert "softmax_entropy" in table and "langevin_step" in table and "32x1000" in table

@@ -86,4 +86,20 @@ const Kernels& kernels() {
   return table[static_cast<int>(active_isa())];
 }
 
+const LangevinKernels& langevin_kernels() {
+  static const LangevinKernels table[] = {
+#define TK_LANGEVIN(ISA) {langevin_fwd_##ISA, langevin_bwd_##ISA, langevin_words_##ISA}
+      TK_LANGEVIN(DEFAULT),
+#if defined(__x86_64__)
+      TK_LANGEVIN(AVX2),
+      TK_LANGEVIN(AVX512),
+#else
+      TK_LANGEVIN(DEFAULT),
+      TK_LANGEVIN(DEFAULT),
+#endif
+#undef TK_LANGEVIN
+  };
+  return table[static_cast<int>(active_isa())];
+}
+
 }  // namespace thermokern::cpu

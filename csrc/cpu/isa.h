@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <c10/core/ScalarType.h>
 
@@ -100,10 +101,57 @@ TK_DECLARE_ISA(AVX512)
 #endif
 #undef TK_DECLARE_ISA
 
+// Arguments of the Langevin kernels (csrc/cpu/langevin_kernel.h): one step over the n
+// elements of contiguous tensors, split by Philox counter (counter c covers elements
+// 4c .. 4c + 3; see [Note: Langevin noise layout] in thermokern/philox.h).
+struct LangevinArgs {
+  c10::ScalarType dtype;
+  int64_t n = 0;            // elements
+  uint64_t seed = 0;        // Philox key
+  uint64_t offset = 0;      // counter of element 0
+  double step_size = 0.0;   // eta
+  double noise_std = 0.0;   // sigma (0: no noise is generated)
+  bool has_clip = false, has_lo = false, has_hi = false;
+  double clip = 0.0, lo = 0.0, hi = 0.0;
+  const void* x = nullptr;     // (n,) input dtype
+  const void* grad = nullptr;  // (n,) input dtype
+  void* out = nullptr;         // forward: (n,) input dtype, may be x itself (in place);
+                               // words: (4 * counters,) uint32
+  // Backward: upstream gradient and the two gradients, (n,) input dtype.
+  const void* grad_out = nullptr;
+  void* grad_x = nullptr;
+  void* grad_grad = nullptr;
+};
+
+// Processes the counters [ctr_begin, ctr_end) (relative to args.offset).
+using CounterFn = void (*)(const LangevinArgs& args, int64_t ctr_begin, int64_t ctr_end);
+
+struct LangevinKernels {
+  CounterFn fwd;    // out = clamp(x - eta clip(grad) + sigma n)
+  CounterFn bwd;    // grad_x, grad_grad from grad_out (recomputes the clamp condition)
+  CounterFn words;  // the raw Philox words (tests: the vectorised generator's bits)
+};
+
+#define TK_DECLARE_LANGEVIN_ISA(ISA)                                \
+  void langevin_fwd_##ISA(const LangevinArgs&, int64_t, int64_t); \
+  void langevin_bwd_##ISA(const LangevinArgs&, int64_t, int64_t); \
+  void langevin_words_##ISA(const LangevinArgs&, int64_t, int64_t);
+TK_DECLARE_LANGEVIN_ISA(DEFAULT)
+#if defined(__x86_64__)
+TK_DECLARE_LANGEVIN_ISA(AVX2)
+TK_DECLARE_LANGEVIN_ISA(AVX512)
+#endif
+#undef TK_DECLARE_LANGEVIN_ISA
+
 Isa best_supported_isa();
 Isa active_isa();
 void set_active_isa(const std::string& name);  // "", "default", "avx2", "avx512"
 std::string isa_name(Isa isa);
 const Kernels& kernels();
+const LangevinKernels& langevin_kernels();
+
+// The Philox words of counters offset .. offset + n - 1 as the active ISA's Langevin kernel
+// generates them, 4 per counter (csrc/cpu/langevin.cpp; for the tests).
+std::vector<uint32_t> langevin_words(uint64_t seed, uint64_t offset, int64_t n);
 
 }  // namespace thermokern::cpu

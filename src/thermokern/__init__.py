@@ -11,6 +11,7 @@ from thermokern import nn
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
+from thermokern.ops.langevin import langevin_step, langevin_step_
 from thermokern.ops.partition import ThermoStats, free_energy, log_partition, logsumexp, thermo_stats
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "available_backends",
     "entropy_regularized_cross_entropy",
     "free_energy",
+    "langevin_step",
+    "langevin_step_",
     "log_partition",
     "logsumexp",
     "nn",

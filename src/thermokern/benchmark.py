@@ -126,13 +126,20 @@ class Provider:
     """One implementation of an op.
 
     ``make()`` is called once per (shape, dtype, mode) case and returns ``fn(x) -> output``;
-    ``compiled`` providers get their first call timed separately (compilation).
+    ``compiled`` providers get their first call timed separately (compilation); ``inplace``
+    ones write into ``x`` (the benchmark restores it before every call, untimed); ``exact=False``
+    marks outputs that cannot match the reference (no error column).
     """
 
     name: str
     make: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
     kind: str = "baseline"  # "thermokern" | "baseline" | "compiled" | "external"
     compiled: bool = False
+    # fn updates its input in place: each call gets a fresh copy of the input (copied untimed)
+    inplace: bool = False
+    # False: the output is not comparable with the reference (e.g. noise from torch's own
+    # generator), so no error is reported
+    exact: bool = True
 
 
 @dataclasses.dataclass
@@ -152,6 +159,9 @@ class OpSpec:
         default_shapes: ``default_shapes(device, quick) -> list[tuple]``.
         default_dtypes: ``default_dtypes(device, quick) -> list[torch.dtype]``.
         params: fixed keyword arguments of the op in this benchmark (recorded in the JSON).
+        modes: the modes this op is benchmarked in (a subset of :data:`MODES`).
+        elementwise: the output has the input's shape (``fwd`` reference chunks are then flat
+            slices of the elements) instead of one value per row.
     """
 
     name: str
@@ -164,11 +174,13 @@ class OpSpec:
     default_shapes: Callable[[str, bool], list[tuple[int, ...]]]
     default_dtypes: Callable[[str, bool], list[torch.dtype]]
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    modes: tuple[str, ...] = MODES
+    elementwise: bool = False
 
     def reference(self, x: torch.Tensor, grad: torch.Tensor | None, mode: str) -> torch.Tensor:
         """float64 output (``fwd``, shaped like the op's output) or input gradient (``fwd+bwd``)."""
         out = torch.cat([chunk for _, chunk in self.reference_chunks(x, grad, mode)])
-        return out.reshape(x.shape[:-1]) if mode == "fwd" else out.reshape(x.shape)
+        return out.reshape(x.shape[:-1]) if mode == "fwd" and not self.elementwise else out.reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- softmax_entropy
@@ -481,6 +493,114 @@ def _thermo_reference(chunk: torch.Tensor) -> torch.Tensor:
     return sum(reference.thermo_stats(chunk, -1, temperature=_THERMO_T))
 
 
+# ----------------------------------------------------------------------------- langevin_step
+_LG_STEP = 0.01
+_LG_SIGMA = math.sqrt(2.0 * _LG_STEP)  # T = 1
+_LG_CLAMP = (-1.0, 1.0)
+_LG_SEED, _LG_OFFSET = 0, 0
+_LG_GRADS: dict[tuple, torch.Tensor] = {}  # (shape, dtype, device) -> the energy gradient
+
+
+def _lg_grad(x: torch.Tensor) -> torch.Tensor:
+    return _LG_GRADS[(tuple(x.shape), x.dtype, str(x.device))]
+
+
+def _lg_input(shape, dtype, device, gen) -> torch.Tensor:
+    """x ~ U(-1, 1) (an EBM sample in the clamp range); its gradient ~ N(0, 1) is kept aside."""
+    x = (torch.rand(shape, generator=gen, device=device, dtype=torch.float32) * 2 - 1).to(dtype)
+    key = (tuple(shape), dtype, str(device))
+    if key not in _LG_GRADS:
+        _LG_GRADS.clear()  # one case at a time
+        _LG_GRADS[key] = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    return x
+
+
+def _eager_langevin_(x: torch.Tensor) -> torch.Tensor:
+    """The usual PyTorch sampler update, in place: three ops and a noise tensor."""
+    g = _lg_grad(x)
+    x.add_(-_LG_STEP * g)
+    x.add_(_LG_SIGMA * torch.randn_like(x))
+    x.clamp_(*_LG_CLAMP)
+    return x
+
+
+def _thermokern_langevin_provider(backend: str, inplace: bool) -> Provider:
+    op = thermokern.langevin_step_ if inplace else thermokern.langevin_step
+
+    def make():
+        def fn(x):
+            return op(
+                x,
+                _lg_grad(x),
+                step_size=_LG_STEP,
+                clamp=_LG_CLAMP,
+                seed=_LG_SEED,
+                offset=_LG_OFFSET,
+                backend=backend,
+            )
+
+        return fn
+
+    return Provider(backend + ("_" if inplace else ""), make, kind="thermokern", inplace=inplace)
+
+
+def _langevin_providers(device: str) -> tuple[list[Provider], list[str]]:
+    base, notes = _softmax_entropy_providers(device)
+    providers = []
+    for p in base:
+        if p.kind == "thermokern":
+            providers += [
+                _thermokern_langevin_provider(p.name, False),
+                _thermokern_langevin_provider(p.name, True),
+            ]
+    providers.append(Provider("eager", lambda: _eager_langevin_, kind="baseline", inplace=True, exact=False))
+    compiled = _compile_provider(_eager_langevin_)
+    providers.append(dataclasses.replace(compiled, inplace=True, exact=False))
+    notes = [n for n in notes if not n.startswith(("liger", "quack"))]
+    notes += [
+        (
+            "<backend> is langevin_step (a new output), <backend>_ the in-place langevin_step_; eager is "
+            "x.add_(-eta * g); x.add_(sigma * torch.randn_like(x)); x.clamp_(-1, 1) and compile its "
+            "torch.compile; all of them update a fresh copy of x per call (copied untimed)"
+        ),
+        "eager/compile draw their noise from torch's generator: no error column for them",
+        "GB/s counts reading x and grad and writing the result (3 N elements)",
+    ]
+    return providers, notes
+
+
+def _langevin_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+    """float64 result of flat element chunks (multiples of 4 elements: whole Philox counters)."""
+    flat = x.detach().reshape(-1)
+    g = _lg_grad(x).reshape(-1)
+    step = 1 << 22  # elements per chunk
+    for e0 in range(0, flat.numel(), step):
+        sl = slice(e0, e0 + step)
+        yield (
+            sl,
+            reference.langevin_step(
+                flat[sl].double(),
+                g[sl].double(),
+                step_size=_LG_STEP,
+                clamp=_LG_CLAMP,
+                seed=_LG_SEED,
+                offset=_LG_OFFSET + e0 // 4,
+            ),
+        )
+
+
+def _langevin_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    if torch.device(device).type == "cuda":
+        return [(16384, 4096)] if quick else [(16384, 4096), (256, 3, 32, 32)]
+    return [(4096, 4096)] if quick else [(4096, 4096), (256, 3, 32, 32)]
+
+
+def _langevin_dtypes(device: str, quick: bool) -> list[torch.dtype]:
+    if torch.device(device).type == "cuda" and not quick:
+        return [torch.float32, torch.bfloat16]
+    return [torch.float32]
+
+
 OPS: dict[str, OpSpec] = {
     "softmax_entropy": OpSpec(
         name="softmax_entropy",
@@ -536,6 +656,30 @@ OPS: dict[str, OpSpec] = {
             "energy": f"randn * {_LOGIT_SCALE}",
             "output": "log_z + free_energy + mean_energy + entropy + heat_capacity",
         },
+    ),
+    "langevin_step": OpSpec(
+        name="langevin_step",
+        providers=_langevin_providers,
+        make_input=_lg_input,
+        make_grad=lambda x, gen: None,
+        min_bytes=lambda shape, dtype, mode: (
+            3 * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        ),
+        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        reference_chunks=_langevin_reference_chunks,
+        default_shapes=_langevin_shapes,
+        default_dtypes=_langevin_dtypes,
+        params={
+            "step_size": _LG_STEP,
+            "noise": f"sqrt(2 * step_size) = {_LG_SIGMA:.4f}",
+            "clamp": list(_LG_CLAMP),
+            "seed": _LG_SEED,
+            "offset": _LG_OFFSET,
+            "x": "U(-1, 1)",
+            "grad": "randn",
+        },
+        modes=("fwd",),
+        elementwise=True,
     ),
 }
 
@@ -885,7 +1029,7 @@ class _Reference:
 
     def __init__(self, spec: OpSpec, x: torch.Tensor, grad: torch.Tensor | None, mode: str):
         self.spec, self.x, self.grad, self.mode = spec, x, grad, mode
-        numel = x.numel() if mode != "fwd" else x.numel() // max(x.shape[-1], 1)
+        numel = x.numel() if mode != "fwd" or spec.elementwise else x.numel() // max(x.shape[-1], 1)
         self.full: torch.Tensor | None = None
         if numel * 8 <= 0.1 * _free_bytes(x.device):
             self.full = spec.reference(x, grad, mode)
@@ -952,10 +1096,21 @@ def make_calls(
 
     ``call(i)`` runs the op on input copy ``i % len(xs)`` (``fwd``: returns the output;
     ``fwd+bwd``: forward then ``.backward(grad)``, the gradient lands in ``inputs[i].grad``);
-    ``prepare(i)`` is the untimed part before each call (clears the gradients).
+    ``prepare(i)`` is the untimed part before each call (clears the gradients; restores the
+    input of an in-place provider).
     """
     fn = prov.make()
-    if mode == "fwd":
+    if mode == "fwd" and prov.inplace:
+        originals = [x.detach() for x in xs]
+        inputs = [x.clone() for x in originals]
+
+        def prepare(i: int) -> None:  # every call starts from the original input
+            inputs[i % len(inputs)].copy_(originals[i % len(inputs)])
+
+        def call(i: int):
+            return fn(inputs[i % len(inputs)])
+
+    elif mode == "fwd":
         inputs = [x.detach() for x in xs]
 
         def prepare(i: int) -> None:
@@ -965,6 +1120,8 @@ def make_calls(
             return fn(inputs[i % len(inputs)])
 
     elif mode == "fwd+bwd":
+        if prov.inplace:
+            raise ValueError(f"provider {prov.name!r} updates its input in place: fwd only")
         inputs = [x.detach().requires_grad_(True) for x in xs]
 
         def prepare(i: int) -> None:
@@ -1017,7 +1174,7 @@ def _measure_provider(
     mem.start()
     value = result_of_call(mode, call, inputs)
     row["peak_mem_mib"] = mem.stop()
-    row["max_abs_err"] = ref.max_abs_err(value)
+    row["max_abs_err"] = ref.max_abs_err(value) if prov.exact else None
     del value
     prepare(0)
     times = _time_calls(call, prepare, device, st)
@@ -1109,7 +1266,7 @@ def run(
     cache = _cache_bytes(device)
 
     notes: list[str] = []
-    plan = []  # (spec, providers, shapes, dtypes)
+    plan = []  # (spec, providers, shapes, dtypes, modes)
     for name in op_names:
         spec = OPS[name]
         provs, op_notes = spec.providers(device)
@@ -1122,9 +1279,12 @@ def run(
             provs = [p for p in provs if p.name in want]
         shp = [parse_shape(s) for s in shapes] if shapes is not None else spec.default_shapes(device, quick)
         dts = [parse_dtype(d) for d in dtypes] if dtypes is not None else spec.default_dtypes(device, quick)
-        plan.append((spec, provs, shp, dts))
+        op_modes = [m for m in mode_list if m in spec.modes]
+        if len(op_modes) < len(mode_list):
+            notes.append(f"{name}: benchmarked in {', '.join(spec.modes)} only")
+        plan.append((spec, provs, shp, dts, op_modes))
 
-    if any(p.compiled for _, provs, _, _ in plan for p in provs):
+    if any(p.compiled for _, provs, _, _, _ in plan for p in provs):
         notes.append(
             "compile: torch.compile(eager, dynamic=False), compiled afresh for every case after "
             "torch._dynamo.reset() (inductor's on-disk caches stay as they are); compile_s is its first "
@@ -1165,8 +1325,9 @@ def run(
                     "shapes": [_shape_str(s) for s in shp],
                     "dtypes": [_dtype_name(d) for d in dts],
                     "params": spec.params,
+                    "modes": op_modes,
                 }
-                for spec, provs, shp, dts in plan
+                for spec, provs, shp, dts, op_modes in plan
             ],
         },
         "copy_bandwidth": [],
@@ -1175,15 +1336,15 @@ def run(
         "complete": False,
     }
 
-    total = sum(len(shp) * len(dts) * (1 + len(provs) * len(mode_list)) for _, provs, shp, dts in plan)
+    total = sum(len(shp) * len(dts) * (1 + len(provs) * len(ms)) for _, provs, shp, dts, ms in plan)
     bar = _Progress(total, progress)
     gen = torch.Generator(device=device)
     try:
-        for spec, provs, shp, dts in plan:
+        for spec, provs, shp, dts, op_modes in plan:
             for shape in shp:
                 for dtype in dts:
                     _run_case(
-                        spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen, seed, result, bar
+                        spec, provs, op_modes, shape, dtype, device, st, mem, cache, gen, seed, result, bar
                     )
                     if json_path:
                         _write_json(json_path, result)

@@ -7,6 +7,8 @@ PyTorch's own autograd.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -198,3 +200,121 @@ def thermo_stats(energy, dim=-1, *, temperature=1.0):
     s = (u - f) / t
     c = var / (t * t)
     return tuple(v.squeeze(dims).to(energy.dtype) for v in (lz, f, u, s, c))
+# ----------------------------------------------------------------------------- Langevin
+# Philox4x32-10 in int64 tensor arithmetic (every intermediate < 2^63), the specification of
+# the noise stream of langevin_step; see [Note: Langevin noise layout] in
+# csrc/include/thermokern/philox.h and thermokern.langevin_step's docstring.
+_PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_MASK32 = 0xFFFFFFFF
+
+
+def _as_int64_tensor(value, device) -> torch.Tensor:
+    """An int (its 64-bit two's complement bits) or a 0-dim int64 tensor, as an int64 tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.int64)
+    v = int(value) % 2**64
+    return torch.tensor(v - 2**64 if v >= 2**63 else v, dtype=torch.int64, device=device)
+
+
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit halves of a * m for uint32 values held in int64 (m split in 16-bit
+    halves so that no product reaches 2^63)."""
+    m_hi, m_lo = m >> 16, m & 0xFFFF
+    p_lo = a * m_lo
+    p_hi = a * m_hi
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    return hi, lo
+
+
+def philox_randint4x(seed, offset, n: int, device=None) -> torch.Tensor:
+    """Philox4x32-10 words of counters ``offset .. offset + n - 1`` under key ``seed``: a (n, 4)
+    int64 tensor of uint32 values, equal to Triton's ``tl.randint4x(seed, offset + i)``.
+
+    ``seed`` and ``offset``: ints or 0-dim int64 tensors (their 64-bit patterns are used).
+    """
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
+    s = _as_int64_tensor(seed, device)
+    ctr = _as_int64_tensor(offset, device) + torch.arange(n, dtype=torch.int64, device=device)
+    k0, k1 = s & _MASK32, (s >> 32) & _MASK32
+    c0, c1 = ctr & _MASK32, (ctr >> 32) & _MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    for _ in range(10):
+        hi_a, lo_a = _mulhilo32(c0, _PHILOX_MUL[0])
+        hi_b, lo_b = _mulhilo32(c2, _PHILOX_MUL[1])
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_WEYL[0]) & _MASK32
+        k1 = (k1 + _PHILOX_WEYL[1]) & _MASK32
+    return torch.stack([c0, c1, c2, c3], dim=1)
+
+
+def philox_uniform(words: torch.Tensor) -> torch.Tensor:
+    """The uniforms u = ((w >> 8) + 1) * 2^-24 in (0, 1] of Philox words, as float64."""
+    return ((words >> 8) + 1).to(torch.float64) * 2.0**-24
+
+
+def langevin_noise(numel: int, seed, offset=0, device=None) -> torch.Tensor:
+    """The standard normals of ``langevin_step`` for ``numel`` elements, float64, flat.
+
+    Element e uses the words of counter ``offset + e // 4``; Box-Muller on the word pairs
+    (0, 1) and (2, 3): n0 = sqrt(-2 ln u0) cos(2 pi u1), n1 = sqrt(-2 ln u0) sin(2 pi u1), and
+    the same with u2, u3 for n2, n3.
+    """
+    u = philox_uniform(philox_randint4x(seed, offset, (numel + 3) // 4, device))
+    r_a = torch.sqrt(-2.0 * torch.log(u[:, 0]))
+    r_b = torch.sqrt(-2.0 * torch.log(u[:, 2]))
+    a = 2.0 * torch.pi * u[:, 1]
+    b = 2.0 * torch.pi * u[:, 3]
+    n = torch.stack([r_a * torch.cos(a), r_a * torch.sin(a), r_b * torch.cos(b), r_b * torch.sin(b)], 1)
+    return n.reshape(-1)[:numel]
+
+
+def langevin_noise_std(step_size: float, temperature: float = 1.0, noise_scale: float | None = None) -> float:
+    """sigma of a Langevin step: ``noise_scale`` when given, else sqrt(2 * step_size * T)."""
+    if noise_scale is not None:
+        return float(noise_scale)
+    return math.sqrt(2.0 * step_size * temperature)
+
+
+def langevin_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    noise_scale: float | None = None,
+    grad_clip: float | None = None,
+    clamp: tuple[float | None, float | None] | None = None,
+    seed,
+    offset=0,
+) -> torch.Tensor:
+    """x - step_size * clip(grad) + sigma * n, clamped, in the accumulation dtype (float32 for
+    16-bit inputs), returned in x's dtype; n from :func:`langevin_noise` (a constant for
+    autograd). Differentiable by PyTorch's autograd, with the gradient passing the clamp only
+    where lo < v < hi and the clip only where |grad| < grad_clip (values on a bound count as
+    clamped, as in torch.clamp's backward; spelled out here so as not to depend on it)."""
+    acc = acc_dtype(x.dtype)
+    sigma = langevin_noise_std(step_size, temperature, noise_scale)
+    g = grad.to(acc)
+    if grad_clip is not None:
+        g = _clamp_strict(g, -grad_clip, grad_clip)
+    v = x.to(acc) - step_size * g
+    if sigma != 0.0:
+        n = langevin_noise(x.numel(), seed, offset, x.device).to(acc).reshape(x.shape)
+        v = v + sigma * n
+    if clamp is not None and (clamp[0] is not None or clamp[1] is not None):
+        v = _clamp_strict(v, clamp[0], clamp[1])
+    return v.to(x.dtype)
+
+
+def _clamp_strict(t: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+    """t.clamp(lo, hi) (NaN stays NaN) whose gradient passes only strictly inside (lo, hi)."""
+    inside = torch.ones_like(t, dtype=torch.bool)
+    if lo is not None:
+        inside &= t > lo
+    if hi is not None:
+        inside &= t < hi
+    return torch.where(inside, t, t.detach().clamp(min=lo, max=hi))

@@ -1,4 +1,4 @@
-// philox.h and row_stats.h in device code.
+// philox.h (incl. the Langevin normals) and row_stats.h in device code.
 //
 // Building this file proves the headers compile for the GPU (nvcc, the kernels' flags). When
 // a CUDA device is present the test also runs them there and compares with the host build of
@@ -122,6 +122,18 @@ __global__ void row_stats_kernel(const T* x, int rows, int cols, T k, RowOut<T>*
   if (threadIdx.x == 0) out[row] = row_out(st, k);
 }
 
+// The Langevin normals (langevin_normal4) of counters offset + i, float and double.
+__global__ void normal4_kernel(uint64_t seed, uint64_t offset, int n, float* outf, double* outd) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const auto f = thermokern::langevin_normal4<float>(seed, offset + i);
+  const auto d = thermokern::langevin_normal4<double>(seed, offset + i);
+  for (int j = 0; j < 4; ++j) {
+    outf[4 * i + j] = f.v[j];
+    outd[4 * i + j] = d.v[j];
+  }
+}
+
 // ---- host -----------------------------------------------------------------------------------
 
 template <typename T>
@@ -197,6 +209,37 @@ void test_philox() {
   std::printf("device philox: %d cases\n", n);
 }
 
+// Device normals against the host build of the same header: within 2 ulp-ish (nvcc may fuse
+// multiply-adds differently; the series, the range reduction and the correctly rounded
+// division and square root are the same), i.e. 1e-6 relative plus 1e-7 absolute for float.
+void test_normals() {
+  const int n = 1 << 16;
+  const uint64_t seed = 0x0123456789abcdefull, offset = (1ull << 32) - 1000;  // crosses 2^32
+  float* df = nullptr;
+  double* dd = nullptr;
+  CUDA_OK(cudaMalloc(&df, 4 * n * sizeof(float)));
+  CUDA_OK(cudaMalloc(&dd, 4 * n * sizeof(double)));
+  normal4_kernel<<<(n + 255) / 256, 256>>>(seed, offset, n, df, dd);
+  CUDA_OK(cudaGetLastError());
+  std::vector<float> gf(4 * n);
+  std::vector<double> gd(4 * n);
+  CUDA_OK(cudaMemcpy(gf.data(), df, gf.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(gd.data(), dd, gd.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaFree(df));
+  CUDA_OK(cudaFree(dd));
+  for (int i = 0; i < n; ++i) {
+    const auto wf = thermokern::langevin_normal4<float>(seed, offset + i);
+    const auto wd = thermokern::langevin_normal4<double>(seed, offset + i);
+    for (int j = 0; j < 4; ++j) {
+      const float a = gf[4 * i + j], b = wf.v[j];
+      CHECK(std::fabs(a - b) <= 1e-6f * std::fabs(b) + 1e-7f, "float normal %d.%d: %.9g vs host %.9g", i, j, a, b);
+      const double c = gd[4 * i + j], d = wd.v[j];
+      CHECK(std::fabs(c - d) <= 1e-14 * std::fabs(d) + 1e-15, "double normal %d.%d: %.17g vs host %.17g", i, j, c, d);
+    }
+  }
+  std::printf("device langevin normals: %d counters\n", n);
+}
+
 template <typename T>
 void test_row_stats(T k) {
   constexpr T inf = std::numeric_limits<T>::infinity();
@@ -259,6 +302,7 @@ int main() {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device 0: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
   test_philox();
+  test_normals();
   for (float k : {1.0f, 0.5f, 4.0f}) test_row_stats<float>(k);
   for (double k : {1.0, 0.5, 4.0}) test_row_stats<double>(k);
   if (g_failures != 0) {

@@ -1,4 +1,5 @@
 // Tests of csrc/include/thermokern/philox.h (host build of the host/device header).
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -194,4 +195,103 @@ TK_TEST(philox, uniform_open0_range) {
       TK_CHECK(u > 0.0f && u <= 1.0f);
     }
   }
+}
+
+// ---- Langevin noise (see [Note: Langevin noise layout] in philox.h) ----------------------
+
+// Largest relative error of -2 ln u (float and double) over every k in [1, 2^24], against
+// long double libm. A relative bound holds right up to u = 1 (k = 2^24 - 1: -2 ln u ~ 1.2e-7).
+TK_TEST(philox, noise_neg2_log_all_k) {
+  double worst_f = 0.0, worst_d = 0.0;
+  for (uint32_t k = 1; k <= (1u << 24); ++k) {
+    const long double u = static_cast<long double>(k) / 16777216.0L;
+    const long double want = -2.0L * std::log(u);
+    const float gf = thermokern::noise_neg2_log_u<float>(k);
+    const double gd = thermokern::noise_neg2_log_u<double>(k);
+    if (k == (1u << 24)) {
+      TK_CHECK(gf == 0.0f && gd == 0.0);
+      continue;
+    }
+    worst_f = std::max(worst_f, static_cast<double>(std::fabs((gf - want) / want)));
+    worst_d = std::max(worst_d, static_cast<double>(std::fabs((gd - want) / want)));
+  }
+  TK_CHECK_MSG(worst_f <= 3e-7, "float: max relative error %.3g", worst_f);
+  TK_CHECK_MSG(worst_d <= 1e-15, "double: max relative error %.3g", worst_d);
+}
+
+// sin and cos of 2 pi k 2^-24 over every k: absolute error (values in [-1, 1]) and exact
+// signs and zeros at the quarter turns.
+TK_TEST(philox, noise_sincos_all_k) {
+  const long double two_pi = 6.283185307179586476925286766559L;
+  double worst_f = 0.0, worst_d = 0.0;
+  for (uint32_t k = 1; k <= (1u << 24); ++k) {
+    const long double a = two_pi * static_cast<long double>(k) / 16777216.0L;
+    const long double ws = std::sin(a), wc = std::cos(a);
+    float sf, cf;
+    double sd, cd;
+    thermokern::noise_sincos_2pi_u<float>(k, sf, cf);
+    thermokern::noise_sincos_2pi_u<double>(k, sd, cd);
+    worst_f = std::max({worst_f, static_cast<double>(std::fabs(sf - ws)),
+                        static_cast<double>(std::fabs(cf - wc))});
+    worst_d = std::max({worst_d, static_cast<double>(std::fabs(sd - ws)),
+                        static_cast<double>(std::fabs(cd - wc))});
+  }
+  TK_CHECK_MSG(worst_f <= 1.5e-7, "float: max abs error %.3g", worst_f);
+  TK_CHECK_MSG(worst_d <= 4e-16, "double: max abs error %.3g", worst_d);
+  for (uint32_t q = 1; q <= 4; ++q) {  // quarter turns are exact
+    float s, c;
+    thermokern::noise_sincos_2pi_u<float>(q << 22, s, c);
+    const float es[] = {0.0f, 1.0f, 0.0f, -1.0f}, ec[] = {1.0f, 0.0f, -1.0f, 0.0f};
+    TK_CHECK(std::fabs(s) == std::fabs(es[q % 4]) && std::fabs(c) == std::fabs(ec[q % 4]));
+    TK_CHECK(s == es[q % 4] && c == ec[q % 4]);
+  }
+}
+
+// The normals of a Philox block against Box-Muller in long double on the same uniforms:
+// relative error, with an absolute floor for values near 0 that covers the reference's own
+// rounding of 2 pi u (~2e-19 absolute in long double; the header reduces the angle exactly).
+TK_TEST(philox, noise_normal4_matches_box_muller) {
+  SplitMix64 rng{2024};
+  double worst_f = 0.0, worst_d = 0.0;  // error / allowed error
+  const long double two_pi = 6.283185307179586476925286766559L;
+  for (int i = 0; i < 200000; ++i) {
+    const uint64_t seed = rng.next(), ctr = rng.next();
+    const Philox4x32 w = thermokern::philox_randint4x(seed, ctr);
+    long double u[4];
+    for (int j = 0; j < 4; ++j) {
+      u[j] = static_cast<long double>(thermokern::philox_uint_to_uniform_open0(w.x[j]));
+    }
+    const long double ra = std::sqrt(-2.0L * std::log(u[0]));
+    const long double rb = std::sqrt(-2.0L * std::log(u[2]));
+    const long double want[4] = {ra * std::cos(two_pi * u[1]), ra * std::sin(two_pi * u[1]),
+                                 rb * std::cos(two_pi * u[3]), rb * std::sin(two_pi * u[3])};
+    const auto nf = thermokern::langevin_normal4<float>(seed, ctr);
+    const auto nd = thermokern::langevin_normal4<double>(seed, ctr);
+    for (int j = 0; j < 4; ++j) {
+      const long double a = std::fabs(want[j]);
+      worst_f = std::max(worst_f, static_cast<double>(std::fabs(nf.v[j] - want[j]) / (5e-7L * a + 1e-17L)));
+      worst_d = std::max(worst_d, static_cast<double>(std::fabs(nd.v[j] - want[j]) / (2e-15L * a + 2e-18L)));
+      TK_CHECK(std::fabs(nf.v[j]) <= 5.78f);
+    }
+  }
+  TK_CHECK_MSG(worst_f <= 1.0, "float: error up to %.3g x (5e-7 relative)", worst_f);
+  TK_CHECK_MSG(worst_d <= 1.0, "double: error up to %.3g x (2e-15 relative + 2e-18)", worst_d);
+}
+
+// Moments of the float normals over 2^20 elements (a smoke test of the layout; the
+// statistical tests are in tests/test_langevin.py): mean within 6 sigma of 0, variance of
+// 1 within 6 sigma (sd of the sample variance: sqrt(2/n)).
+TK_TEST(philox, noise_normal4_moments) {
+  const int n_ctr = 1 << 18;
+  double s1 = 0.0, s2 = 0.0;
+  for (int c = 0; c < n_ctr; ++c) {
+    const auto nf = thermokern::langevin_normal4<float>(12345, static_cast<uint64_t>(c));
+    for (float v : nf.v) {
+      s1 += v;
+      s2 += static_cast<double>(v) * v;
+    }
+  }
+  const double n = 4.0 * n_ctr, mean = s1 / n, var = s2 / n - mean * mean;
+  TK_CHECK_MSG(std::fabs(mean) <= 6.0 / std::sqrt(n), "mean %.4g", mean);
+  TK_CHECK_MSG(std::fabs(var - 1.0) <= 6.0 * std::sqrt(2.0 / n), "variance %.5g", var);
 }

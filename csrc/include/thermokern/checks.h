@@ -170,4 +170,51 @@ inline void check_partition_bwd(const at::Tensor& x, const std::optional<at::Ten
                     "weight_grad: needs a weight tensor");
 }
 
+// langevin_step / langevin_step_ / langevin_step_bwd (csrc/thermokern.cpp).
+inline void check_langevin_rng(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 0, name, ": expected a 0-dim tensor, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, ": expected a tensor on ", x.device(),
+                    " (x's device), got ", t.device());
+}
+
+inline void check_langevin(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
+                           const at::Tensor& offset, double step_size, double noise_std,
+                           std::optional<double> grad_clip, std::optional<double> lo,
+                           std::optional<double> hi) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), "grad: expected shape ", x.sizes(),
+                    " (x's shape), got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad: expected dtype ",
+                   x.scalar_type(), " (x's dtype), got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == x.device(), "grad: expected device ", x.device(), ", got ",
+                    grad.device());
+  check_langevin_rng(seed, x, "seed");
+  check_langevin_rng(offset, x, "offset");
+  TORCH_CHECK_VALUE(std::isfinite(step_size) && step_size > 0.0,
+                    "step_size: expected a finite value > 0, got ", step_size);
+  TORCH_CHECK_VALUE(std::isfinite(noise_std) && noise_std >= 0.0,
+                    "noise_scale: expected a finite value >= 0, got ", noise_std);
+  TORCH_CHECK_VALUE(!grad_clip.has_value() || *grad_clip > 0.0,
+                    "grad_clip: expected a value > 0, got ", grad_clip.value_or(0.0));
+  TORCH_CHECK_VALUE(!lo.has_value() || !std::isnan(*lo), "clamp: the lower bound is NaN");
+  TORCH_CHECK_VALUE(!hi.has_value() || !std::isnan(*hi), "clamp: the upper bound is NaN");
+  TORCH_CHECK_VALUE(!lo.has_value() || !hi.has_value() || *lo <= *hi,
+                    "clamp: expected lo <= hi, got (", *lo, ", ", *hi, ")");
+}
+
+inline void check_langevin_bwd(const at::Tensor& grad_out, const at::Tensor& x,
+                               const at::Tensor& grad, const at::Tensor& seed,
+                               const at::Tensor& offset, double step_size, double noise_std,
+                               std::optional<double> grad_clip, std::optional<double> lo,
+                               std::optional<double> hi) {
+  check_langevin(x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
+  check_floating(grad_out, "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out: expected shape ", x.sizes(),
+                    ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), "grad_out: expected device ", x.device(),
+                    ", got ", grad_out.device());
+}
+
 }  // namespace thermokern

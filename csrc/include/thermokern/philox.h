@@ -57,4 +57,194 @@ TK_INLINE float philox_uint_to_uniform_open0(uint32_t v) {
   return (static_cast<float>(v >> 8) + 1.0f) * (1.0f / 16777216.0f);
 }
 
+
+
+// ---------------------------------------------------------------------------------------
+// [Note: Langevin noise layout]
+// The standard normal noise of langevin_step (csrc/thermokern.cpp) on every backend:
+//
+//   Element e of the tensor (its index in row-major logical order, whatever the strides)
+//   takes output word j = e % 4 of philox_randint4x(seed, offset + e / 4): Philox4x32-10,
+//   key = the 64-bit seed, counter = offset + e / 4 (64-bit, wrapping), exactly Triton's
+//   tl.randint4x(seed, offset + e // 4). The words become uniforms
+//       u_j = ((w_j >> 8) + 1) * 2^-24  in (0, 1]
+//   (philox_uint_to_uniform_open0: exact in float32 and float64, so every backend and dtype
+//   sees the same 2^24 values; never 0, so the logarithm is finite), and Box-Muller on the
+//   pairs (0, 1) and (2, 3) gives the normals
+//       n_0 = sqrt(-2 ln u_0) cos(2 pi u_1),   n_1 = sqrt(-2 ln u_0) sin(2 pi u_1),
+//       n_2 = sqrt(-2 ln u_2) cos(2 pi u_3),   n_3 = sqrt(-2 ln u_2) sin(2 pi u_3).
+//   So a step over n elements uses the counters offset .. offset + ceil(n / 4) - 1; the next
+//   step may start at offset + ceil(n / 4) (or, simpler, offset + n) without overlap. |n_j|
+//   <= sqrt(2 * 24 ln 2) = 5.77: the 24-bit uniforms cut the normal's tails beyond that (a
+//   probability of 8e-9 per element), harmless for Langevin dynamics.
+//
+// The functions below evaluate the transcendental parts without libm, identically on the
+// host and the device (--use_fast_math cannot swap in approximate intrinsics): with u = k 2^-24
+// for the integer k = (w >> 8) + 1 in [1, 2^24],
+//   * -2 ln u = 2 (24 - j) ln 2 - 2 ln m, where k = m 2^j with m in [sqrt(1/2), sqrt(2))
+//     (j from k's float exponent, exact), ln m = 2 atanh(s) with s = (m - 1) / (m + 1),
+//     |s| <= 0.1716, by the atanh Taylor series (5 terms for float: truncation < 3e-9
+//     relative; 10 for double: < 3e-17). m - 1 is exact, so u near 1 keeps full relative
+//     accuracy (a generic fast log loses it there).
+//   * 2 pi u = q pi/2 + t with the nearest quarter turn q = round(4u) and |t| <= pi/4, both
+//     from k in integer arithmetic (exact); sin t and cos t by their Taylor series (float:
+//     to t^9 and t^8, truncation < 4e-8 relative; double: to t^15 and t^16, < 1e-16), then
+//     rotated by q quarter turns.
+// In float the normals are within ~3e-7 relative of the exact Box-Muller values of the same
+// uniforms (measured by tests/cpp/test_philox.cpp), and every backend follows these formulas
+// (the vectorised CPU kernels in csrc/cpu/langevin_kernel.h, Triton in kernels/langevin.py).
+
+namespace detail {
+
+TK_INLINE uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+TK_INLINE float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+// Correctly rounded division and square root also under nvcc --use_fast_math (which makes
+// float '/' and sqrtf approximate); double ones are always IEEE.
+TK_INLINE float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+TK_INLINE double div_rn(double a, double b) { return a / b; }
+
+TK_INLINE float sqrt_rn(float a) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(a);
+#else
+  return __builtin_sqrtf(a);
+#endif
+}
+TK_INLINE double sqrt_rn(double a) {
+#if defined(__CUDA_ARCH__)
+  return __dsqrt_rn(a);
+#else
+  return __builtin_sqrt(a);
+#endif
+}
+
+}  // namespace detail
+
+// Series coefficients (Taylor, exact rationals rounded to T) for the noise functions.
+template <typename T>
+struct NoiseSeries;
+
+template <>
+struct NoiseSeries<float> {
+  // atanh(s) / s = sum_i z^i / (2i + 1), z = s^2
+  static constexpr int kLog = 5;
+  TK_HOST_DEVICE static constexpr float log_c(int i) { return 1.0f / static_cast<float>(2 * i + 1); }
+  // sin(t) / t = sum_i (-1)^i t^{2i} / (2i + 1)!,  cos(t) = sum_i (-1)^i t^{2i} / (2i)!
+  static constexpr int kSin = 5;
+  static constexpr int kCos = 5;
+};
+
+template <>
+struct NoiseSeries<double> {
+  static constexpr int kLog = 10;
+  TK_HOST_DEVICE static constexpr double log_c(int i) { return 1.0 / static_cast<double>(2 * i + 1); }
+  static constexpr int kSin = 8;
+  static constexpr int kCos = 9;
+};
+
+// (-1)^i / n! for the sine (n = 2i + 1) and cosine (n = 2i) series, computed in double and
+// rounded once to T.
+template <typename T>
+TK_INLINE constexpr T inv_factorial_signed(int n) {
+  double f = 1.0;
+  for (int i = 2; i <= n; ++i) f *= static_cast<double>(i);
+  return static_cast<T>(((n / 2) % 2 ? -1.0 : 1.0) / f);
+}
+
+// The integer k = (w >> 8) + 1 in [1, 2^24] behind u = k 2^-24 (philox_uint_to_uniform_open0).
+TK_INLINE uint32_t noise_k24(uint32_t w) { return (w >> 8) + 1u; }
+
+// -2 ln(k 2^-24) >= 0 for k in [1, 2^24] (see [Note: Langevin noise layout]).
+template <typename T>
+TK_INLINE T noise_neg2_log_u(uint32_t k) {
+  const uint32_t bits = detail::float_bits(static_cast<float>(k));  // exact: k < 2^25
+  int32_t j = static_cast<int32_t>(bits >> 23) - 127;
+  uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F800000u;  // m in [1, 2)
+  if (mbits >= 0x3FB504F3u) {                            // m >= sqrt(2) (as float): halve m
+    mbits -= 0x00800000u;
+    j += 1;
+  }
+  const T f = static_cast<T>(detail::bits_float(mbits)) - T(1);  // m - 1, exact
+  const T s = detail::div_rn(f, f + T(2));
+  const T z = s * s;
+  T p = NoiseSeries<T>::log_c(NoiseSeries<T>::kLog - 1);
+  TK_UNROLL
+  for (int i = NoiseSeries<T>::kLog - 2; i >= 0; --i) p = p * z + NoiseSeries<T>::log_c(i);
+  constexpr T kTwoLn2 = static_cast<T>(1.3862943611198906188344642429164);
+  return static_cast<T>(24 - j) * kTwoLn2 - T(4) * s * p;
+}
+
+// sin and cos of 2 pi k 2^-24 for k in [1, 2^24] (see [Note: Langevin noise layout]).
+template <typename T>
+TK_INLINE void noise_sincos_2pi_u(uint32_t k, T& sin_out, T& cos_out) {
+  const uint32_t q = (k + (1u << 21)) >> 22;                                   // 0 .. 4
+  const int32_t r = static_cast<int32_t>(k) - static_cast<int32_t>(q << 22);  // [-2^21, 2^21]
+  constexpr T kTurn = static_cast<T>(6.283185307179586476925286766559 / 16777216.0);  // 2 pi 2^-24
+  const T t = static_cast<T>(r) * kTurn;
+  const T t2 = t * t;
+  constexpr int kS = NoiseSeries<T>::kSin, kC = NoiseSeries<T>::kCos;
+  T sp = inv_factorial_signed<T>(2 * kS - 1);
+  TK_UNROLL
+  for (int i = kS - 2; i >= 0; --i) sp = sp * t2 + inv_factorial_signed<T>(2 * i + 1);
+  T cp = inv_factorial_signed<T>(2 * kC - 2);
+  TK_UNROLL
+  for (int i = kC - 2; i >= 0; --i) cp = cp * t2 + inv_factorial_signed<T>(2 * i);
+  const T st = t * sp;
+  // Rotate by q quarter turns: (sin, cos) -> (cos, -sin) per quarter.
+  const T a = (q & 1u) ? cp : st;
+  const T b = (q & 1u) ? st : cp;
+  sin_out = (q & 2u) ? -a : a;
+  cos_out = ((q + 1u) & 2u) ? -b : b;
+}
+
+template <typename T>
+struct Normal4 {
+  T v[4];
+};
+
+// The four normals of one Philox output block (pairs (0, 1) and (2, 3)).
+template <typename T>
+TK_INLINE Normal4<T> noise_normal4(const Philox4x32& r) {
+  Normal4<T> n;
+  const T ra = detail::sqrt_rn(noise_neg2_log_u<T>(noise_k24(r.x[0])));
+  const T rb = detail::sqrt_rn(noise_neg2_log_u<T>(noise_k24(r.x[2])));
+  T sa, ca, sb, cb;
+  noise_sincos_2pi_u<T>(noise_k24(r.x[1]), sa, ca);
+  noise_sincos_2pi_u<T>(noise_k24(r.x[3]), sb, cb);
+  n.v[0] = ra * ca;
+  n.v[1] = ra * sa;
+  n.v[2] = rb * cb;
+  n.v[3] = rb * sb;
+  return n;
+}
+
+// Normals of elements 4c .. 4c + 3 for counter c = offset + e / 4 (see the Note).
+template <typename T>
+TK_INLINE Normal4<T> langevin_normal4(uint64_t seed, uint64_t counter) {
+  return noise_normal4<T>(philox_randint4x(seed, counter));
+}
 }  // namespace thermokern

@@ -1,0 +1,401 @@
+"""Langevin dynamics: ``langevin_step`` and its in-place twin ``langevin_step_``.
+
+Layers: the schemas are in csrc/thermokern.cpp ([Note: Langevin step]); the CPU and CUDA
+kernels register under them; this module adds the fake (meta) implementations, autograd, the
+Triton ops (``torch.library.triton_op``, defined on first use) and the public functions with
+their argument checks and dispatch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from thermokern import _backend, reference
+from thermokern.ops._checks import check_float_tensor
+
+__all__ = ["langevin_step", "langevin_step_"]
+
+_ops = torch.ops.thermokern if _backend._C is not None else None
+
+_U64 = 2**64
+_I63 = 2**63
+
+
+# ----------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi = inputs
+    ctx.params = (step_size, noise_std, grad_clip, lo, hi)
+    ctx.clamped = lo is not None or hi is not None
+    if ctx.clamped:
+        # The backward recomputes v = x - eta clip(grad) + sigma n (noise included) to see
+        # where the clamp was active: nothing beyond the inputs is kept.
+        ctx.save_for_backward(x, grad, seed, offset)
+    else:
+        ctx.save_for_backward(grad if grad_clip is not None else None)
+
+
+def _make_backward(bwd_op):
+    """Autograd backward of a langevin_step op whose clamp case is computed by ``bwd_op``.
+
+    d out / d x = 1 and d out / d grad = -step_size [|grad| < grad_clip], both 0 where the
+    clamp was active (v outside (lo, hi); a v on a bound counts as clamped, as in torch.clamp's
+    own backward).
+    """
+
+    def backward(ctx, grad_out):
+        step_size, noise_std, grad_clip, lo, hi = ctx.params
+        if ctx.clamped:
+            x, grad, seed, offset = ctx.saved_tensors
+            grad_x, grad_grad = bwd_op(
+                grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi
+            )
+        else:
+            (grad,) = ctx.saved_tensors
+            grad_x = grad_out
+            grad_grad = grad_out * -step_size
+            if grad_clip is not None:
+                grad_grad = torch.where((grad > -grad_clip) & (grad < grad_clip), grad_grad, 0.0)
+        return grad_x, grad_grad, None, None, None, None, None, None, None
+
+    return backward
+
+
+# ----------------------------------------------------------------------------- C++ ops
+if _ops is not None:
+
+    @torch.library.register_fake("thermokern::langevin_step")
+    def _fwd_fake(x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None):
+        torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("thermokern::langevin_step_")
+    def _fwd_inplace_fake(
+        x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
+    ):
+        torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
+
+    @torch.library.register_fake("thermokern::langevin_step_bwd")
+    def _bwd_fake(
+        grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
+    ):
+        return x.new_empty(x.shape), x.new_empty(x.shape)
+
+    torch.library.register_autograd(
+        "thermokern::langevin_step", _make_backward(_ops.langevin_step_bwd), setup_context=_setup_context
+    )
+
+
+# ----------------------------------------------------------------------------- Triton ops
+_triton = None
+
+
+def _triton_ops():
+    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing).
+
+    Returns (langevin_step, langevin_step_) ops.
+    """
+    global _triton
+    if _triton is not None:
+        return _triton
+    from thermokern.kernels import langevin as tk
+
+    @torch.library.triton_op("thermokern::langevin_step_triton", mutates_args=())
+    def fwd(
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        seed: torch.Tensor,
+        offset: torch.Tensor,
+        step_size: float,
+        noise_std: float,
+        grad_clip: float | None = None,
+        clamp_lo: float | None = None,
+        clamp_hi: float | None = None,
+    ) -> torch.Tensor:
+        return tk.langevin_step(x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi)
+
+    @torch.library.triton_op("thermokern::langevin_step_triton_", mutates_args={"x"})
+    def fwd_(
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        seed: torch.Tensor,
+        offset: torch.Tensor,
+        step_size: float,
+        noise_std: float,
+        grad_clip: float | None = None,
+        clamp_lo: float | None = None,
+        clamp_hi: float | None = None,
+    ) -> None:
+        tk.langevin_step_(x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi)
+
+    @torch.library.triton_op("thermokern::langevin_step_bwd_triton", mutates_args=())
+    def bwd(
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        grad: torch.Tensor,
+        seed: torch.Tensor,
+        offset: torch.Tensor,
+        step_size: float,
+        noise_std: float,
+        grad_clip: float | None = None,
+        clamp_lo: float | None = None,
+        clamp_hi: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return tk.langevin_step_bwd(
+            grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi
+        )
+
+    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
+    _triton = (fwd, fwd_)
+    return _triton
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_real(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _rng_tensor(value: object, name: str, device: torch.device) -> torch.Tensor:
+    """``seed`` or ``offset`` as the 0-dim int64 tensor on x's device that the kernels read."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            raise TypeError(f"{name}: expected an int or a 0-dim int64 tensor, got a {value.dtype} tensor")
+        if value.dim() != 0:
+            raise ValueError(f"{name}: expected a 0-dim int64 tensor, got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (x's device), got {value.device}")
+        # A CPU offset is checked for free; a CUDA one would cost a host synchronisation per
+        # step (and cannot be read while a CUDA graph is captured): its bits count as uint64.
+        checkable = name == "offset" and value.device.type == "cpu" and not torch.compiler.is_compiling()
+        if checkable and int(value) < 0:
+            raise ValueError(f"offset: expected a value >= 0, got {int(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int or a 0-dim int64 tensor, got {type(value).__name__}")
+    v = int(value)
+    if name == "offset":
+        if not 0 <= v < _I63:
+            raise ValueError(f"offset: expected an int in [0, 2**63), got {v}")
+    elif not -_I63 <= v < _U64:
+        raise ValueError(f"seed: expected an int in [-2**63, 2**64) (a 64-bit key), got {v}")
+    if v >= _I63:
+        v -= _U64  # the same 64 bits as an int64
+    return torch.tensor(v, dtype=torch.int64, device=device)
+
+
+def _overlaps_partially(x: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether g shares memory with x other than as the very same view (conservative: the
+    address ranges of two views of one storage intersect)."""
+    if x.numel() == 0 or g.numel() == 0 or x.untyped_storage().data_ptr() != g.untyped_storage().data_ptr():
+        return False
+    if x.data_ptr() == g.data_ptr() and x.stride() == g.stride():
+        return False
+
+    def span(t):
+        last = sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(x), span(g)
+    return a0 < b1 and b0 < a1
+
+
+def _parse(x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset):
+    """Checked arguments: (grad, sigma, grad_clip, lo, hi, seed tensor, offset tensor)."""
+    check_float_tensor(x, "x")
+    check_float_tensor(grad, "grad")
+    if grad.shape != x.shape:
+        raise ValueError(f"grad: expected x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
+    if grad.device != x.device:
+        raise ValueError(f"grad: expected a tensor on {x.device} (x's device), got {grad.device}")
+    if grad.dtype != x.dtype:
+        grad = grad.to(x.dtype)
+    step = _check_real(step_size, "step_size")
+    if not 0.0 < step < math.inf:
+        raise ValueError(f"step_size: expected a finite value > 0, got {step}")
+    t = _check_real(temperature, "temperature")
+    if not 0.0 < t < math.inf:
+        raise ValueError(f"temperature: expected a finite value > 0, got {t}")
+    if noise_scale is not None:
+        noise_scale = _check_real(noise_scale, "noise_scale")
+        if not 0.0 <= noise_scale < math.inf:
+            raise ValueError(f"noise_scale: expected a finite value >= 0 (or None), got {noise_scale}")
+    sigma = reference.langevin_noise_std(step, t, noise_scale)
+    if grad_clip is not None:
+        grad_clip = _check_real(grad_clip, "grad_clip")
+        if not grad_clip > 0.0:  # also NaN; +inf means no clipping
+            raise ValueError(f"grad_clip: expected a value > 0 (or None), got {grad_clip}")
+    lo = hi = None
+    if clamp is not None:
+        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+            raise TypeError(f"clamp: expected a (lo, hi) tuple (either may be None), got {clamp!r}")
+        lo = None if clamp[0] is None else _check_real(clamp[0], "clamp")
+        hi = None if clamp[1] is None else _check_real(clamp[1], "clamp")
+        if (lo is not None and math.isnan(lo)) or (hi is not None and math.isnan(hi)):
+            raise ValueError(f"clamp: the bounds must not be NaN, got {clamp!r}")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"clamp: expected lo <= hi, got ({lo}, {hi})")
+    seed_t = _rng_tensor(seed, "seed", x.device)
+    offset_t = _rng_tensor(offset, "offset", x.device)
+    return grad, sigma, grad_clip, lo, hi, seed_t, offset_t
+
+
+# ----------------------------------------------------------------------------- public API
+def langevin_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    noise_scale: float | None = None,
+    grad_clip: float | None = None,
+    clamp: tuple[float | None, float | None] | None = None,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One (unadjusted) Langevin step ``x - step_size * clip(grad) + sigma * xi``, clamped.
+
+    With ``grad`` = dE/dx this samples ``p(x) ∝ exp(-E(x) / T)`` in the limit of small steps.
+    One fused pass reads ``x`` and ``grad`` and writes the result; the Gaussian noise ``xi`` is
+    generated inside the kernel from a counter-based generator (no noise tensor, no global RNG
+    state).
+
+    Noise conventions:
+      * ``noise_scale=None`` (exact overdamped Langevin): ``sigma = sqrt(2 * step_size * T)``.
+      * ``noise_scale=s`` (the decoupled convention of JEM / IGEBM-style EBM samplers, e.g.
+        step_size=1 or 10 with s=0.005..0.01): ``sigma = s`` and ``temperature`` is ignored.
+        This is the exact dynamics at the effective temperature ``T = s**2 / (2 * step_size)``;
+        ``noise_scale=0`` gives plain (clipped, clamped) gradient descent.
+
+    Random numbers: element ``e`` of ``x`` (its index in row-major logical order, whatever the
+    strides) uses output word ``e % 4`` of Philox4x32-10 with key ``seed`` and counter
+    ``offset + e // 4``, exactly ``tl.randint4x(seed, offset + e // 4)`` of Triton; the words
+    become uniforms ``u = ((w >> 8) + 1) * 2**-24`` in (0, 1] and Box-Muller on the word pairs
+    (0, 1) and (2, 3) gives ``n0 = sqrt(-2 ln u0) cos(2 pi u1)``, ``n1 = sqrt(-2 ln u0)
+    sin(2 pi u1)`` (likewise n2, n3 from u2, u3). A step thus uses the counters ``offset ..
+    offset + ceil(numel / 4) - 1``: advance ``offset`` by ``ceil(x.numel() / 4)`` (or simply by
+    ``x.numel()``) between steps and no two steps share noise. Every backend gives the same
+    uniform bits for the same (seed, offset) and normals equal within 1e-6 relative (the float32
+    kernels evaluate log, sin and cos by short series, ~3e-7 relative). The 24-bit uniforms
+    bound ``|xi| <= 5.77``.
+
+    Args:
+        x: float32, float64, float16 or bfloat16 tensor of any shape (non-contiguous is fine).
+            16-bit inputs compute in float32; float64 in float64.
+        grad: the energy gradient, x's shape and device (cast to x's dtype when it differs).
+        step_size: eta > 0.
+        temperature: T > 0 (used only when ``noise_scale`` is None).
+        noise_scale: sigma >= 0 overriding sqrt(2 eta T), or None.
+        grad_clip: g > 0 clamps each gradient element to [-g, g] before the step; None: off.
+        clamp: ``(lo, hi)`` bounds of the result (either may be None), or None.
+        seed: the Philox key, an int in [-2**63, 2**64) or a 0-dim int64 tensor on x's device.
+        offset: the first counter, an int >= 0 or a 0-dim int64 tensor on x's device (bits as
+            uint64; a CUDA tensor's value is not checked). Tensors are read by the kernel, so a
+            CUDA graph can capture the step and replay it after ``offset.add_(n)`` in place.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        A new contiguous tensor of x's shape and dtype.
+
+    Autograd: differentiable w.r.t. ``x`` (d/dx = 1) and ``grad`` (d/dgrad = -step_size where
+    ``|grad| < grad_clip``), both 0 where the clamp was active, i.e. where the unclamped value
+    ``v`` is not strictly inside ``(lo, hi)`` (a value on a bound counts as clamped, as in
+    ``torch.clamp``'s own backward; likewise a gradient on ``±grad_clip`` counts as clipped).
+    The backward recomputes ``v`` and its noise from the saved inputs; the noise is a constant.
+
+    Raises:
+        TypeError: non-float ``x``/``grad``; a non-numeric argument; seed/offset of a wrong type.
+        ValueError: step_size <= 0 or non-finite, temperature <= 0, noise_scale < 0,
+            grad_clip <= 0, clamp lo > hi, shape or device mismatch, a negative offset.
+        RuntimeError: the requested backend cannot run here.
+
+    Example:
+        >>> import torch, thermokern
+        >>> x = torch.zeros(4)
+        >>> y = thermokern.langevin_step(x, x, step_size=0.01, seed=0)  # pure noise, sigma 0.14
+        >>> y.shape
+        torch.Size([4])
+    """
+    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = _parse(
+        x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset
+    )
+    step = float(step_size)
+    name = _backend.resolve_backend(backend, x)
+    if name == "reference":
+        return reference.langevin_step(
+            x,
+            grad,
+            step_size=step,
+            noise_scale=sigma,
+            grad_clip=grad_clip,
+            clamp=(lo, hi),
+            seed=seed_t,
+            offset=offset_t,
+        )
+    if name == "triton":
+        return _triton_ops()[0](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+    return _ops.langevin_step(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+
+
+def langevin_step_(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    noise_scale: float | None = None,
+    grad_clip: float | None = None,
+    clamp: tuple[float | None, float | None] | None = None,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """In-place :func:`langevin_step`: writes the step into ``x`` and returns ``x``.
+
+    The same arguments give the same result (and noise) as :func:`langevin_step`. ``grad`` may
+    be ``x`` itself (e.g. the gradient of ``x**2 / 2``) but not another view overlapping it.
+    Not differentiable: it refuses to run while autograd would need it (``x`` or ``grad``
+    requiring grad with grad mode on); wrap sampler updates in ``torch.no_grad()``.
+
+    Raises:
+        RuntimeError: ``x`` or ``grad`` requires grad while grad mode is on; and as
+            :func:`langevin_step`.
+    """
+    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = _parse(
+        x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset
+    )
+    if torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad):
+        which = "x" if x.requires_grad else "grad"
+        raise RuntimeError(
+            f"langevin_step_: {which} requires grad, and an in-place step cannot be differentiated; "
+            "use thermokern.langevin_step (out of place), or run the update under torch.no_grad()"
+        )
+    step = float(step_size)
+    name = _backend.resolve_backend(backend, x)
+    if name == "reference":
+        out = reference.langevin_step(
+            x,
+            grad,
+            step_size=step,
+            noise_scale=sigma,
+            grad_clip=grad_clip,
+            clamp=(lo, hi),
+            seed=seed_t,
+            offset=offset_t,
+        )
+        return x.copy_(out)
+    if name == "triton":
+        # (the C++ ops check this themselves; the reference computes out of place)
+        if not torch.compiler.is_compiling() and _overlaps_partially(x, grad):
+            raise RuntimeError(
+                "langevin_step_: grad overlaps x in memory (other than being x itself); "
+                "pass grad.clone() or use langevin_step"
+            )
+        _triton_ops()[1](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+    else:
+        _ops.langevin_step_(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+    return x
