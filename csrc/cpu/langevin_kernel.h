@@ -5,13 +5,15 @@
 // thermokern/philox.h) and walks it in blocks of kBlock counters: first the block's normals
 // go into a small buffer in element order (it stays in L1), then one vectorised sweep reads x
 // and grad and writes clamp(x - eta clip(grad) + sigma n): the noise never reaches memory.
-// The normals come from a SIMD Philox (32x32 -> 64-bit multiplies on the even and odd lanes,
-// _mm512_mul_epu32 / _mm256_mul_epu32) and the header's own log / sincos series evaluated
-// lane-wise, with the division and square root correctly rounded as in the header. The
-// uniform bits are the header's exactly; the float normals may differ from the header's
-// scalar ones by an ulp where the compiler fuses a multiply-add differently. float64 takes
-// its words from the SIMD Philox and evaluates the double series per counter (not a speed
-// target).
+// The normals come from a SIMD Philox (philox_groups: 32x32 -> 64-bit multiplies with
+// _mm512_mul_epu32 / _mm256_mul_epu32, four groups of W counters interleaved) and the header's
+// own log / sincos series evaluated lane-wise, with the division and square root correctly
+// rounded as in the header. The uniform bits are the header's exactly; the float normals may
+// differ from the header's scalar ones by an ulp where the compiler fuses a multiply-add
+// differently. float64 takes its words from the SIMD Philox and evaluates the double series
+// per counter (not a speed target).
+// The kernel is compute-bound: float32 noise costs ~3-4 ns per counter on one core of the
+// 2-core EPYC (Philox about two thirds of it), streaming x, grad and the result ~1.5 ns.
 #pragma once
 
 #include <algorithm>
