@@ -78,5 +78,7 @@ void sgld_step_cpu_(at::TensorList params, at::TensorList grads, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) { m.impl("sgld_step_", &sgld_step_cpu_); }
+// A sparse grad selects this key: the checks then name it (instead of "no kernel").
+TORCH_LIBRARY_IMPL(thermokern, SparseCPU, m) { m.impl("sgld_step_", &sgld_step_cpu_); }
 
 }  // namespace thermokern::cpu

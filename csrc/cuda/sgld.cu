@@ -183,5 +183,7 @@ void sgld_step_cuda_(at::TensorList params, at::TensorList grads, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("sgld_step_", &sgld_step_cuda_); }
+// A sparse grad selects this key: the checks then name it (instead of "no kernel").
+TORCH_LIBRARY_IMPL(thermokern, SparseCUDA, m) { m.impl("sgld_step_", &sgld_step_cuda_); }
 
 }  // namespace thermokern::cuda

@@ -6,7 +6,7 @@ Importing thermokern loads the native extension ``thermokern._C`` (which registe
 
 from __future__ import annotations
 
-from thermokern import nn
+from thermokern import nn, optim
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
@@ -23,5 +23,6 @@ __all__ = [
     "langevin_step",
     "langevin_step_",
     "nn",
+    "optim",
     "softmax_entropy",
 ]
