@@ -121,30 +121,36 @@ def test_sgld_step(benchmark, bench_rounds, provider, dtype, width):
 
 
 def main(rounds: int = 15) -> None:
-    """Time every provider in this process and print medians and ratios to ``sgld``."""
+    """Time every provider in this process and print medians and ratios to ``sgld``.
+
+    The providers take turns round by round, so that load from other processes on a shared
+    machine falls on all of them alike.
+    """
     print(f"device={DEVICE} torch {torch.__version__} threads={torch.get_num_threads()}")
     for width in WIDTHS:
         for dtype in DTYPES:
-            medians = {}
+            steps, nbytes = {}, 0
             for provider in PROVIDERS:
                 params = make_params(width, dtype, DEVICE)
-                step = make_step(provider, params)
-                step()
-                _sync(DEVICE)
-                times = []
-                for _ in range(rounds):
+                steps[provider] = make_step(provider, params)
+                steps[provider]()  # warm-up (compiles for ``compile``)
+                nbytes = min_bytes(params)
+            _sync(DEVICE)
+            times: dict[str, list[float]] = {p: [] for p in PROVIDERS}
+            for _ in range(rounds):
+                for provider, step in steps.items():
                     t0 = time.perf_counter()
                     step()
                     _sync(DEVICE)
-                    times.append(time.perf_counter() - t0)
-                medians[provider] = statistics.median(times)
-            nbytes = min_bytes(params)
-            line = ", ".join(
-                f"{p} {1e3 * t:.2f} ms ({t / medians['sgld']:.1f}x)" for p, t in medians.items()
-            )
+                    times[provider].append(time.perf_counter() - t0)
+            medians = {p: statistics.median(t) for p, t in times.items()}
+            line = ", ".join(f"{p} {1e3 * t:.2f} ms ({t / medians['sgld']:.1f}x)" for p, t in medians.items())
             gbps = nbytes / medians["sgld"] / 1e9
-            print(f"mlp{LAYERS}x{width} {_id(dtype)}: {line}; sgld {gbps:.1f} GB/s")
+            print(f"mlp{LAYERS}x{width} {_id(dtype)}: {line}; sgld {gbps:.1f} GB/s", flush=True)
 
 
 if __name__ == "__main__":
+    # python bench/bench_optim.py [rounds] [threads]
+    if len(sys.argv) > 2:
+        torch.set_num_threads(int(sys.argv[2]))
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
