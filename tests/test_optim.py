@@ -539,6 +539,16 @@ def test_errors():
     with pytest.raises(ValueError, match="backend"):
         SGLD([p], lr=0.1, backend="nope")
 
+    # a rejected group leaves the optimizer as it was
+    opt = SGLD([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: weight_decay"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "weight_decay": -1.0})
+    with pytest.raises(TypeError, match=r"param_groups\[1\]: params\[1\]"):
+        opt.add_param_group(
+            {"params": [torch.nn.Parameter(torch.randn(2)), torch.ones(2, dtype=torch.int32)]}
+        )
+    assert len(opt.param_groups) == 1
+
     # a scheduler (or user) setting a bad lr is caught at the step
     opt = SGLD([p], lr=0.1)
     p.grad = torch.randn_like(p)

@@ -96,9 +96,12 @@ __global__ void __launch_bounds__(kSgldThreads)
         gv[k] = static_cast<acc_t>(gp.v[k]);
       }
     } else {
-      for (int k = 0; k < m; ++k) {
-        x[k] = static_cast<acc_t>(p[k]);
-        gv[k] = static_cast<acc_t>(g[k]);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {  // constant indices: x and gv stay in registers
+        if (k < m) {
+          x[k] = static_cast<acc_t>(p[k]);
+          gv[k] = static_cast<acc_t>(g[k]);
+        }
       }
     }
     Normal4<acc_t> nz{};
@@ -118,7 +121,10 @@ __global__ void __launch_bounds__(kSgldThreads)
     if (vec) {
       *reinterpret_cast<Vec4<scalar_t>*>(p) = out;
     } else {
-      for (int k = 0; k < m; ++k) p[k] = out.v[k];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (k < m) p[k] = out.v[k];
+      }
     }
   }
 }

@@ -163,16 +163,20 @@ class SGLD(torch.optim.Optimizer):
 
         Its parameters take the counters after those of the existing groups.
         """
+        where = f"param_groups[{len(self.param_groups)}]: "
+        if isinstance(param_group, dict):  # (the base class rejects anything else)
+            hp = {**self.defaults, **param_group}
+            _check_hparams(hp["lr"], hp["temperature"], hp["weight_decay"], where)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        where = f"param_groups[{len(self.param_groups) - 1}]: "
-        _check_hparams(group["lr"], group["temperature"], group["weight_decay"], where)
         for i, p in enumerate(group["params"]):
             if p.dtype not in FLOAT_DTYPES:
+                self.param_groups.pop()  # leave the optimizer as it was
                 raise TypeError(
                     f"{where}params[{i}]: expected a float32, float64, float16 or bfloat16 "
                     f"parameter, got {p.dtype}"
                 )
+        for p in group["params"]:
             self._rng_tensors(p.device)
 
     def _rng_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
