@@ -67,8 +67,8 @@ class SGLD(torch.optim.Optimizer):
     gradient plus weight decay ``λ``. For small ``lr`` the iterates sample
     ``p(θ) ∝ exp(-(L(θ) + λ|θ|²/2) / T)``. All parameters of one param group that share a
     device and dtype are updated by one kernel launch (one parallel region on CPU) that reads
-    each parameter and gradient once and generates the noise in registers: no noise tensor, no
-    per-tensor launches.
+    each parameter and gradient once and generates the noise inside the kernel: no noise
+    tensor, no per-tensor launches.
 
     Conventions:
       * Welling & Teh write ``Δθ = (ε/2) ∇log p(θ | data) + N(0, ε)``: that is this update with
