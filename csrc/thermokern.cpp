@@ -109,6 +109,33 @@ TORCH_LIBRARY(thermokern, m) {
       "float? clamp_hi=None) -> (Tensor grad_x, Tensor grad_grad)");
 }
 
+// ---------------------------------------------------------------------------------------
+// SGLD (thermokern.optim.SGLD): a multi-tensor in-place Langevin step.
+TORCH_LIBRARY_FRAGMENT(thermokern, m) {
+  // [Note: SGLD step]
+  // One stochastic-gradient Langevin step over every tensor of `params`, in one kernel launch
+  // (one parallel region on CPU): for each i and each element e of params[i] (row-major
+  // logical order, whatever the strides),
+  //   g' = grads[i] + weight_decay * params[i],   params[i] = params[i] - lr * g' + noise_std * n
+  // with n the standard normal of [Note: Langevin noise layout] (thermokern/philox.h) at
+  // Philox counter offset + counter_starts[i] + e / 4, word e % 4, key seed. So tensor i gets
+  // exactly the noise of langevin_step(params[i], g', step_size=lr, noise_scale=noise_std,
+  // seed, offset + counter_starts[i]), and the caller chooses the counter layout; ranges
+  // [counter_starts[i], counter_starts[i] + ceil(numel / 4)) that do not overlap give
+  // independent noise (thermokern.optim.SGLD lays its parameters end to end). noise_std == 0
+  // skips the generator.
+  // All params share one floating dtype and one device; grads[i] has params[i]'s shape, dtype
+  // and device, is dense, and may be params[i] itself but no other view overlapping it; the
+  // params must not overlap one another. 16-bit params compute in float32, float64 in float64.
+  // seed and offset are 0-dim int64 tensors on the params' device, read by the kernel (bits
+  // as uint64); offset is not advanced (the caller does that between steps). lr > 0,
+  // noise_std >= 0 and weight_decay >= 0 are finite. Non-contiguous params are updated through
+  // a contiguous copy (the CPU and CUDA kernels write it back).
+  m.def(
+      "sgld_step_(Tensor(a!)[] params, Tensor[] grads, Tensor seed, Tensor offset, "
+      "int[] counter_starts, float lr, float noise_std, float weight_decay=0.0) -> ()");
+}
+
 namespace thermokern {
 namespace {
 std::atomic<bool> g_poison_outputs{false};

@@ -102,4 +102,15 @@ const LangevinKernels& langevin_kernels() {
   return table[static_cast<int>(active_isa())];
 }
 
+
+// sgld_step_ (declared in isa.h).
+SgldFn sgld_kernel() {
+#if defined(__x86_64__)
+  static const SgldFn table[] = {sgld_step_DEFAULT, sgld_step_AVX2, sgld_step_AVX512};
+#else
+  static const SgldFn table[] = {sgld_step_DEFAULT, sgld_step_DEFAULT, sgld_step_DEFAULT};
+#endif
+  return table[static_cast<int>(active_isa())];
+}
+
 }  // namespace thermokern::cpu

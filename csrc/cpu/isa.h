@@ -154,4 +154,43 @@ const LangevinKernels& langevin_kernels();
 // generates them, 4 per counter (csrc/cpu/langevin.cpp; for the tests).
 std::vector<uint32_t> langevin_words(uint64_t seed, uint64_t offset, int64_t n);
 
+
+// ---------------------------------------------------------------------------------------
+// sgld_step_ (csrc/cpu/sgld.cpp, kernel in csrc/cpu/sgld_kernel.h): one step over a list of
+// contiguous tensors of one dtype, their Philox counters concatenated into one work space.
+// Tensor i owns the work items [work_begin, work_begin + ceil(numel / 4)); work item w of it
+// is its counter c = w - work_begin (elements 4c .. 4c + 3), drawn at Philox counter
+// offset + counter_start + c ([Note: SGLD step] in csrc/thermokern.cpp).
+struct SgldTensor {
+  void* param = nullptr;         // (numel,) contiguous, updated in place
+  const void* grad = nullptr;    // (numel,) contiguous, param's dtype
+  int64_t numel = 0;             // > 0 (empty tensors are not listed)
+  uint64_t counter_start = 0;    // relative to SgldArgs::offset
+  int64_t work_begin = 0;        // prefix sum of ceil(numel / 4) over the earlier tensors
+};
+
+struct SgldArgs {
+  c10::ScalarType dtype;
+  uint64_t seed = 0;             // Philox key
+  uint64_t offset = 0;           // base counter of the step
+  double lr = 0.0;               // eta
+  double noise_std = 0.0;        // sigma (0: no noise is generated)
+  double weight_decay = 0.0;     // lambda: the gradient is grad + lambda * param
+  const SgldTensor* tensors = nullptr;
+  int64_t n_tensors = 0;
+};
+
+// Processes the work items [work_begin, work_end) of the concatenated tensors.
+using SgldFn = void (*)(const SgldArgs& args, int64_t work_begin, int64_t work_end);
+
+#define TK_DECLARE_SGLD_ISA(ISA) void sgld_step_##ISA(const SgldArgs&, int64_t, int64_t);
+TK_DECLARE_SGLD_ISA(DEFAULT)
+#if defined(__x86_64__)
+TK_DECLARE_SGLD_ISA(AVX2)
+TK_DECLARE_SGLD_ISA(AVX512)
+#endif
+#undef TK_DECLARE_SGLD_ISA
+
+SgldFn sgld_kernel();  // the active ISA's variant
+
 }  // namespace thermokern::cpu

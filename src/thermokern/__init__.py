@@ -7,7 +7,7 @@ Importing thermokern loads the native extension ``thermokern._C`` (which registe
 from __future__ import annotations
 
 from thermokern import distributed as distributed  # vocabulary-parallel ops (torch.distributed)
-from thermokern import nn
+from thermokern import nn, optim
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
@@ -29,6 +29,7 @@ __all__ = [
     "log_partition",
     "logsumexp",
     "nn",
+    "optim",
     "softmax_entropy",
     "thermo_stats",
 ]

@@ -6,4 +6,5 @@
 #include "../entropy_kernel.h"
 #include "../partition_kernel.h"
 #include "../langevin_kernel.h"
+#include "../sgld_kernel.h"
 #endif

@@ -4,3 +4,4 @@
 #include "../entropy_kernel.h"
 #include "../partition_kernel.h"
 #include "../langevin_kernel.h"
+#include "../sgld_kernel.h"

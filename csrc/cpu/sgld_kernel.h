@@ -1,0 +1,104 @@
+// sgld_step_ CPU kernel, compiled once per ISA (see csrc/cpu/isa.h).
+//
+// [Note: the SGLD CPU kernel]
+// The op hands the kernel one work space: the Philox counters of all its tensors laid end to
+// end (SgldTensor::work_begin). at::parallel_for splits that space evenly whatever the tensor
+// sizes, so one task may finish one tensor and start the next, and a large tensor is shared by
+// several tasks: small biases and large weights are balanced together, in one parallel region
+// per step. Inside a tensor the kernel is langevin_step's (langevin_kernel.h): blocks of
+// langevin::kBlock counters, whose normals go into an L1-resident buffer and are then added in
+// one vectorised sweep that reads param and grad and writes param:
+//   g' = grad + lambda * param (only when lambda != 0),  param = param - eta g' + sigma n,
+// in float for 16-bit params (double for double), in the same operation order as
+// langevin_step, so that with lambda = 0 a tensor's update equals langevin_step_ on it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "isa.h"
+#include "langevin_kernel.h"
+
+namespace thermokern::cpu {
+inline namespace CPU_CAPABILITY {
+namespace sgld {
+
+using langevin::Lanes;
+using langevin::PhiloxKeys;
+
+// Counters [c_begin, c_end) of one tensor (relative to its first counter).
+template <typename scalar_t>
+void tensor_range(const SgldArgs& a, const SgldTensor& t, const PhiloxKeys& keys, int64_t c_begin,
+                  int64_t c_end) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Va = typename L::Va;
+  const Va neg_lr(static_cast<acc_t>(-a.lr));
+  const Va sigma(static_cast<acc_t>(a.noise_std));
+  const Va wd(static_cast<acc_t>(a.weight_decay));
+  const bool has_noise = a.noise_std != 0.0;
+  const bool has_wd = a.weight_decay != 0.0;
+  // + kSize: full-vector noise loads past the block's last element stay inside the buffer
+  alignas(64) acc_t z[4 * langevin::kBlock + L::kSize] = {};
+  auto* p = static_cast<scalar_t*>(t.param);
+  const auto* g = static_cast<const scalar_t*>(t.grad);
+  const uint64_t first = a.offset + t.counter_start;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += langevin::kBlock) {
+    const int64_t nc = std::min(langevin::kBlock, c_end - c0);
+    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, t.numel - e0);
+    if (has_noise) langevin::normals(keys, a.seed, first + static_cast<uint64_t>(c0), nc, z);
+    for (int64_t i = 0; i < ne; i += L::kSize) {
+      const int64_t cnt = ne - i;
+      Va xv[L::kParts], gv[L::kParts];
+      L::load(p + e0 + i, cnt, xv);
+      L::load(g + e0 + i, cnt, gv);
+      for (int k = 0; k < L::kParts; ++k) {
+        Va gk = gv[k];
+        if (has_wd) gk = gk + wd * xv[k];
+        Va v = xv[k] + neg_lr * gk;
+        if (has_noise) v = v + sigma * Va::loadu(z + i + k * Va::size());
+        xv[k] = v;
+      }
+      L::store(p + e0 + i, cnt, xv);
+    }
+  }
+}
+
+template <typename scalar_t>
+void step(const SgldArgs& a, int64_t w_begin, int64_t w_end) {
+  const PhiloxKeys keys(a.seed);
+  const SgldTensor* const end = a.tensors + a.n_tensors;
+  // The tensor holding w_begin: the last one starting at or before it (none is empty).
+  const SgldTensor* t =
+      std::upper_bound(a.tensors, end, w_begin,
+                       [](int64_t w, const SgldTensor& x) { return w < x.work_begin; }) -
+      1;
+  for (int64_t w = w_begin; w < w_end && t < end; ++t) {
+    const int64_t counters = (t->numel + 3) / 4;
+    const int64_t c_begin = w - t->work_begin;
+    const int64_t c_end = std::min(counters, w_end - t->work_begin);
+    tensor_range<scalar_t>(a, *t, keys, c_begin, c_end);
+    w = t->work_begin + c_end;
+  }
+}
+
+}  // namespace sgld
+}  // namespace CPU_CAPABILITY
+
+#define TK_SGLD_CAT_(a, b) a##_##b
+#define TK_SGLD_CAT(a, b) TK_SGLD_CAT_(a, b)
+
+void TK_SGLD_CAT(sgld_step, CPU_CAPABILITY)(const SgldArgs& a, int64_t b, int64_t e) {
+  switch (a.dtype) {
+    case c10::ScalarType::Float: CPU_CAPABILITY::sgld::step<float>(a, b, e); break;
+    case c10::ScalarType::Double: CPU_CAPABILITY::sgld::step<double>(a, b, e); break;
+    case c10::ScalarType::BFloat16: CPU_CAPABILITY::sgld::step<c10::BFloat16>(a, b, e); break;
+    case c10::ScalarType::Half: CPU_CAPABILITY::sgld::step<c10::Half>(a, b, e); break;
+    default: break;
+  }
+}
+
+#undef TK_SGLD_CAT
+#undef TK_SGLD_CAT_
+
+}  // namespace thermokern::cpu
