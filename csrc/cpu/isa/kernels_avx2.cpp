@@ -6,4 +6,5 @@
 #define CPU_CAPABILITY_AVX2
 #include "../entropy_kernel.h"
 #include "../langevin_kernel.h"
+#include "../mala_kernel.h"
 #endif

@@ -5,4 +5,5 @@
 #define CPU_CAPABILITY_AVX512
 #include "../entropy_kernel.h"
 #include "../langevin_kernel.h"
+#include "../mala_kernel.h"
 #endif

@@ -3,3 +3,4 @@
 #define CPU_CAPABILITY_DEFAULT
 #include "../entropy_kernel.h"
 #include "../langevin_kernel.h"
+#include "../mala_kernel.h"
