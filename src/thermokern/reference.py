@@ -228,10 +228,10 @@ def mala_accept(
     indexes chains); accepted where log u <= log alpha (u from :func:`mala_uniform`);
     x_new[c] = x_prop[c] if accepted else x[c], contiguous in x's dtype; log_alpha in the
     accumulation dtype."""
-    chains = x.shape[0]
+    chains, row = x.shape[0], math.prod(x.shape[1:])
 
     def rows(t):
-        return t.detach().to(torch.float64).reshape(chains, -1)
+        return t.detach().to(torch.float64).reshape(chains, row)
 
     xs, xps, gs, gps = rows(x), rows(x_prop), rows(grad), rows(grad_prop)
     eta, t = float(step_size), float(temperature)

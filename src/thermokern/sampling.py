@@ -328,7 +328,8 @@ class _Sampler:
             self.energy, self.grad = energy_and_grad(energy_fn, x)
 
     def _grad_norm(self, g: torch.Tensor) -> torch.Tensor:
-        return g.reshape(self.chains, -1).to(reference.acc_dtype(g.dtype)).norm(dim=1).mean()
+        row = math.prod(g.shape[1:])
+        return g.reshape(self.chains, row).to(reference.acc_dtype(g.dtype)).norm(dim=1).mean()
 
     def step(self, eta: float, temperature: float) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
@@ -639,6 +640,8 @@ class ReplayBuffer:
             raise ValueError(f"capacity: expected an int > 0, got {capacity!r}")
         if isinstance(sample_shape, numbers.Integral):
             sample_shape = (int(sample_shape),)
+        if isinstance(sample_shape, (str, bytes)):
+            raise TypeError(f"sample_shape: expected an int or a tuple of ints, got {sample_shape!r}")
         try:
             shape = tuple(int(d) for d in sample_shape)
         except (TypeError, ValueError):
