@@ -46,12 +46,22 @@ TK_INLINE T mala_log_alpha(T energy, T energy_prop, T sum, T temperature) {
   return -detail::div_rn((energy_prop - energy) + T(0.25) * sum, temperature);
 }
 
-// log u of chain `chain` (see the Note): -(1/2) (-2 ln u) by the header's series.
+// The Philox counter of chain `chain`'s uniform (its word is chain % 4; see the Note).
+TK_INLINE uint64_t mala_uniform_counter(uint64_t offset, int64_t numel, int64_t chain) {
+  return offset + static_cast<uint64_t>((numel + 3) / 4) + static_cast<uint64_t>(chain / 4);
+}
+
+// log u of the Philox word w: -(1/2) (-2 ln u) by the header's series.
+template <typename T>
+TK_INLINE T mala_log_u_of_word(uint32_t w) {
+  return T(-0.5) * noise_neg2_log_u<T>(noise_k24(w));
+}
+
+// log u of chain `chain` (see the Note).
 template <typename T>
 TK_INLINE T mala_log_u(uint64_t seed, uint64_t offset, int64_t numel, int64_t chain) {
-  const uint64_t ctr = offset + static_cast<uint64_t>((numel + 3) / 4) + static_cast<uint64_t>(chain / 4);
-  const Philox4x32 r = philox_randint4x(seed, ctr);
-  return T(-0.5) * noise_neg2_log_u<T>(noise_k24(r.x[chain % 4]));
+  const Philox4x32 r = philox_randint4x(seed, mala_uniform_counter(offset, numel, chain));
+  return mala_log_u_of_word<T>(r.x[chain % 4]);
 }
 
 // Whether the chain accepts (false for a NaN log alpha).
