@@ -41,6 +41,8 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert {r["provider"] for r in rows} == {"cpu", "eager"}
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
-        assert r["median_ms"] > 0 and r["max_abs_err"] < 1e-4, r
+        assert r["median_ms"] > 0, r
+        if benchmark.OPS[r["op"]].has_reference:  # a sampler's output is random: no error column
+            assert r["max_abs_err"] < 1e-4, r
     table = benchmark.format_table(result)
     assert "softmax_entropy" in table and "32x1000" in table
