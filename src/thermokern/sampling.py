@@ -316,7 +316,8 @@ class _Sampler:
         self.energy_fn = energy_fn
         self.x = x
         self.chains = x.shape[0]
-        self.backend = backend
+        self.backend = backend  # the accept/reject's
+        # langevin_step's: the same, until this build has its CUDA kernel (Triton meanwhile)
         self.prop_backend = _proposal_backend(backend)
         self.metropolis = metropolis
         self.noise_scale, self.grad_clip, self.clamp = noise_scale, grad_clip, clamp
@@ -350,7 +351,7 @@ class _Sampler:
                     clamp=self.clamp,
                     seed=self.seed,
                     offset=self.offset,
-                    backend=self.backend,
+                    backend=self.prop_backend,
                 )
             return stats
         energy, grad = self.energy, self.grad
