@@ -1,6 +1,7 @@
 """Small forward+backward cases of every CUDA/Triton kernel on the GPU, for compute-sanitizer:
 softmax_entropy, entropy_regularized_cross_entropy, the partition kernels (logsumexp with
-weights and masks, thermo_stats) over rows and over a middle dimension, and langevin_step.
+weights and masks, thermo_stats) over rows and over a middle dimension, langevin_step and
+mala_accept.
 
     compute-sanitizer --tool memcheck  --error-exitcode 1 python bench/sanitize_cases.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_cases.py \
@@ -223,8 +224,35 @@ def main(argv: list[str] | None = None) -> int:
     lc, lf = _langevin_cases(args.backend, dtypes, gen)
     cases += lc
     failures += lf
+    mala_cases, mala_failures = _mala_cases(args.backend, dtypes)
+    cases, failures = cases + mala_cases, failures + mala_failures
     print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
     return 1 if failures else 0
+
+
+# ---- mala_accept (sampling branch) ------------------------------------------------------
+def _mala_cases(backend: str, dtypes: list[torch.dtype]) -> tuple[int, int]:
+    """mala_accept on chains of 1, 3, 33, 300 and 5000 elements (one to several strides of a
+    CUDA block, shared-memory block reduction) against the float64 reference: the decisions
+    and x_new must match exactly."""
+    from thermokern.ops import mala
+
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    cases = failures = 0
+    for dtype in dtypes:
+        for chains, d in ((7, 1), (5, 3), (9, 33), (6, 300), (3, 5000)):
+            x, xp, g, gp = ((torch.randn(chains, d, generator=gen) * 0.3).to(dtype) for _ in range(4))
+            e, ep = (torch.randn(chains, generator=gen).to(reference.acc_dtype(dtype)) for _ in range(2))
+            kw = {"step_size": 0.05, "temperature": 0.9, "seed": 5, "offset": 11}
+            cpu = (x, xp, g, gp, e, ep)
+            got = mala.mala_accept(*(t.cuda() for t in cpu), backend=backend, **kw)
+            torch.cuda.synchronize()
+            want = mala.mala_accept(*cpu, backend="reference", **kw)
+            cases += 1
+            if not (torch.equal(got[1].cpu(), want[1]) and torch.equal(got[0].cpu(), want[0])):
+                failures += 1
+                print(f"MISMATCH mala_accept {backend} {str(dtype)[6:]} {chains}x{d}", file=sys.stderr)
+    return cases, failures
 
 
 if __name__ == "__main__":

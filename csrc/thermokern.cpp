@@ -107,6 +107,24 @@ TORCH_LIBRARY(thermokern, m) {
       "langevin_step_bwd(Tensor grad_out, Tensor x, Tensor grad, Tensor seed, Tensor offset, "
       "float step_size, float noise_std, float? grad_clip=None, float? clamp_lo=None, "
       "float? clamp_hi=None) -> (Tensor grad_x, Tensor grad_grad)");
+
+  // ---- MALA (thermokern.mala_step) ------------------------------------------------------
+  // [Note: MALA acceptance] in thermokern/mala.h. The accept/reject of one MALA step, per
+  // chain c (dim 0 of x; each chain is the row-major block x[c]): from x, the proposal x_prop
+  // (langevin_step of x with noise_std sqrt(2 step_size temperature) at the same seed and
+  // offset), the energy gradients grad = dE/dx at x and grad_prop at x_prop, and the energies
+  // (chains,) in the accumulation dtype (float32; float64 for float64 x):
+  //   log_alpha = -((E' - E) + S / 4) / T,  S = sum (2 (x - x') + eta (g' - g)) (g + g'),
+  //   accepted = log u <= log_alpha, u from word c % 4 of Philox counter
+  //              offset + ceil(numel / 4) + c / 4 (after the proposal's counters),
+  //   x_new[c] = accepted ? x_prop[c] : x[c].
+  // x_prop, grad, grad_prop: x's shape and dtype. Outputs: x_new contiguous (x's shape and
+  // dtype), accepted (chains,) bool, log_alpha (chains,) accumulation dtype. Not
+  // differentiable (a sampler step).
+  m.def(
+      "mala_accept(Tensor x, Tensor x_prop, Tensor grad, Tensor grad_prop, Tensor energy, "
+      "Tensor energy_prop, Tensor seed, Tensor offset, float step_size, float temperature) -> "
+      "(Tensor x_new, Tensor accepted, Tensor log_alpha)");
 }
 
 // ---------------------------------------------------------------------------------------

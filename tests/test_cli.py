@@ -42,6 +42,8 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
         assert r["median_ms"] > 0, r
+        if not benchmark.OPS[r["op"]].has_reference:
+            continue  # a sampler's output is random: no error column
         if r["op"] == "langevin_step" and r["provider"] == "eager":
             assert r["max_abs_err"] is None, r  # torch's own noise: not comparable
         else:

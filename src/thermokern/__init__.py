@@ -7,12 +7,13 @@ Importing thermokern loads the native extension ``thermokern._C`` (which registe
 from __future__ import annotations
 
 from thermokern import distributed as distributed  # vocabulary-parallel ops (torch.distributed)
-from thermokern import nn, optim
+from thermokern import nn, optim, sampling
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
 from thermokern.ops.entropy import softmax_entropy
 from thermokern.ops.langevin import langevin_step, langevin_step_
 from thermokern.ops.partition import ThermoStats, free_energy, log_partition, logsumexp, thermo_stats
+from thermokern.ops.mala import mala_counters, mala_step
 
 __version__ = "0.1.0"
 
@@ -22,14 +23,18 @@ __all__ = [
     "ThermoStats",
     "__version__",
     "available_backends",
+    "distributed",
     "entropy_regularized_cross_entropy",
     "free_energy",
     "langevin_step",
     "langevin_step_",
     "log_partition",
     "logsumexp",
+    "mala_counters",
+    "mala_step",
     "nn",
     "optim",
+    "sampling",
     "softmax_entropy",
     "thermo_stats",
 ]

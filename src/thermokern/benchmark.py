@@ -162,6 +162,8 @@ class OpSpec:
         modes: the modes this op is benchmarked in (a subset of :data:`MODES`).
         elementwise: the output has the input's shape (``fwd`` reference chunks are then flat
             slices of the elements) instead of one value per row.
+        has_reference: whether outputs are compared with ``reference_chunks`` (a sampler's
+            output depends on its random numbers: no error column).
     """
 
     name: str
@@ -176,6 +178,7 @@ class OpSpec:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     modes: tuple[str, ...] = MODES
     elementwise: bool = False
+    has_reference: bool = True
 
     def reference(self, x: torch.Tensor, grad: torch.Tensor | None, mode: str) -> torch.Tensor:
         """float64 output (``fwd``, shaped like the op's output) or input gradient (``fwd+bwd``)."""
@@ -1174,7 +1177,7 @@ def _measure_provider(
     mem.start()
     value = result_of_call(mode, call, inputs)
     row["peak_mem_mib"] = mem.stop()
-    row["max_abs_err"] = ref.max_abs_err(value) if prov.exact else None
+    row["max_abs_err"] = ref.max_abs_err(value) if (ref is not None and prov.exact) else None
     del value
     prepare(0)
     times = _time_calls(call, prepare, device, st)
@@ -1392,9 +1395,9 @@ def _run_case(spec, provs, mode_list, shape, dtype, device, st, mem, cache, gen,
     del dst
     grad = spec.make_grad(xs[0], gen)
 
-    for mode in mode_list:
+    for mode in [m for m in mode_list if m in spec.modes]:
         bar.status(f"{label} {mode} float64 reference")
-        ref = _Reference(spec, xs[0], grad, mode)
+        ref = _Reference(spec, xs[0], grad, mode) if spec.has_reference else None
         rows = []
         for prov in provs:
             bar.status(f"{label} {mode} {prov.name}" + (" (compiling)" if prov.compiled else ""))
@@ -1594,3 +1597,119 @@ def plot(result: dict[str, Any], path: str) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
+
+
+# ============================================================================ langevin_sample
+# (sampling branch) A whole sampling run: _SAMPLER_STEPS steps of the JEM / IGEBM sampler
+# (step_size 1, noise 0.01, clamp to [-1, 1]) on chains x0 of shape (chains, D) under a small
+# MLP energy D -> 64 -> 64 -> 1. Providers: "thermokern" (sampling.langevin_sample, one fused
+# langevin_step_ per step), "eager" (JEM's loop: three in-place passes and a randn tensor per
+# step) and, on CUDA, "cuda_graph" (langevin_sample(cuda_graph=True)). The energy network
+# is the same for all: the difference is the update and its launches.
+_SAMPLER_STEPS = 64
+_SAMPLER_ETA = 1.0
+_SAMPLER_SIGMA = 0.01
+_SAMPLER_HIDDEN = 64
+_SAMPLER_NETS: dict[tuple, torch.nn.Module] = {}
+
+
+def _sampler_energy(x: torch.Tensor) -> torch.nn.Module:
+    """The benchmark's MLP energy for inputs like ``x`` (deterministic weights, no grads)."""
+    key = (x.shape[-1], x.dtype, str(x.device))
+    if key not in _SAMPLER_NETS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(
+                torch.nn.Linear(x.shape[-1], _SAMPLER_HIDDEN),
+                torch.nn.SiLU(),
+                torch.nn.Linear(_SAMPLER_HIDDEN, _SAMPLER_HIDDEN),
+                torch.nn.SiLU(),
+                torch.nn.Linear(_SAMPLER_HIDDEN, 1),
+                torch.nn.Flatten(0),
+            )
+        _SAMPLER_NETS[key] = net.to(device=x.device, dtype=x.dtype).requires_grad_(False)
+    return _SAMPLER_NETS[key]
+
+
+def _sampler_thermokern(cuda_graph: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    from thermokern import sampling
+
+    def fn(x0: torch.Tensor) -> torch.Tensor:
+        return sampling.langevin_sample(
+            _sampler_energy(x0),
+            x0,
+            n_steps=_SAMPLER_STEPS,
+            step_size=_SAMPLER_ETA,
+            noise_scale=_SAMPLER_SIGMA,
+            clamp=(-1.0, 1.0),
+            seed=0,
+            cuda_graph=cuda_graph,
+        )
+
+    return fn
+
+
+def _eager_sampler(x0: torch.Tensor) -> torch.Tensor:
+    """JEM's sampling loop (Grathwohl et al. 2019), as EBM code commonly writes it."""
+    energy = _sampler_energy(x0)
+    x = x0.detach().clone()
+    for _ in range(_SAMPLER_STEPS):
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(energy(x).sum(), x)
+        x = x.detach()
+        x.add_(-_SAMPLER_ETA * g)
+        x.add_(_SAMPLER_SIGMA * torch.randn_like(x))
+        x.clamp_(-1.0, 1.0)
+    return x
+
+
+def _sampler_providers(device: str) -> tuple[list[Provider], list[str]]:
+    kind = torch.device(device).type
+    providers = [Provider("thermokern", lambda: _sampler_thermokern(False), kind="thermokern")]
+    what = (
+        f"{_SAMPLER_STEPS} steps x (MLP energy D->{_SAMPLER_HIDDEN}->{_SAMPLER_HIDDEN}->1 forward + "
+        "input gradient + update); time per whole run; GB/s counts only the updates' minimal "
+        "traffic (read x and grad, write x per step), a small part of the run"
+    )
+    notes = [what]
+    if kind == "cuda":
+        providers.append(Provider("cuda_graph", lambda: _sampler_thermokern(True), kind="thermokern"))
+    else:
+        notes.append("cuda_graph: CUDA only")
+    providers.append(Provider("eager", lambda: _eager_sampler, kind="baseline"))
+    return providers, notes
+
+
+def _sampler_input(shape, dtype, device, gen) -> torch.Tensor:
+    x = torch.rand(shape, generator=gen, device=device, dtype=torch.float32) * 2 - 1
+    return x.to(dtype)
+
+
+def _sampler_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    if torch.device(device).type == "cuda":
+        return [(4096, 64)] if quick else [(4096, 64), (65536, 64)]
+    return [(256, 32)] if quick else [(1024, 32)]
+
+
+OPS["langevin_sample"] = OpSpec(
+    name="langevin_sample",
+    providers=_sampler_providers,
+    make_input=_sampler_input,
+    make_grad=lambda x, gen: None,
+    min_bytes=lambda shape, dtype, mode: (
+        _SAMPLER_STEPS * 3 * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    ),
+    input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+    reference_chunks=lambda x, grad, mode: iter(()),
+    default_shapes=_sampler_shapes,
+    default_dtypes=lambda device, quick: [torch.float32],
+    params={
+        "n_steps": _SAMPLER_STEPS,
+        "step_size": _SAMPLER_ETA,
+        "noise_scale": _SAMPLER_SIGMA,
+        "clamp": [-1.0, 1.0],
+        "energy": f"MLP D-{_SAMPLER_HIDDEN}-{_SAMPLER_HIDDEN}-1 SiLU",
+    },
+    modes=("fwd",),
+    has_reference=False,
+)

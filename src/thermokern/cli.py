@@ -1,4 +1,4 @@
-"""The ``thermokern`` command: ``info`` and ``bench``."""
+"""The ``thermokern`` command: ``info``, ``bench`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -109,16 +109,77 @@ def bench(args) -> int:
     return 0 if result is not None else 1
 
 
+# ---- demo (sampling branch) ------------------------------------------------------------
+def _add_demo(sub) -> None:
+    d = sub.add_parser("demo", help="small end-to-end demos")
+    demos = d.add_subparsers(dest="demo", required=True)
+    e = demos.add_parser(
+        "ebm",
+        help="train a 2-D energy-based model by persistent contrastive divergence and plot it",
+    )
+    e.add_argument("--dataset", choices=["8gaussians", "2moons"], default="8gaussians")
+    e.add_argument(
+        "--out", default="ebm_demo.png", metavar="PATH", help="PNG to write (default ebm_demo.png)"
+    )
+    e.add_argument("--steps", type=int, default=1500, metavar="N", help="training iterations (default 1500)")
+    e.add_argument(
+        "--langevin-steps", type=int, default=20, metavar="K", help="sampler steps per iteration (default 20)"
+    )
+    e.add_argument("--metropolis", action="store_true", help="MALA instead of unadjusted Langevin")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def demo(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print(
+            "thermokern demo ebm: the PNG needs matplotlib, which is not installed: "
+            "pip install 'thermokern[demo]' (or pip install matplotlib)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.steps < 1 or args.langevin_steps < 1:
+        print("thermokern demo ebm: --steps and --langevin-steps must be >= 1", file=sys.stderr)
+        return 2
+    from thermokern import demo as ebm
+
+    log = None if args.quiet else print
+    if log:
+        log(
+            f"thermokern demo ebm: {args.dataset}, {args.steps} PCD iterations x {args.langevin_steps} "
+            f"{'MALA' if args.metropolis else 'Langevin'} steps, {torch.get_num_threads()} threads"
+        )
+    result = ebm.train(
+        args.dataset,
+        iterations=args.steps,
+        langevin_steps=args.langevin_steps,
+        metropolis=args.metropolis,
+        seed=args.seed,
+        log=log,
+    )
+    ebm.plot(result, args.out)
+    print(f"wrote {args.out} (training {result['seconds']:.1f} s)")
+    return 0
+
+
+# ---- end demo ---------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thermokern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, backends, CPU ISA and GPU")
     _add_bench(sub)
+    _add_demo(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
     if args.command == "bench":
         return bench(args)
+    if args.command == "demo":
+        return demo(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -200,6 +200,8 @@ def thermo_stats(energy, dim=-1, *, temperature=1.0):
     s = (u - f) / t
     c = var / (t * t)
     return tuple(v.squeeze(dims).to(energy.dtype) for v in (lz, f, u, s, c))
+
+
 # ----------------------------------------------------------------------------- Langevin
 # Philox4x32-10 in int64 tensor arithmetic (every intermediate < 2^63), the specification of
 # the noise stream of langevin_step; see [Note: Langevin noise layout] in
@@ -318,3 +320,55 @@ def _clamp_strict(t: torch.Tensor, lo: float | None, hi: float | None) -> torch.
     if hi is not None:
         inside &= t < hi
     return torch.where(inside, t, t.detach().clamp(min=lo, max=hi))
+
+
+# ----------------------------------------------------------------------------- MALA
+# The accept/reject of thermokern.mala_step; see [Note: MALA acceptance] in
+# csrc/include/thermokern/mala.h and thermokern.mala_step's docstring.
+def mala_counters(numel: int, chains: int) -> int:
+    """Philox counters one MALA step uses: ceil(numel / 4) for the proposal's noise, then
+    ceil(chains / 4) for the chains' uniforms."""
+    return (numel + 3) // 4 + (chains + 3) // 4
+
+
+def mala_uniform(chains: int, numel: int, seed, offset=0, device=None) -> torch.Tensor:
+    """The uniforms u in (0, 1] of a MALA step's accept tests, float64 (chains,): chain c
+    takes word c % 4 of counter offset + ceil(numel / 4) + c // 4."""
+    words = philox_randint4x(seed, offset + (numel + 3) // 4, (chains + 3) // 4, device)
+    return philox_uniform(words).reshape(-1)[:chains]
+
+
+def mala_accept(
+    x: torch.Tensor,
+    x_prop: torch.Tensor,
+    grad: torch.Tensor,
+    grad_prop: torch.Tensor,
+    energy: torch.Tensor,
+    energy_prop: torch.Tensor,
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    seed,
+    offset=0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_new, accepted, log_alpha) of a MALA step, by the textbook formula in float64:
+    log alpha = -(E' - E) / T + log q(x | x') - log q(x' | x) with
+    log q(a | b) = -|a - b + eta grad E(b)|^2 / (4 eta T) over each chain's elements (dim 0
+    indexes chains); accepted where log u <= log alpha (u from :func:`mala_uniform`);
+    x_new[c] = x_prop[c] if accepted else x[c], contiguous in x's dtype; log_alpha in the
+    accumulation dtype."""
+    chains, row = x.shape[0], math.prod(x.shape[1:])
+
+    def rows(t):
+        return t.detach().to(torch.float64).reshape(chains, row)
+
+    xs, xps, gs, gps = rows(x), rows(x_prop), rows(grad), rows(grad_prop)
+    eta, t = float(step_size), float(temperature)
+    log_q_fwd = -(xps - xs + eta * gs).square().sum(1) / (4.0 * eta * t)  # log q(x' | x)
+    log_q_bwd = -(xs - xps + eta * gps).square().sum(1) / (4.0 * eta * t)  # log q(x | x')
+    log_alpha = -(energy_prop.double() - energy.double()) / t + log_q_bwd - log_q_fwd
+    u = mala_uniform(chains, x.numel(), seed, offset, x.device)
+    accepted = torch.log(u) <= log_alpha  # NaN rejects
+    keep = accepted.reshape((chains,) + (1,) * (x.dim() - 1))
+    x_new = torch.where(keep, x_prop.detach(), x.detach()).contiguous()
+    return x_new, accepted, log_alpha.to(acc_dtype(x.dtype))

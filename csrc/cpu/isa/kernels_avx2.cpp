@@ -8,4 +8,5 @@
 #include "../partition_kernel.h"
 #include "../langevin_kernel.h"
 #include "../sgld_kernel.h"
+#include "../mala_kernel.h"
 #endif

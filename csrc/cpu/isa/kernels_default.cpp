@@ -5,3 +5,4 @@
 #include "../partition_kernel.h"
 #include "../langevin_kernel.h"
 #include "../sgld_kernel.h"
+#include "../mala_kernel.h"

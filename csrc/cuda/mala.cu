@@ -1,0 +1,131 @@
+// mala_accept: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+//
+// One thread block per chain (grid-stride over chains): the threads stride over the chain's
+// elements accumulating S = sum (2 (x - x') + eta (g' - g)) (g + g') in the accumulation type,
+// warps reduce with shuffles and the block through shared memory; thread 0 computes log alpha,
+// draws the chain's uniform from Philox and decides ([Note: MALA acceptance] in
+// thermokern/mala.h, the same header functions as the CPU kernel), and the block then copies
+// the chosen row into x_new. seed and offset are read on the device (CUDA-graph replays see
+// in-place updates); nothing syncs with the host. Offsets are int64.
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "thermokern/checks.h"
+#include "thermokern/mala.h"
+#include "thermokern/mala_checks.h"
+
+namespace thermokern::cuda {
+
+namespace {
+
+constexpr int kMalaWarp = 32;
+constexpr int kMalaMaxThreads = 256;
+constexpr int64_t kMalaMaxBlocks = 1 << 20;  // grid-stride beyond this many chains
+
+template <typename T>
+__device__ __forceinline__ T mala_block_sum(T v) {
+  __shared__ T partial[kMalaMaxThreads / kMalaWarp];
+  for (int mask = kMalaWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
+  const int warp = threadIdx.x / kMalaWarp, lane = threadIdx.x % kMalaWarp;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x / kMalaWarp) ? partial[lane] : T(0);
+    for (int mask = kMalaWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
+  }
+  __syncthreads();  // partial is reused by the next chain
+  return v;         // valid in thread 0
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void mala_accept_kernel(const scalar_t* __restrict__ x,          // (chains, D)
+                                   const scalar_t* __restrict__ x_prop,     // (chains, D)
+                                   const scalar_t* __restrict__ grad,       // (chains, D)
+                                   const scalar_t* __restrict__ grad_prop,  // (chains, D)
+                                   const acc_t* __restrict__ energy,        // (chains,)
+                                   const acc_t* __restrict__ energy_prop,   // (chains,)
+                                   const int64_t* __restrict__ seed_ptr,    // 0-dim
+                                   const int64_t* __restrict__ offset_ptr,  // 0-dim
+                                   int64_t chains, int64_t D, acc_t step, acc_t temperature,
+                                   scalar_t* __restrict__ x_new,            // (chains, D)
+                                   bool* __restrict__ accepted,             // (chains,)
+                                   acc_t* __restrict__ log_alpha) {         // (chains,)
+  __shared__ bool take_prop;
+  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
+  const int64_t numel = chains * D;
+  for (int64_t c = blockIdx.x; c < chains; c += gridDim.x) {
+    const int64_t base = c * D;
+    acc_t s = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+      s += mala_term<acc_t>(static_cast<acc_t>(x[base + i]), static_cast<acc_t>(x_prop[base + i]),
+                            static_cast<acc_t>(grad[base + i]),
+                            static_cast<acc_t>(grad_prop[base + i]), step);
+    }
+    s = mala_block_sum(s);
+    if (threadIdx.x == 0) {
+      const acc_t la = mala_log_alpha<acc_t>(energy[c], energy_prop[c], s, temperature);
+      const bool ok = mala_decide(mala_log_u<acc_t>(seed, offset, numel, c), la);
+      log_alpha[c] = la;
+      accepted[c] = ok;
+      take_prop = ok;
+    }
+    __syncthreads();
+    const scalar_t* src = take_prop ? x_prop : x;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) x_new[base + i] = src[base + i];
+    __syncthreads();  // take_prop is rewritten for the next chain
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept_cuda(
+    const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
+    const at::Tensor& grad_prop, const at::Tensor& energy, const at::Tensor& energy_prop,
+    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature) {
+  check_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size,
+                    temperature);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t chains = x.size(0);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor accepted = at::empty({chains}, x.options().dtype(at::kBool));
+  at::Tensor log_alpha = at::empty({chains}, x.options().dtype(acc));
+  maybe_poison(x_new);
+  maybe_poison(log_alpha);
+  if (chains == 0) return {x_new, accepted, log_alpha};
+  const at::Tensor xc = x.contiguous(), xpc = x_prop.contiguous();
+  const at::Tensor gc = grad.contiguous(), gpc = grad_prop.contiguous();
+  const at::Tensor ec = energy.contiguous(), epc = energy_prop.contiguous();
+  const int64_t D = x.numel() / chains;
+  int threads = kMalaWarp;
+  while (threads < kMalaMaxThreads && threads < D) threads *= 2;
+  const int64_t blocks = std::min<int64_t>(chains, kMalaMaxBlocks);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mala_accept_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    mala_accept_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
+        xc.const_data_ptr<scalar_t>(), xpc.const_data_ptr<scalar_t>(),
+        gc.const_data_ptr<scalar_t>(), gpc.const_data_ptr<scalar_t>(),
+        ec.const_data_ptr<acc_t>(), epc.const_data_ptr<acc_t>(), seed.const_data_ptr<int64_t>(),
+        offset.const_data_ptr<int64_t>(), chains, D, static_cast<acc_t>(step_size),
+        static_cast<acc_t>(temperature), x_new.mutable_data_ptr<scalar_t>(),
+        accepted.mutable_data_ptr<bool>(), log_alpha.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {x_new, accepted, log_alpha};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("mala_accept", &mala_accept_cuda); }
+
+}  // namespace thermokern::cuda

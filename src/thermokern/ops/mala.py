@@ -1,0 +1,347 @@
+"""Metropolis-adjusted Langevin: ``mala_step`` and its fused accept/reject ``mala_accept``.
+
+Layers: the schema of ``mala_accept`` is in csrc/thermokern.cpp ([Note: MALA acceptance] in
+csrc/include/thermokern/mala.h); the CPU and CUDA kernels register under it; this module adds
+the fake (meta) implementation, the Triton op (``torch.library.triton_op``, defined on first
+use) and the public functions. The proposal is :func:`thermokern.langevin_step`; the energy
+gradients come from ``torch.autograd.grad``. Nothing here is differentiable: a MALA step is a
+sampler update (its outputs never require grad).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+
+from thermokern import _backend, reference
+from thermokern.ops._checks import check_float_tensor
+from thermokern.ops.langevin import _check_real, _rng_tensor, langevin_step
+
+__all__ = ["energy_and_grad", "mala_accept", "mala_counters", "mala_step"]
+
+_ops = torch.ops.thermokern if _backend._C is not None else None
+
+
+# ----------------------------------------------------------------------------- C++ op
+if _ops is not None:
+
+    @torch.library.register_fake("thermokern::mala_accept")
+    def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature):
+        torch._check(x.dim() >= 1, lambda: "x: expected at least 1 dimension (dim 0 indexes chains)")
+        chains = x.shape[0]
+        acc = reference.acc_dtype(x.dtype)
+        return (
+            x.new_empty(x.shape),
+            x.new_empty((chains,), dtype=torch.bool),
+            x.new_empty((chains,), dtype=acc),
+        )
+
+
+# ----------------------------------------------------------------------------- Triton op
+_triton = None
+
+
+def _triton_op():
+    """Define the Triton op on first use (importing triton costs ~1 s and may be missing)."""
+    global _triton
+    if _triton is not None:
+        return _triton
+    from thermokern.kernels import mala as tk
+
+    @torch.library.triton_op("thermokern::mala_accept_triton", mutates_args=())
+    def accept(
+        x: torch.Tensor,
+        x_prop: torch.Tensor,
+        grad: torch.Tensor,
+        grad_prop: torch.Tensor,
+        energy: torch.Tensor,
+        energy_prop: torch.Tensor,
+        seed: torch.Tensor,
+        offset: torch.Tensor,
+        step_size: float,
+        temperature: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tk.mala_accept(
+            x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature
+        )
+
+    _triton = accept
+    return accept
+
+
+# ----------------------------------------------------------------------------- helpers
+def mala_counters(x: torch.Tensor | tuple[int, ...] | torch.Size) -> int:
+    """Philox counters one :func:`mala_step` on ``x`` (or a tensor of this shape) uses.
+
+    ``ceil(numel / 4)`` for the proposal's noise plus ``ceil(chains / 4)`` for the accept
+    tests. Advance ``offset`` by this (or, simpler, by ``numel + chains``) between steps.
+    """
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
+    if len(shape) == 0:
+        raise ValueError("x: expected at least 1 dimension (dim 0 indexes chains), got a 0-dim shape")
+    return reference.mala_counters(math.prod(shape), shape[0])
+
+
+def energy_and_grad(
+    energy_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E(x), dE/dx)`` for a batch of chains (dim 0 of ``x``), both detached.
+
+    ``energy_fn`` gets a leaf copy of ``x`` that requires grad (grad mode on, whatever the
+    caller's mode) and must return one energy per chain, shape ``(chains,)``. The gradient is
+    ``torch.autograd.grad(E.sum(), x)``: parameters of ``energy_fn`` get no ``.grad``.
+
+    Returns:
+        The energies in the accumulation dtype of ``x`` (float32; float64 for float64) and
+        the gradient in x's dtype and shape.
+
+    Raises:
+        TypeError: ``energy_fn`` is not callable or returns no floating-point tensor.
+        ValueError: the energies do not have shape ``(chains,)`` or are on another device.
+        RuntimeError: the energies do not depend on ``x`` through autograd.
+    """
+    if not callable(energy_fn):
+        raise TypeError(f"energy_fn: expected a callable x -> energies, got {type(energy_fn).__name__}")
+    chains = x.shape[0]
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        e = energy_fn(xr)
+        if not isinstance(e, torch.Tensor) or not e.is_floating_point():
+            what = f"a {e.dtype} tensor" if isinstance(e, torch.Tensor) else type(e).__name__
+            raise TypeError(f"energy_fn: expected a floating-point tensor of energies, got {what}")
+        if tuple(e.shape) != (chains,):
+            hint = " (squeeze the last dimension)" if tuple(e.shape) == (chains, 1) else ""
+            raise ValueError(
+                f"energy_fn: expected one energy per chain, shape ({chains},) for x of shape "
+                f"{tuple(x.shape)}, got shape {tuple(e.shape)}{hint}"
+            )
+        if e.device != x.device:
+            raise ValueError(f"energy_fn: expected energies on {x.device} (x's device), got {e.device}")
+        if not e.requires_grad:
+            raise RuntimeError(
+                "energy_fn: its output does not depend on x through autograd (computed under "
+                "torch.no_grad(), detached, or constant?); the sampler needs dE/dx"
+            )
+        (g,) = torch.autograd.grad(e.sum(), xr, allow_unused=True)
+    if g is None:  # depends on parameters only: a flat energy in x
+        g = torch.zeros_like(x)
+    return e.detach().to(reference.acc_dtype(x.dtype)), g.detach().to(x.dtype)
+
+
+@functools.cache
+def _has_cuda_kernel(op: str) -> bool:
+    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
+
+
+def _proposal_backend(name: str) -> str:
+    """The langevin_step backend for a MALA step on ``name``: the same, except while this
+    build has no CUDA kernel for langevin_step (it lands separately), where Triton stands in."""
+    if name == "cuda" and not _has_cuda_kernel("thermokern::langevin_step"):
+        return "triton" if _backend._TRITON_FINDABLE else "reference"
+    return name
+
+
+def _check_chains(x: object) -> torch.Tensor:
+    check_float_tensor(x, "x")
+    if x.dim() == 0:
+        raise ValueError("x: expected at least 1 dimension (dim 0 indexes chains), got a 0-dim tensor")
+    return x
+
+
+def _check_eta_t(step_size: object, temperature: object) -> tuple[float, float]:
+    eta = _check_real(step_size, "step_size")
+    if not 0.0 < eta < math.inf:
+        raise ValueError(f"step_size: expected a finite value > 0, got {eta}")
+    t = _check_real(temperature, "temperature")
+    if not 0.0 < t < math.inf:
+        raise ValueError(f"temperature: expected a finite value > 0, got {t}")
+    return eta, t
+
+
+# ----------------------------------------------------------------------------- public API
+def mala_accept(
+    x: torch.Tensor,
+    x_prop: torch.Tensor,
+    grad: torch.Tensor,
+    grad_prop: torch.Tensor,
+    energy: torch.Tensor,
+    energy_prop: torch.Tensor,
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor = 0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused accept/reject of a MALA step (the kernel behind :func:`mala_step`).
+
+    One pass per chain (dim 0) reduces over its elements
+    ``S = sum (2 (x - x') + eta (g' - g)) (g + g')``, which equals
+    ``4 T (log q(x' | x) - log q(x | x'))`` without subtracting two large squared norms, forms
+    ``log alpha = -((E' - E) + S / 4) / T``, draws the chain's uniform and writes ``x'`` or
+    ``x`` into ``x_new``. ``(seed, offset)`` are the *step's*: the uniform of chain ``c`` is
+    word ``c % 4`` of Philox counter ``offset + ceil(x.numel() / 4) + c // 4``, right after
+    the counters of the proposal drawn at the same ``(seed, offset)``.
+
+    Args:
+        x: current states, float32/64/16/bf16, dim 0 indexes chains.
+        x_prop: the proposals, x's shape (cast to x's dtype).
+        grad, grad_prop: dE/dx at ``x`` and at ``x_prop`` (cast to x's dtype).
+        energy, energy_prop: (chains,) energies (cast to the accumulation dtype).
+        step_size, temperature: eta > 0 and T > 0 of the proposal.
+        seed, offset: the step's Philox key and first counter (ints or 0-dim int64 tensors on
+            x's device).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``(x_new, accepted, log_alpha)``: x_new contiguous (x's shape and dtype), accepted
+        (chains,) bool, log_alpha (chains,) in the accumulation dtype. A NaN log alpha rejects.
+    """
+    _check_chains(x)
+    chains = x.shape[0]
+    ts = {"x_prop": x_prop, "grad": grad, "grad_prop": grad_prop}
+    for name, t in ts.items():
+        check_float_tensor(t, name)
+        if t.shape != x.shape:
+            raise ValueError(f"{name}: expected x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
+    acc = reference.acc_dtype(x.dtype)
+    es = {"energy": energy, "energy_prop": energy_prop}
+    for name, t in es.items():
+        check_float_tensor(t, name)
+        if tuple(t.shape) != (chains,):
+            raise ValueError(
+                f"{name}: expected one energy per chain, shape ({chains},), got {tuple(t.shape)}"
+            )
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
+    eta, t = _check_eta_t(step_size, temperature)
+    seed_t = _rng_tensor(seed, "seed", x.device)
+    offset_t = _rng_tensor(offset, "offset", x.device)
+    x, x_prop, grad, grad_prop = (v.detach() for v in (x, x_prop, grad, grad_prop))
+    x_prop, grad, grad_prop = (v.to(x.dtype) for v in (x_prop, grad, grad_prop))
+    energy, energy_prop = energy.detach().to(acc), energy_prop.detach().to(acc)
+    name = _backend.resolve_backend(backend, x)
+    with torch.no_grad():
+        if name == "reference":
+            return reference.mala_accept(
+                x,
+                x_prop,
+                grad,
+                grad_prop,
+                energy,
+                energy_prop,
+                step_size=eta,
+                temperature=t,
+                seed=seed_t,
+                offset=offset_t,
+            )
+        op = _triton_op() if name == "triton" else _ops.mala_accept
+        return op(x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t)
+
+
+def mala_step(
+    x: torch.Tensor,
+    energy_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    step_size: float,
+    temperature: float = 1.0,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor = 0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Metropolis-adjusted Langevin (MALA) step targeting ``p(x) ∝ exp(-E(x) / T)``.
+
+    Dim 0 of ``x`` indexes independent chains; ``energy_fn(x)`` returns one energy per chain,
+    shape ``(chains,)``. The step:
+
+      1. ``E(x)`` and ``g = dE/dx`` by autograd (:func:`energy_and_grad`);
+      2. the proposal ``x' = x - eta g + sqrt(2 eta T) xi`` by :func:`thermokern.langevin_step`
+         at ``(seed, offset)``;
+      3. ``E(x')`` and ``g' = dE/dx'``;
+      4. the fused accept/reject (:func:`mala_accept`, one kernel: per chain the proposal
+         log-densities ``log q(a | b) = -|a - b + eta dE/db|^2 / (4 eta T)``, ``log alpha =
+         -(E(x') - E(x)) / T + log q(x | x') - log q(x' | x)``, a uniform ``u``, accept when
+         ``log u <= log alpha``, and the chain's row of the result).
+
+    Random numbers (Philox4x32-10, key ``seed``; [Note: MALA acceptance] in
+    csrc/include/thermokern/mala.h): with ``n = x.numel()`` and ``C = x.shape[0]``, the
+    proposal's noise uses the counters ``offset .. offset + ceil(n / 4) - 1`` (exactly
+    ``langevin_step``'s layout), and chain ``c``'s uniform is word ``c % 4`` of counter
+    ``offset + ceil(n / 4) + c // 4``. One step thus uses :func:`mala_counters` ``(x) =
+    ceil(n / 4) + ceil(C / 4)`` counters: advance ``offset`` by that (or by ``n + C``)
+    between steps and no two steps share random numbers. The same ``(seed, offset)`` gives
+    the same proposal noise and uniforms on every backend; the decisions agree unless
+    ``log u`` and ``log alpha`` differ by float rounding (~1e-6 relative in float32).
+
+    Not differentiable: ``x_new`` and ``accepted`` never require grad (the step runs under
+    ``torch.no_grad()`` except for the two gradient evaluations, which use
+    ``torch.autograd.grad`` w.r.t. ``x`` only, so parameters of ``energy_fn`` get no ``.grad``).
+    A sampler that steps repeatedly should cache ``E`` and ``dE/dx`` of the accepted state
+    (``thermokern.sampling.langevin_sample(metropolis=True)`` does: one energy evaluation per
+    step instead of two).
+
+    Args:
+        x: float32/64/16/bf16 tensor, at least 1-D (dim 0: chains). 16-bit inputs compute in
+            float32.
+        energy_fn: ``x -> (chains,)`` differentiable energies.
+        step_size: eta > 0.
+        temperature: T > 0.
+        seed: Philox key, an int or a 0-dim int64 tensor on x's device.
+        offset: first counter, an int >= 0 or a 0-dim int64 tensor on x's device.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (the
+            proposal and the accept kernel both use it).
+
+    Returns:
+        ``(x_new, accepted)``: x_new contiguous (x's shape and dtype), accepted (chains,) bool.
+
+    Raises:
+        TypeError: non-float ``x``; non-callable ``energy_fn``; non-numeric arguments.
+        ValueError: 0-dim ``x``; step_size or temperature <= 0 or non-finite; energies of a
+            shape other than ``(chains,)``; bad seed/offset.
+        RuntimeError: energies that do not depend on ``x`` through autograd; an unavailable
+            backend.
+
+    Example:
+        >>> import torch, thermokern
+        >>> x = torch.zeros(4096, 2)
+        >>> x, acc = thermokern.mala_step(x, lambda x: 0.5 * x.square().sum(1), step_size=0.5, seed=0)
+        >>> x.shape, acc.dtype
+        (torch.Size([4096, 2]), torch.bool)
+    """
+    _check_chains(x)
+    eta, t = _check_eta_t(step_size, temperature)
+    seed_t = _rng_tensor(seed, "seed", x.device)
+    offset_t = _rng_tensor(offset, "offset", x.device)
+    name = _backend.resolve_backend(backend, x)
+    x = x.detach()
+    energy, grad = energy_and_grad(energy_fn, x)
+    with torch.no_grad():
+        x_prop = langevin_step(
+            x,
+            grad,
+            step_size=eta,
+            temperature=t,
+            seed=seed_t,
+            offset=offset_t,
+            backend=_proposal_backend(name),
+        )
+    energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
+    x_new, accepted, _ = mala_accept(
+        x,
+        x_prop,
+        grad,
+        grad_prop,
+        energy,
+        energy_prop,
+        step_size=eta,
+        temperature=t,
+        seed=seed_t,
+        offset=offset_t,
+        backend=name,
+    )
+    return x_new, accepted
