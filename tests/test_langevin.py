@@ -155,7 +155,6 @@ def test_uniform_bits_identical_everywhere(seed, offset):
     if "triton" in cpu_backends():
         import triton
         import triton.language as tl
-
         from thermokern.kernels import langevin as tk
 
         seed_t = torch.tensor(key - 2**64 if key >= 2**63 else key)
