@@ -281,6 +281,72 @@ def _check_example(device):
     assert max(errs["loss_err"], errs["entropy_err"], errs["log_z_err"], errs["grad_err"]) < 1e-5, errs
 
 
+# ----------------------------------------------------------------------------- sharded sampling
+def _energy(x):
+    return 0.5 * x.square().sum(1)
+
+
+def _sampling_runs(rank, **kw):
+    """What every rank samples (uneven batches: 4 + rank chains): ULA, MALA and a buffer."""
+    x0 = torch.linspace(-1, 1, 30).reshape(10, 3)[: 4 + rank]  # the same first rows everywhere
+    ula = thermokern.sampling.langevin_sample(_energy, x0, n_steps=3, step_size=0.1, seed=7, **kw)
+    mala = thermokern.sampling.langevin_sample(
+        _energy, x0, n_steps=2, step_size=0.5, seed=7, metropolis=True, **kw
+    )
+    buf = thermokern.sampling.ReplayBuffer(6, 3, seed=5, reinit_prob=1.0, **kw)
+    fresh, _ = buf.sample(2)
+    return {"ula": ula, "mala": mala, "buffer": buf.buffer.clone(), "fresh": fresh}, buf
+
+
+def _check_sampling(rank, world, out_dir):
+    """Sharded sampling: per-rank streams (distinct across ranks, reproducible) and
+    gather_samples; the results go to ``out_dir`` for the single-process comparison."""
+    got, buf = _sampling_runs(rank)
+    assert buf.stream == rank
+    again, _ = _sampling_runs(rank)
+    explicit, _ = _sampling_runs(rank, stream=rank)
+    for key in got:
+        assert torch.equal(got[key], again[key]), key  # reproducible
+        assert torch.equal(got[key], explicit[key]), key  # = the documented stream r
+        # distinct across ranks: compare everyone's first rows (MALA may reject some chains)
+        rows = td.gather_samples(got[key][:2])
+        for r in range(world):
+            if r != rank:
+                other = rows[2 * r : 2 * r + 2]
+                if key == "mala":
+                    assert not torch.equal(other, got[key][:2]), (key, r)
+                else:
+                    assert not torch.isclose(other, got[key][:2]).any(), (key, r)
+    # gather_samples: the concatenation in rank order, uneven (and empty) batches
+    sizes = [4 + r for r in range(world)]
+    all_ula = td.gather_samples(got["ula"])
+    assert all_ula.shape == (sum(sizes), 3)
+    start = sum(sizes[:rank])
+    assert torch.equal(all_ula[start : start + sizes[rank]], got["ula"])
+    local = got["ula"][:0] if rank == 1 else got["ula"]
+    part = td.gather_samples(local)
+    assert part.shape[0] == sum(sizes) - sizes[1]
+    assert torch.equal(part[: sizes[0]], all_ula[: sizes[0]])
+    gathered = buf.gather()
+    assert gathered.shape == (6 * world, 3) and torch.equal(gathered[6 * rank : 6 * rank + 6], buf.buffer)
+    with pytest.raises(ValueError, match="same dtype and trailing shape"):
+        td.gather_samples(torch.zeros(2, 3 + rank))
+    torch.save(got, Path(out_dir) / f"sampling_{world}_{rank}.pt")
+
+
+def _check_sampling_single_process(world, out_dir):
+    """Rank r's samples equal a run without a process group on stream r (offsets
+    r * 2**48 + k * counters, generator seed stream_seed(seed, r)); rank 0 = the plain run."""
+    plain, _ = _sampling_runs(0)
+    for rank in range(world):
+        got = torch.load(Path(out_dir) / f"sampling_{world}_{rank}.pt")
+        ref, _ = _sampling_runs(rank, stream=rank)
+        for key in got:
+            assert torch.equal(got[key], ref[key]), (rank, key)
+            if rank == 0:
+                assert torch.equal(got[key], plain[key]), key
+
+
 def _worker(rank, world, init_file, device_kind, pg_backend):
     torch.set_num_threads(1)  # the ranks share the machine's cores
     # The Triton interpreter evaluates masked-off lanes too (as pyproject.toml's filter says).
@@ -304,6 +370,8 @@ def _worker(rank, world, init_file, device_kind, pg_backend):
             usable = [b for b in usable if b != "triton"]
         check_all(rank, world, device, usable, slow=("triton",) if device_kind == "cpu" else ())
         _check_example(device)
+        if device_kind == "cpu":
+            _check_sampling(rank, world, Path(init_file).parent)
     finally:
         dist.destroy_process_group()
 
@@ -326,6 +394,7 @@ def _start(world, tmp_path, device_kind="cpu", pg_backend="gloo"):
 @pytest.mark.parametrize("world", [2, 3])
 def test_gloo_matches_single_device(world, tmp_path):
     _start(world, tmp_path)
+    _check_sampling_single_process(world, tmp_path)
 
 
 @pytest.mark.skipif(
@@ -375,3 +444,23 @@ def test_merge_many_shards_large_vocab(dtype):
     assert_close(lse, torch.logsumexp(x.double(), -1), torch.float32)
     # Merged in float64 from exact shifts: well inside one float32 ulp of lse ~ 1e3 (1.2e-4).
     assert float((lse - torch.logsumexp(x.double(), -1)).abs().max()) < 1e-5
+
+
+def test_stream_layout_without_process_group():
+    """The documented per-rank layout: offset r * 2**48 + k * counters; generator seeds."""
+    sampling = thermokern.sampling
+    assert sampling.step_rng(9, 3, 10) == (9, 30)
+    assert sampling.step_rng(9, 3, 10, stream=0) == (9, 30)
+    assert sampling.step_rng(9, 3, 10, stream=2) == (9, 2 * 2**48 + 30)
+    with pytest.raises(ValueError, match="stream 1's block"):
+        sampling.step_rng(9, 2**46, 4, stream=1)
+    with pytest.raises(ValueError, match="stream"):
+        sampling.step_rng(9, 0, 4, stream=2**15)
+    assert sampling.stream_seed(5, None) == sampling.stream_seed(5, 0) == 5
+    assert sampling.stream_seed(5, 3) == (5 + 3 * 0x9E3779B97F4A7C15) % 2**64
+    with pytest.raises(TypeError, match="stream"):
+        sampling.langevin_sample(_energy, torch.zeros(2, 3), n_steps=1, step_size=0.1, stream=1.0)
+    with pytest.raises(RuntimeError, match="group"):
+        sampling.ReplayBuffer(4, 3, group=object())
+    with pytest.raises(RuntimeError, match="group"):
+        td.gather_samples(torch.zeros(2, 3))

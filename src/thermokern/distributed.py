@@ -6,6 +6,9 @@ be 0. The results equal the single-device ops on the concatenated tensor and are
 on every rank; the gradient autograd gives each rank is the local slice of the single-device
 gradient.
 
+Also :func:`gather_samples`, the all-gather (uneven batch sizes) of sharded sampling's samples:
+see :mod:`thermokern.sampling` for the per-rank noise streams.
+
 [Note: distributed statistics]
 Forward: each rank runs the single-device kernel on its shard for per-row statistics (a few
 numbers per row in the accumulation dtype: float32, float64 for float64 input), packs them
@@ -56,7 +59,7 @@ from thermokern.ops import entropy as _entropy
 from thermokern.ops import partition as _partition
 from thermokern.ops._checks import FLOAT_DTYPES, check_float_tensor, check_temperature, inverse_temperature
 
-__all__ = ["entropy_regularized_cross_entropy", "logsumexp", "softmax_entropy"]
+__all__ = ["entropy_regularized_cross_entropy", "gather_samples", "logsumexp", "softmax_entropy"]
 
 _ops = torch.ops.thermokern if _backend._C is not None else None
 _INF = math.inf
@@ -626,3 +629,57 @@ def entropy_regularized_cross_entropy(
     if reduction == "sum":
         return total
     return total / (tgt != ignore_index).sum()  # the count stays on the device
+
+
+# ----------------------------------------------------------------------------- sharded sampling
+_MAX_DIMS = 64
+_GATHER_DTYPES = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.bool,
+)
+
+
+def gather_samples(x: torch.Tensor, *, group=None) -> torch.Tensor:
+    """All ranks' ``x`` concatenated along dim 0 in rank order, returned on every rank.
+
+    For sharded sampling (each rank runs :func:`thermokern.sampling.langevin_sample` on its own
+    chains): the batch sizes (dim 0) may differ between ranks and may be 0; the other dims and
+    the dtype must agree (checked). Two collectives: an all_gather of each rank's dtype and shape
+    (66 int64s), then one of the samples padded to the largest batch. Not differentiable (the samples are
+    detached). ``group=None`` means the default process group.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or is 0-dim.
+        ValueError: ranks disagree on the dtype, the number of dims or the trailing shape.
+        RuntimeError: no process group is initialised.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
+    if not 1 <= x.dim() <= _MAX_DIMS:
+        raise TypeError(f"x: expected 1 to {_MAX_DIMS} dimensions (dim 0 is gathered), got {x.dim()}")
+    _, world = _group_rank_world(group)
+    x = x.detach()
+    # One collective for every rank's (dtype, ndim, *shape), padded to a fixed width.
+    meta = torch.full((2 + _MAX_DIMS,), -1, dtype=torch.int64)
+    code = _GATHER_DTYPES.index(x.dtype) if x.dtype in _GATHER_DTYPES else len(_GATHER_DTYPES)
+    meta[0] = code
+    meta[1] = x.dim()
+    meta[2 : 2 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
+    shapes = _all_gather(meta.to(x.device), group, world).tolist()
+    for r, m in enumerate(shapes):
+        if m[0] != code or m[1] != x.dim() or m[3 : 2 + m[1]] != list(x.shape[1:]):
+            raise ValueError(
+                f"x: every rank must pass the same dtype and trailing shape; rank {r} has shape "
+                f"{tuple(m[2 : 2 + m[1]])}, this rank {x.dtype} {tuple(x.shape)}"
+            )
+    sizes = [m[2] for m in shapes]
+    n_max = max(sizes)
+    padded = x.new_zeros((n_max,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    everything = _all_gather(padded, group, world)
+    return torch.cat([everything[r, : sizes[r]] for r in range(world)])

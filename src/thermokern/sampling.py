@@ -15,6 +15,15 @@ Random numbers: step ``k`` of a run with ``seed`` draws from Philox at :func:`st
 for MALA (:func:`counters_per_step`): no two steps share noise, and the same seed reproduces a
 run bit for bit on a backend. Two runs that continue each other need different seeds (or one
 run with more steps).
+
+Sharded sampling (DDP-style data parallelism): under an initialised ``torch.distributed``
+process group every rank draws from its own *stream* ``r`` (its rank in ``group``, or the
+``stream=`` keyword): the key stays ``seed`` and the offset becomes ``r * 2**48 + k *
+counters_per_step`` (:data:`STREAM_STRIDE`), so for one seed no two (rank, step) pairs share a
+counter, whatever each rank's batch size (each rank's run must use fewer than 2**48 counters,
+checked; at most 2**15 streams). Stream 0 is the single-process stream, so rank 0 reproduces a
+run without a process group, and ``stream=r`` reproduces rank ``r`` in one process.
+:class:`ReplayBuffer` seeds its generator with :func:`stream_seed` ``(seed, r)``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from thermokern.ops.langevin import _check_real, langevin_step, langevin_step_
 from thermokern.ops.mala import _proposal_backend, energy_and_grad, mala_accept
 
 __all__ = [
+    "STREAM_STRIDE",
     "Constant",
     "Cosine",
     "Geometric",
@@ -50,6 +60,7 @@ __all__ = [
     "schedule",
     "schedule_values",
     "step_rng",
+    "stream_seed",
 ]
 
 
@@ -245,20 +256,80 @@ def counters_per_step(x: torch.Tensor | Sequence[int], metropolis: bool = False)
     return (numel + 3) // 4
 
 
-def step_rng(seed: int, step: int, counters: int) -> tuple[int, int]:
-    """The Philox ``(seed, offset)`` of sampler step ``step``: the one place that maps a run's
-    seed and step to a random stream (extend it here, e.g. for per-rank streams).
+#: Philox counters reserved for each stream (rank) of a sharded run: stream ``r`` starts at
+#: offset ``r * STREAM_STRIDE``.
+STREAM_STRIDE = 2**48
+#: Streams available (so that every offset stays below 2**63).
+MAX_STREAMS = 2**15
+# An odd 64-bit constant (2**64 / golden ratio): stream_seed's multiplier.
+_SEED_MIX = 0x9E3779B97F4A7C15
 
-    Today: the key is ``seed`` and the offset ``step * counters`` (``counters`` from
-    :func:`counters_per_step`), so consecutive steps use disjoint counter ranges.
+
+def step_rng(seed: int, step: int, counters: int, stream: int | None = None) -> tuple[int, int]:
+    """The Philox ``(seed, offset)`` of sampler step ``step``: the one place that maps a run's
+    seed, step and stream (rank) to a random stream.
+
+    The key is ``seed``. Without a stream (single process) the offset is ``step * counters``
+    (``counters`` from :func:`counters_per_step`), so consecutive steps use disjoint counter
+    ranges. Stream ``r`` (rank ``r`` of a sharded run, 0 <= r < 2**15) uses offset
+    ``r * 2**48 + step * counters`` (:data:`STREAM_STRIDE`): each stream owns its own block of
+    2**48 counters, so streams of different ranks and steps never overlap, even when the ranks'
+    batch sizes (``counters``) differ. Stream 0 equals the single-process stream.
 
     Raises:
-        ValueError: the offset would leave [0, 2**63).
+        ValueError: the offset would leave [0, 2**63), or with a stream the step's counters would
+            leave the stream's block [0, 2**48), or the stream is out of [0, 2**15).
     """
     offset = step * counters
-    if not 0 <= offset < 2**63:
-        raise ValueError(f"offset: step {step} x {counters} counters leaves [0, 2**63)")
-    return seed, offset
+    if stream is None:
+        if not 0 <= offset < 2**63:
+            raise ValueError(f"offset: step {step} x {counters} counters leaves [0, 2**63)")
+        return seed, offset
+    if not 0 <= stream < MAX_STREAMS:
+        raise ValueError(f"stream: expected 0 <= stream < {MAX_STREAMS}, got {stream}")
+    if not 0 <= offset + counters <= STREAM_STRIDE:
+        raise ValueError(
+            f"offset: step {step} x {counters} counters leaves stream {stream}'s block of 2**48 counters"
+        )
+    return seed, stream * STREAM_STRIDE + offset
+
+
+def stream_seed(seed: int, stream: int | None) -> int:
+    """The generator seed of stream (rank) ``stream`` for a run seeded with ``seed``:
+    ``(seed + stream * 0x9E3779B97F4A7C15) mod 2**64`` (``seed`` itself for stream None or 0).
+
+    The multiplier is odd, so the low 32 bits (all that a CPU generator uses) differ between
+    the streams of one seed.
+    """
+    if not stream:
+        return int(seed)
+    return (int(seed) + int(stream) * _SEED_MIX) % 2**64
+
+
+def _resolve_stream(stream: int | None, group) -> int | None:
+    """``stream`` checked, or (None) this process's rank in ``group`` when torch.distributed is
+    initialised, else None (the single-process stream)."""
+    if stream is not None:
+        if isinstance(stream, bool) or not isinstance(stream, numbers.Integral):
+            raise TypeError(f"stream: expected an int or None, got {type(stream).__name__}")
+        if not 0 <= stream < MAX_STREAMS:
+            raise ValueError(f"stream: expected 0 <= stream < {MAX_STREAMS}, got {stream}")
+        return int(stream)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise RuntimeError(
+                "group: the default process group is not initialised; call "
+                "torch.distributed.init_process_group(...) first, or pass group=None"
+            )
+        return None
+    from thermokern.distributed import _group_rank_world
+
+    rank, _ = _group_rank_world(group)
+    if rank >= MAX_STREAMS:
+        raise ValueError(f"stream: rank {rank} >= {MAX_STREAMS} streams")
+    return rank
 
 
 # ============================================================================ langevin_sample
@@ -414,6 +485,8 @@ def langevin_sample(
     progress: bool = False,
     return_stats: bool = False,
     backend: str = "auto",
+    stream: int | None = None,
+    group: Any = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Run ``n_steps`` of Langevin dynamics on the chains ``x0`` (dim 0) under ``energy_fn``.
 
@@ -438,7 +511,9 @@ def langevin_sample(
 
     Random numbers: step ``k`` uses Philox key ``seed`` and offset ``k * counters_per_step``
     (:func:`step_rng`, :func:`counters_per_step`), so no step reuses noise; the same
-    arguments reproduce a run exactly on a given backend.
+    arguments reproduce a run exactly on a given backend. Under torch.distributed (sharded
+    sampling) rank ``r`` of ``group`` uses offset ``r * 2**48 + k * counters_per_step``: the
+    ranks draw distinct noise from one seed, rank 0 the single-process noise.
 
     CUDA graphs (``cuda_graph=True``, CUDA tensors only): one step (energy forward, gradient,
     update, and for MALA the proposal and accept/reject) is captured once into a
@@ -467,6 +542,11 @@ def langevin_sample(
         return_stats: also return :class:`SampleStats`.
         backend: kernel backend of the steps (``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"``,
             ``"reference"``).
+        stream: the noise stream (0 <= stream < 2**15; see :func:`step_rng`). None: this
+            process's rank in ``group`` when torch.distributed is initialised, else the
+            single-process stream. ``stream=r`` in one process reproduces rank ``r``; passing
+            the same stream on every rank gives all ranks the same noise.
+        group: the process group whose rank picks the stream (None: the default group).
 
     Returns:
         The final states (a new contiguous tensor of x0's shape and dtype, not requiring
@@ -498,6 +578,7 @@ def langevin_sample(
     n_steps = int(n_steps)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    stream = _resolve_stream(stream, group)
     etas = schedule_values(step_size, n_steps, "step_size")
     temps = schedule_values(temperature, n_steps, "temperature")
     if metropolis:
@@ -539,7 +620,7 @@ def langevin_sample(
                 bar.set_postfix(accept=f"{float(bufs['acceptance_rate'][: k + 1].mean()):.3f}")
 
     def set_rng(k: int) -> None:
-        s, off = step_rng(seed, k, counters)
+        s, off = step_rng(seed, k, counters, stream)
         sampler.seed.fill_(s - 2**64 if s >= 2**63 else s)
         sampler.offset.fill_(off)
 
@@ -607,6 +688,11 @@ class ReplayBuffer:
     random draws use the buffer's own ``torch.Generator`` on its device (seeded by ``seed``):
     nothing touches the global RNG and nothing leaves the device.
 
+    Sharded (one buffer per rank under torch.distributed): the generator is seeded with
+    :func:`stream_seed` ``(seed, r)`` = ``(seed + r * 0x9E3779B97F4A7C15) mod 2**64`` for
+    stream ``r`` (the rank in ``group`` by default), so the ranks' initial and reinitialised
+    rows differ; :meth:`gather` concatenates all ranks' buffers.
+
     Example (one PCD iteration)::
 
         x, idx = buffer.sample(128)
@@ -621,8 +707,11 @@ class ReplayBuffer:
         reinit_prob: probability in [0, 1] that a drawn sample is replaced by fresh noise.
         low, high: bounds of the uniform noise (finite, low < high).
         device: where the buffer lives (default: ``torch.get_default_device()``).
-        seed: seed of the buffer's generator.
+        seed: seed of the buffer's generator (of stream 0; see above).
         dtype: floating dtype of the samples (default: ``torch.get_default_dtype()``).
+        stream: the stream; None: this process's rank in ``group`` when torch.distributed
+            is initialised, else the single-process seed.
+        group: the process group whose rank picks the stream (None: the default group).
     """
 
     def __init__(
@@ -636,6 +725,8 @@ class ReplayBuffer:
         device: torch.device | str | None = None,
         seed: int = 0,
         dtype: torch.dtype | None = None,
+        stream: int | None = None,
+        group: Any = None,
     ):
         if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity <= 0:
             raise ValueError(f"capacity: expected an int > 0, got {capacity!r}")
@@ -667,7 +758,8 @@ class ReplayBuffer:
         if not self.dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating dtype, got {self.dtype}")
         self._gen = torch.Generator(device=self.device)
-        self._gen.manual_seed(int(seed))
+        self.stream = _resolve_stream(stream, group)
+        self._gen.manual_seed(stream_seed(seed, self.stream))
         self._ptr = 0
         self.buffer = self._noise(self.capacity)
 
@@ -743,6 +835,13 @@ class ReplayBuffer:
         pos = (self._ptr + torch.arange(n, device=self.device)) % self.capacity
         self.buffer.index_copy_(0, pos, x)
         self._ptr = (self._ptr + n) % self.capacity
+
+    def gather(self, group: Any = None) -> torch.Tensor:
+        """Every rank's buffer concatenated along dim 0 in rank order (on every rank; a
+        collective: call it on all ranks). See :func:`thermokern.distributed.gather_samples`."""
+        from thermokern.distributed import gather_samples
+
+        return gather_samples(self.buffer, group=group)
 
     def state_dict(self) -> dict[str, Any]:
         """The samples, the ring position, the generator state and the settings."""
