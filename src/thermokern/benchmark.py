@@ -284,6 +284,11 @@ def _softmax_entropy_input(shape, dtype, device, gen) -> torch.Tensor:
     return x.to(dtype)
 
 
+def _input_bytes(shape, dtype) -> int:
+    """Bytes of one input tensor of ``shape`` and ``dtype`` (the copy-bandwidth baseline's size)."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
 def _row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
 
@@ -619,7 +624,7 @@ OPS: dict[str, OpSpec] = {
         make_input=_softmax_entropy_input,
         make_grad=_row_grad,
         min_bytes=_softmax_entropy_min_bytes,
-        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        input_bytes=_input_bytes,
         reference_chunks=_softmax_entropy_reference_chunks,
         default_shapes=_softmax_entropy_shapes,
         default_dtypes=_softmax_entropy_dtypes,
@@ -633,7 +638,7 @@ OPS: dict[str, OpSpec] = {
             x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32
         ),
         min_bytes=_softmax_entropy_min_bytes,
-        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        input_bytes=_input_bytes,
         reference_chunks=_entropy_ce_reference_chunks,
         default_shapes=_entropy_ce_shapes,
         default_dtypes=_entropy_ce_dtypes,
@@ -645,7 +650,7 @@ OPS: dict[str, OpSpec] = {
         make_input=_softmax_entropy_input,
         make_grad=_row_grad,
         min_bytes=_softmax_entropy_min_bytes,
-        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        input_bytes=_input_bytes,
         reference_chunks=_rows_reference_chunks(lambda c: torch.logsumexp(c, -1)),
         default_shapes=_partition_shapes,
         default_dtypes=_softmax_entropy_dtypes,
@@ -657,7 +662,7 @@ OPS: dict[str, OpSpec] = {
         make_input=_softmax_entropy_input,
         make_grad=_row_grad,
         min_bytes=_softmax_entropy_min_bytes,
-        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        input_bytes=_input_bytes,
         reference_chunks=_rows_reference_chunks(_thermo_reference),
         default_shapes=_partition_shapes,
         default_dtypes=_softmax_entropy_dtypes,
@@ -676,7 +681,7 @@ OPS: dict[str, OpSpec] = {
         min_bytes=lambda shape, dtype, mode: (
             3 * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         ),
-        input_bytes=lambda shape, dtype: math.prod(shape) * torch.empty((), dtype=dtype).element_size(),
+        input_bytes=_input_bytes,
         reference_chunks=_langevin_reference_chunks,
         default_shapes=_langevin_shapes,
         default_dtypes=_langevin_dtypes,
