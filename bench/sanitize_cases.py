@@ -19,6 +19,7 @@ sees out-of-bounds accesses that would otherwise land inside the caching allocat
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 import torch
@@ -49,14 +50,17 @@ def _close(value: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[
 
 
 def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
-    """logsumexp (weighted, masked) and thermo_stats, forward and backward, rows and tiles."""
+    """logsumexp (weighted, masked) and thermo_stats, forward and backward, rows and tiles;
+    weight and mask full-size (the vectorised paths) or broadcast over dim 0 (stride 0: the
+    strided paths)."""
     cases = failures = 0
     for dtype in dtypes:
         shapes = [((args.rows, c), 1) for c in widths] + [((3, 37, 5), 1), ((2, 9, 40), 1), ((1, 3000, 3), 1)]
-        for shape, dim in shapes:
+        for (shape, dim), bcast in itertools.product(shapes, (False, True)):
             x_cpu = (torch.randn(shape, generator=gen) * 3).to(dtype)
-            w_cpu = (torch.rand(shape, generator=gen) * 2 - 0.5).to(dtype)
-            m_cpu = torch.rand(shape, generator=gen) > 0.2
+            wm_shape = (1, *shape[1:]) if bcast else shape
+            w_cpu = (torch.rand(wm_shape, generator=gen) * 2 - 0.5).to(dtype)
+            m_cpu = torch.rand(wm_shape, generator=gen) > 0.2
             m_cpu.select(dim, 0).fill_(True)  # no fully masked output (-inf is checked in tests)
             x = x_cpu.cuda().requires_grad_(True)
             w = w_cpu.cuda().requires_grad_(True)
@@ -84,7 +88,8 @@ def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
             if not ok:
                 failures += 1
                 print(
-                    f"MISMATCH partition {args.backend} {str(dtype)[6:]} shape={shape}: max err {worst:.3g}",
+                    f"MISMATCH partition {args.backend} {str(dtype)[6:]} shape={shape} "
+                    f"broadcast={bcast}: max err {worst:.3g}",
                     file=sys.stderr,
                 )
     return cases, failures

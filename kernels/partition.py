@@ -29,8 +29,11 @@ Two layouts, without any transposing copy:
 The backward has no reduction, so it also splits R into chunks over a second grid axis when
 there would otherwise be too few programs to fill the GPU.
 
-Offsets are int64 (O * R * I can pass 2^31). Optional tensors that are None reach the kernels
-as a dummy pointer (x) with their HAS_* flag off; the bool mask is read as uint8 (a view).
+weight and mask may have any strides (a broadcast one has stride 0 in its broadcast dims):
+element (o, r, i) sits at o * S0 + r * S1 + i * S2 in their own strides, while x, grad_x and
+grad_weight are contiguous. Offsets are int64 (O * R * I can pass 2^31). Optional tensors that
+are None reach the kernels as a dummy pointer (x) with zero strides and their HAS_* flag off;
+the bool mask is read as uint8 (a view).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def _load_elements(
     x_ptr,
     w_ptr,
     mask_ptr,
-    offs,  # int64 element offsets
+    offs,  # int64 element offsets of x
+    w_offs,  # int64 element offsets of the weight
+    m_offs,  # int64 element offsets of the mask
     valid,  # in bounds
     NEGATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -63,9 +68,9 @@ def _load_elements(
         x = -x
     keep = valid
     if HAS_MASK:
-        keep = keep & (tl.load(mask_ptr + offs, mask=valid, other=0) != 0)
+        keep = keep & (tl.load(mask_ptr + m_offs, mask=valid, other=0) != 0)
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(ACC)
+        w = tl.load(w_ptr + w_offs, mask=valid, other=0.0).to(ACC)
         inc = keep & (w != 0.0)
     else:
         w = tl.full((), 1.0, ACC)
@@ -172,6 +177,10 @@ def _partition_fwd_rows_kernel(
     m1_ptr,  # (O,) out (written only with MOMENTS)
     m2_ptr,  # (O,) out (written only with MOMENTS)
     R,  # reduced length
+    W_S0,  # weight strides over (O, R)
+    W_S1,
+    M_S0,  # mask strides over (O, R)
+    M_S1,
     SCALE_STRIDE: tl.constexpr,  # 0: one scale for every output; 1: one per output
     NEGATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -182,6 +191,8 @@ def _partition_fwd_rows_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     base = row * R
+    w_base = row * W_S0
+    m_base = row * M_S0
     k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
     rr = tl.arange(0, BLOCK_R)
     m = tl.full((), float("-inf"), ACC)
@@ -191,17 +202,21 @@ def _partition_fwd_rows_kernel(
     flag = tl.zeros((), tl.int32)
     for r0 in range(0, R, BLOCK_R):
         valid = r0 + rr < R
+        r = (r0 + rr).to(tl.int64)
         x, w, _, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, base + r0 + rr, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-        )
+            x_ptr, w_ptr, mask_ptr, base + r, w_base + r * W_S1, m_base + r * M_S1, valid,
+            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+        )  # fmt: skip
         m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
     winf = tl.zeros((), ACC)
     if flag == 1:  # rare: an included +inf and no NaN; sum the weights of the +inf elements
         for r0 in range(0, R, BLOCK_R):
             valid = r0 + rr < R
+            r = (r0 + rr).to(tl.int64)
             x, w, _, inc = _load_elements(
-                x_ptr, w_ptr, mask_ptr, base + r0 + rr, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-            )
+                x_ptr, w_ptr, mask_ptr, base + r, w_base + r * W_S1, m_base + r * M_S1, valid,
+                NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+            )  # fmt: skip
             winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
     shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
     tl.store(shift_ptr + row, shift)
@@ -223,6 +238,12 @@ def _partition_fwd_cols_kernel(
     m2_ptr,  # (O * I,) out (written only with MOMENTS)
     R,  # reduced length
     I,  # inner length
+    W_S0,  # weight strides over (O, R, I)
+    W_S1,
+    W_S2,
+    M_S0,  # mask strides over (O, R, I)
+    M_S1,
+    M_S2,
     SCALE_STRIDE: tl.constexpr,
     NEGATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -239,9 +260,13 @@ def _partition_fwd_cols_kernel(
     col_ok = cols < I
     j = o * I + cols  # int64
     k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
-    rr = tl.arange(0, BLOCK_R)
-    tile = rr[:, None].to(tl.int64) * I + cols[None, :]  # offsets in a block of rows
+    rr = tl.arange(0, BLOCK_R)[:, None].to(tl.int64)
+    tile = rr * I + cols[None, :]  # offsets in a block of rows
+    w_tile = rr * W_S1 + cols[None, :] * W_S2
+    m_tile = rr * M_S1 + cols[None, :] * M_S2
     step = tl.full((), BLOCK_R, tl.int64) * I
+    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
+    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
     base0 = o * R * I
     m = tl.full((BLOCK_I,), float("-inf"), ACC)
     d = tl.zeros((BLOCK_I,), ACC)
@@ -249,23 +274,33 @@ def _partition_fwd_cols_kernel(
     s2 = tl.zeros((BLOCK_I,), ACC)
     flag = tl.zeros((BLOCK_I,), tl.int32)
     base = base0
+    w_base = o * W_S0
+    m_base = o * M_S0
     for r0 in range(0, R, BLOCK_R):
-        valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+        valid = (r0 + rr < R) & col_ok[None, :]
         x, w, _, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, base + tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-        )
+            x_ptr, w_ptr, mask_ptr, base + tile, w_base + w_tile, m_base + m_tile, valid,
+            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+        )  # fmt: skip
         m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
         base += step
+        w_base += w_step
+        m_base += m_step
     winf = tl.zeros((BLOCK_I,), ACC)
     if tl.sum((flag == 1).to(tl.int32), axis=0) > 0:  # rare: a column with a +inf, no NaN
         base = base0
+        w_base = o * W_S0
+        m_base = o * M_S0
         for r0 in range(0, R, BLOCK_R):
-            valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+            valid = (r0 + rr < R) & col_ok[None, :]
             x, w, _, inc = _load_elements(
-                x_ptr, w_ptr, mask_ptr, base + tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-            )
+                x_ptr, w_ptr, mask_ptr, base + tile, w_base + w_tile, m_base + m_tile, valid,
+                NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+            )  # fmt: skip
             winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
             base += step
+            w_base += w_step
+            m_base += m_step
     shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
     tl.store(shift_ptr + j, shift, mask=col_ok)
     tl.store(sum_ptr + j, total, mask=col_ok)
@@ -289,6 +324,10 @@ def _partition_bwd_rows_kernel(
     gx_ptr,  # (O, R) out, x's dtype
     gw_ptr,  # (O, R) out, x's dtype (written only with WEIGHT_GRAD)
     R,
+    W_S0,  # weight strides over (O, R)
+    W_S1,
+    M_S0,  # mask strides over (O, R)
+    M_S1,
     CHUNK_R,  # rows of R per program along grid axis 1 (a multiple of BLOCK_R)
     SCALE_STRIDE: tl.constexpr,
     NEGATE: tl.constexpr,
@@ -303,6 +342,8 @@ def _partition_bwd_rows_kernel(
     r_start = tl.program_id(1) * CHUNK_R
     r_end = tl.minimum(r_start + CHUNK_R, R)
     base = row * R
+    w_base = row * W_S0
+    m_base = row * M_S0
     k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
     k_x = -k if NEGATE else k
     shift = tl.load(shift_ptr + row).to(ACC)
@@ -318,10 +359,12 @@ def _partition_bwd_rows_kernel(
     out_t = gx_ptr.dtype.element_ty
     for r0 in range(r_start, r_end, BLOCK_R):
         valid = r0 + rr < R
-        offs = base + r0 + rr
+        r = (r0 + rr).to(tl.int64)
+        offs = base + r
         x, w, keep, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-        )
+            x_ptr, w_ptr, mask_ptr, offs, w_base + r * W_S1, m_base + r * M_S1, valid,
+            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+        )  # fmt: skip
         gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
         tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
         if WEIGHT_GRAD:
@@ -341,6 +384,12 @@ def _partition_bwd_cols_kernel(
     gw_ptr,  # (O, R, I) out (written only with WEIGHT_GRAD)
     R,
     I,
+    W_S0,  # weight strides over (O, R, I)
+    W_S1,
+    W_S2,
+    M_S0,  # mask strides over (O, R, I)
+    M_S1,
+    M_S2,
     CHUNK_R,  # rows of R per program along grid axis 1 (a multiple of BLOCK_R)
     SCALE_STRIDE: tl.constexpr,
     NEGATE: tl.constexpr,
@@ -371,22 +420,32 @@ def _partition_bwd_cols_kernel(
         c1 = tl.load(coef_ptr + j * NCOEF + 1, mask=col_ok, other=0.0).to(ACC)
     if NCOEF >= 3:
         c2 = tl.load(coef_ptr + j * NCOEF + 2, mask=col_ok, other=0.0).to(ACC)
-    rr = tl.arange(0, BLOCK_R)
-    tile = rr[:, None].to(tl.int64) * I + cols[None, :]
+    rr = tl.arange(0, BLOCK_R)[:, None].to(tl.int64)
+    tile = rr * I + cols[None, :]
+    w_tile = rr * W_S1 + cols[None, :] * W_S2
+    m_tile = rr * M_S1 + cols[None, :] * M_S2
     step = tl.full((), BLOCK_R, tl.int64) * I
-    base = o * R * I + step * (r_start // BLOCK_R)
+    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
+    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
+    blocks = r_start // BLOCK_R
+    base = o * R * I + step * blocks
+    w_base = o * W_S0 + w_step * blocks
+    m_base = o * M_S0 + m_step * blocks
     out_t = gx_ptr.dtype.element_ty
     for r0 in range(r_start, r_end, BLOCK_R):
-        valid = (r0 + rr < R)[:, None] & col_ok[None, :]
+        valid = (r0 + rr < R) & col_ok[None, :]
         offs = base + tile
         x, w, keep, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
-        )
+            x_ptr, w_ptr, mask_ptr, offs, w_base + w_tile, m_base + m_tile, valid,
+            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+        )  # fmt: skip
         gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
         tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
         if WEIGHT_GRAD:
             tl.store(gw_ptr + offs, g.to(out_t), mask=valid)
         base += step
+        w_base += w_step
+        m_base += m_step
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -408,10 +467,8 @@ def _check_inputs(x, weight, mask, scale) -> tuple[int, int, int, torch.dtype, i
     for name, t in (("weight", weight), ("mask", mask)):
         if t is None:
             continue
-        if t.shape != x.shape or not t.is_contiguous():
-            raise ValueError(
-                f"{name}: expected a contiguous tensor of shape {tuple(x.shape)}, got {tuple(t.shape)}"
-            )
+        if t.shape != x.shape:  # any strides (a broadcast view has stride 0)
+            raise ValueError(f"{name}: expected a tensor of shape {tuple(x.shape)}, got {tuple(t.shape)}")
         want = x.dtype if name == "weight" else torch.bool
         if t.dtype != want:
             raise TypeError(f"{name}: expected dtype {want}, got {t.dtype}")
@@ -460,10 +517,13 @@ def _r_chunks(R: int, block_r: int, programs: int) -> tuple[int, int]:
 
 
 def _optional_args(x, weight, mask):
-    """Kernel pointers (a dummy x when absent) and HAS_* flags of weight and mask."""
+    """Kernel pointers (a dummy x when absent), their strides ((0, 0, 0) when absent) and the
+    HAS_* flags of weight and mask."""
     w_arg = weight if weight is not None else x
     m_arg = mask.view(torch.uint8) if mask is not None else x
-    return w_arg, m_arg, {"HAS_WEIGHT": weight is not None, "HAS_MASK": mask is not None}
+    w_s = weight.stride() if weight is not None else (0, 0, 0)
+    m_s = mask.stride() if mask is not None else (0, 0, 0)
+    return w_arg, m_arg, w_s, m_s, {"HAS_WEIGHT": weight is not None, "HAS_MASK": mask is not None}
 
 
 def partition_fwd(
@@ -486,7 +546,7 @@ def partition_fwd(
     m2 = _empty(n if moments else 0, acc_t, x.device)
     if n == 0:
         return shift, total, m1, m2
-    w_arg, m_arg, flags = _optional_args(x, weight, mask)
+    w_arg, m_arg, w_s, m_s, flags = _optional_args(x, weight, mask)
     meta = dict(
         SCALE_STRIDE=scale_stride, NEGATE=bool(negate), MOMENTS=moments == 2, ACC=_acc(x.dtype)[1], **flags
     )
@@ -495,13 +555,14 @@ def partition_fwd(
     if I == 1:
         block_r, warps = _block_and_warps(R)
         torch.library.wrap_triton(_partition_fwd_rows_kernel)[(O,)](
-            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, BLOCK_R=block_r, num_warps=warps, **meta
-        )
+            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, *w_s[:2], *m_s[:2],
+            BLOCK_R=block_r, num_warps=warps, **meta,
+        )  # fmt: skip
     else:
         block_r, block_i, warps = _cols_blocks(O, R, I)
         grid = (O * triton.cdiv(I, block_i),)
         torch.library.wrap_triton(_partition_fwd_cols_kernel)[grid](
-            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, I,
+            x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, I, *w_s, *m_s,
             BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
         )  # fmt: skip
     return shift, total, m1, m2
@@ -543,7 +604,7 @@ def partition_bwd(
     grad_w = _empty(x.shape if weight_grad else 0, x.dtype, x.device)
     if x.numel() == 0:
         return grad_x, grad_w
-    w_arg, m_arg, flags = _optional_args(x, weight, mask)
+    w_arg, m_arg, w_s, m_s, flags = _optional_args(x, weight, mask)
     meta = dict(
         SCALE_STRIDE=scale_stride,
         NEGATE=bool(negate),
@@ -557,7 +618,7 @@ def partition_bwd(
         block_r, warps = _block_and_warps(R)
         chunk, splits = _r_chunks(R, block_r, O)
         torch.library.wrap_triton(_partition_bwd_rows_kernel)[(O, splits)](
-            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, chunk,
+            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, *w_s[:2], *m_s[:2], chunk,
             BLOCK_R=block_r, num_warps=warps, **meta,
         )  # fmt: skip
     else:
@@ -565,7 +626,7 @@ def partition_bwd(
         programs = O * triton.cdiv(I, block_i)
         chunk, splits = _r_chunks(R, block_r, programs)
         torch.library.wrap_triton(_partition_bwd_cols_kernel)[(programs, splits)](
-            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, I, chunk,
+            x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, I, *w_s, *m_s, chunk,
             BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
         )  # fmt: skip
     return grad_x, grad_w

@@ -55,7 +55,7 @@ def test_opcheck_entropy_ce(device, dtype, shape):
 @pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(3, 7, 1), (2, 2500, 1), (2, 9, 20)], ids=str)
-@pytest.mark.parametrize("extras", ["none", "weight", "mask"])
+@pytest.mark.parametrize("extras", ["none", "weight", "mask", "broadcast"])
 def test_opcheck_partition(device, dtype, shape, extras):
     x = torch.randn(shape, device=device, dtype=dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -63,6 +63,9 @@ def test_opcheck_partition(device, dtype, shape, extras):
     scale = torch.rand(n, device=device, dtype=acc) + 0.5
     weight = torch.randn(shape, device=device, dtype=dtype) if extras == "weight" else None
     mask = torch.rand(shape, device=device) > 0.3 if extras == "mask" else None
+    if extras == "broadcast":  # stride-0 views, as logsumexp passes broadcast arguments
+        weight = torch.randn(1, shape[1], 1, device=device, dtype=dtype).expand(shape)
+        mask = (torch.rand(shape[0], 1, shape[2], device=device) > 0.3).expand(shape)
     fwd = torch.ops.thermokern.partition_fwd.default
     moments = 0 if extras == "weight" else 2
     torch.library.opcheck(fwd, (x, weight, mask, scale, True, moments))

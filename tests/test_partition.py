@@ -227,6 +227,81 @@ def test_logsumexp_weight_broadcast_and_gradcheck(backend):
     assert torch.autograd.gradcheck(lambda x: thermokern.logsumexp(x, 1, mask=m, backend=backend), (x,))
 
 
+# Broadcast and strided weights and masks: (input shape, dim, weight, mask), the weight and mask
+# given by shape (broadcast to the input; a "T" suffix means a transposed, non-contiguous one).
+BROADCAST = [
+    ((5, 300), 1, (300,), None),  # a weight per column, shared by the rows
+    ((5, 300), 1, (5, 1), (300,)),  # a weight per row, a mask per column
+    ((5, 300), 1, None, (5, 1)),  # a mask per row
+    ((5, 300), 1, "T", None),  # a transposed (non-contiguous) weight of the input's shape
+    ((70, 3), 0, (3,), (70, 1)),
+    ((2, 50, 40), 1, (50, 1), (40,)),  # column tiles (inner > 1)
+    ((2, 50, 40), 1, (2, 1, 1), (2, 50, 1)),
+    ((2, 50, 40), 1, "T", "T"),
+    ((2, 50, 3), 1, (50, 1), None),  # inner 2-4: moved last, still not expanded
+    ((4, 6, 5), (0, 2), (6, 1), (4, 1, 5)),  # several dims
+    ((4, 6, 5), 0, (5,), None),  # an outer size of 1: not a view, copied
+]
+
+
+def _broadcast_arg(spec, shape, make):
+    if spec is None:
+        return None
+    if spec == "T":
+        return make(tuple(reversed(shape))).permute(*reversed(range(len(shape))))
+    return make(spec)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", BROADCAST, ids=str)
+def test_logsumexp_broadcast_strided_weight_mask(backend, dtype, case):
+    shape, dim, wspec, mspec = case
+    x = _make(shape, dtype).requires_grad_(True)
+    w = _broadcast_arg(wspec, shape, lambda s: (torch.rand(s, dtype=torch.float64) * 2 - 0.4).to(dtype))
+    m = _broadcast_arg(mspec, shape, lambda s: torch.rand(s) > 0.3)
+    if w is not None:
+        w = w.detach().requires_grad_(True)
+    out, sign = thermokern.logsumexp(x, dim, weight=w, mask=m, return_sign=True, backend=backend)
+    xr = x.detach().double().requires_grad_(True)
+    wr = None if w is None else w.detach().double().requires_grad_(True)
+    ref, rsign = reference.logsumexp(xr, dim, weight=wr, mask=m, return_sign=True)
+    assert_close(sign, rsign, dtype)
+    assert_close(out, ref, dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    ins, rins = (x,) if w is None else (x, w), (xr,) if wr is None else (xr, wr)
+    for got, want in zip(torch.autograd.grad(out, ins, g.to(dtype)), torch.autograd.grad(ref, rins, g)):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype, grad=True)
+
+
+class _RecordPartitionArgs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the weight and mask tensors that reach partition_fwd (any backend)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "partition_fwd" in str(func):
+            self.seen.append((args[1], args[2]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_logsumexp_broadcast_args_are_not_expanded(backend):
+    x = torch.randn(64, 2000)
+    w, m = torch.rand(2000) + 0.5, torch.rand(64, 1) > 0.5
+    with _RecordPartitionArgs() as rec:
+        out = thermokern.logsumexp(x, 1, weight=w, mask=m, backend=backend)
+    assert_close(out, reference.logsumexp(x.double(), 1, weight=w.double(), mask=m), torch.float32)
+    (wk, mk), *_ = rec.seen
+    # the kernels read the (C,) weight and (N, 1) mask in place: stride 0 along the broadcast dims
+    assert wk.stride()[0] == 0 and mk.stride()[1] == 0
+    assert wk.untyped_storage().nbytes() == w.untyped_storage().nbytes()
+    assert mk.untyped_storage().nbytes() == m.untyped_storage().nbytes()
+
+
 # ----------------------------------------------------------------------------- energies
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -398,6 +473,35 @@ def test_gpu_partition_ops(backend, dtype, case):
 @pytest.mark.cuda
 @gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", BROADCAST, ids=str)
+def test_gpu_partition_broadcast_strided(backend, dtype, case):
+    # the strided (non-vectorised) weight/mask paths of the CUDA and Triton kernels
+    shape, dim, wspec, mspec = case
+    x = _make(shape, dtype)
+    w = _broadcast_arg(wspec, shape, lambda s: (torch.rand(s, dtype=torch.float64) * 2 - 0.4).to(dtype))
+    m = _broadcast_arg(mspec, shape, lambda s: torch.rand(s) > 0.3)
+    xg = x.cuda().requires_grad_(True)
+    wg = None if w is None else w.cuda().detach().requires_grad_(True)
+    out, sign = thermokern.logsumexp(
+        xg, dim, weight=wg, mask=None if m is None else m.cuda(), return_sign=True, backend=backend
+    )
+    xr = x.double().requires_grad_(True)
+    wr = None if w is None else w.double().requires_grad_(True)
+    ref, rsign = reference.logsumexp(xr, dim, weight=wr, mask=m, return_sign=True)
+    assert_close(sign.cpu(), rsign, dtype)
+    assert_close(out.cpu(), ref, dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    ins, rins = (xg,) if wg is None else (xg, wg), (xr,) if wr is None else (xr, wr)
+    for got, want in zip(
+        torch.autograd.grad(out, ins, g.to(dtype).cuda()), torch.autograd.grad(ref, rins, g)
+    ):
+        assert_close(got.cpu(), want, dtype, grad=True)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
 def test_gpu_partition_weights_masks_specials(backend):
     for a, b, value, sign in WEIGHTED:
         x = torch.tensor([a] * 3, dtype=torch.float64, device="cuda")
@@ -438,3 +542,16 @@ def test_gpu_partition_weights_masks_specials(backend):
     assert torch.autograd.gradcheck(
         lambda x, w: thermokern.logsumexp(x, 1, weight=w, return_sign=True, backend=backend)[0], (xw, ww)
     )
+
+
+def test_logsumexp_inference_mode_then_autograd():
+    # the cached unit scale made under inference_mode must still be savable for backward later
+    from thermokern.ops import partition as part
+
+    part._UNIT_SCALES.clear()
+    with torch.inference_mode():
+        out = thermokern.logsumexp(torch.randn(3, 40), 1, backend="cpu")
+    assert out.is_inference()
+    x = torch.randn(3, 40, requires_grad=True)
+    thermokern.logsumexp(x, 1, backend="cpu").sum().backward()
+    assert_close(x.grad, torch.softmax(x.detach().double(), 1), torch.float32, grad=True)

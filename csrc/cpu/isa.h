@@ -55,6 +55,10 @@ struct PartitionArgs {
   const void* x;
   const void* weight = nullptr;  // x's dtype, or nullptr
   const bool* mask = nullptr;
+  // Element (o, r, i) of weight is weight[o * ws[0] + r * ws[1] + i * ws[2]], of mask likewise
+  // (any strides: a broadcast argument has stride 0 in its broadcast dims).
+  int64_t ws[3] = {0, 0, 0};
+  int64_t ms[3] = {0, 0, 0};
   int64_t O, R, I;
   const void* scale;
   int64_t scale_stride;  // 0: one k for every output, 1: per output

@@ -26,6 +26,10 @@ PartitionArgs base_args(const at::Tensor& x, const std::optional<at::Tensor>& we
   a.x = x.const_data_ptr();
   a.weight = weight.has_value() ? weight->const_data_ptr() : nullptr;
   a.mask = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  for (int d = 0; d < 3; ++d) {
+    a.ws[d] = weight.has_value() ? weight->stride(d) : 0;
+    a.ms[d] = mask.has_value() ? mask->stride(d) : 0;
+  }
   a.O = x.size(0);
   a.R = x.size(1);
   a.I = x.size(2);

@@ -59,18 +59,19 @@ inline T lane_max_of(const Vectorized<T>& v) {
 }
 
 // Exact statistics of one output in double (the special-value path, and the definition):
-// elements x'[n * stride] for n < R, weights and mask alike (nullptr when absent).
+// elements x'[n * stride], w[n * wstride], mask[n * mstride] for n < R (w and mask nullptr when
+// absent).
 template <typename scalar_t>
 void partition_scalar(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t R,
-                      int64_t stride, bool negate, double k, bool moments, double out[4]) {
+                      int64_t stride, int64_t wstride, int64_t mstride, bool negate, double k,
+                      bool moments, double out[4]) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   const double nan = std::numeric_limits<double>::quiet_NaN();
   auto value = [&](int64_t n, double& xv, double& wv) {
-    const int64_t at = n * stride;
-    if (mask != nullptr && !mask[at]) return false;
-    wv = w != nullptr ? static_cast<double>(w[at]) : 1.0;
+    if (mask != nullptr && !mask[n * mstride]) return false;
+    wv = w != nullptr ? static_cast<double>(w[n * wstride]) : 1.0;
     if (w != nullptr && wv == 0.0) return false;
-    xv = static_cast<double>(x[at]);
+    xv = static_cast<double>(x[n * stride]);
     if (negate) xv = -xv;
     return true;
   };
@@ -238,34 +239,53 @@ struct ChunkBuf {
   static constexpr int64_t W = Vectorized<acc_t>::size();
   alignas(64) acc_t x[kPartSteps * W];
   alignas(64) acc_t w[kPartSteps * W];
+  alignas(64) acc_t m[kPartSteps * W];  // the mask as 1 (kept) / 0
 };
 
-// Gather nsteps vectors into b: lane l of step s is element s * step + l * lane_stride, valid
-// when l < lanes and s * W + l < count; invalid or excluded elements become -inf (weight 0).
+// Gather nsteps vectors of a row into b: lane l of step s is element n = s * W + l (x[n],
+// w[n * wstride], mask[n * mstride]), valid when n < count; invalid or excluded elements
+// become -inf (weight 0).
 template <typename scalar_t, typename acc_t, bool HasW>
-inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t step,
-                   int64_t lane_stride, int64_t nsteps, int64_t lanes, int64_t count,
-                   bool negate, ChunkBuf<acc_t>& b) {
+inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t wstride,
+                   int64_t mstride, int64_t nsteps, int64_t count, bool negate,
+                   ChunkBuf<acc_t>& b) {
   constexpr int64_t W = ChunkBuf<acc_t>::W;
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t s = 0; s < nsteps; ++s) {
-    for (int64_t l = 0; l < W; ++l) {
-      acc_t xv = kNegInf, wv = 0;
-      if (l < lanes && s * W + l < count) {
-        const int64_t at = s * step + l * lane_stride;
-        bool inc = mask == nullptr || mask[at];
-        if constexpr (HasW) {
-          wv = static_cast<acc_t>(w[at]);
-          inc = inc && wv != acc_t(0);
-        }
-        if (inc) {
-          xv = static_cast<acc_t>(x[at]);
-          if (negate) xv = -xv;
-        }
-      }
-      b.x[s * W + l] = xv;
-      if constexpr (HasW) b.w[s * W + l] = wv;
+  const acc_t sign = negate ? acc_t(-1) : acc_t(1);
+  int64_t n0 = 0;
+  if ((!HasW || wstride == 1) && (mask == nullptr || mstride == 1)) {
+    // Unit strides (a weight or mask per element or per column; the common case): whole
+    // vectors, widened by load_chunk, excluded lanes blended to (-inf, 0).
+    using V = Vectorized<acc_t>;
+    const int64_t full = count / W * W;
+    const acc_t* xs = load_chunk<scalar_t, acc_t>(x, full, b.x);
+    const acc_t* wsrc = HasW ? load_chunk<scalar_t, acc_t>(w, full, b.w) : nullptr;
+    const V zero(0), neg_inf(kNegInf), vsign(sign);
+    if (mask != nullptr) {  // the mask as 1 (kept) / 0: a byte conversion loop that vectorises
+      const auto* bytes = reinterpret_cast<const uint8_t*>(mask);
+      for (int64_t n = 0; n < full; ++n) b.m[n] = static_cast<acc_t>(bytes[n]);
     }
+    for (; n0 < full; n0 += W) {
+      const V xv = V::loadu(xs + n0) * vsign;
+      V wv(1), out = zero;
+      if constexpr (HasW) {
+        wv = V::loadu(wsrc + n0);
+        out = wv == zero;
+      }
+      if (mask != nullptr) out = out | (V::loadu(b.m + n0) == zero);
+      V::blendv(xv, neg_inf, out).store(b.x + n0);
+      if constexpr (HasW) V::blendv(wv, zero, out).store(b.w + n0);
+    }
+  }
+  for (int64_t n = n0; n < count; ++n) {  // strided arguments, and the tail
+    const acc_t wv = HasW ? static_cast<acc_t>(w[n * wstride]) : acc_t(1);
+    const bool inc = wv != acc_t(0) && (mask == nullptr || mask[n * mstride]);
+    b.x[n] = inc ? sign * static_cast<acc_t>(x[n]) : kNegInf;
+    if constexpr (HasW) b.w[n] = inc ? wv : acc_t(0);
+  }
+  for (int64_t n = count; n < nsteps * W; ++n) {
+    b.x[n] = kNegInf;
+    if constexpr (HasW) b.w[n] = 0;
   }
 }
 
@@ -300,8 +320,11 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
   const int64_t R = a.R, I = a.I;
   const int64_t base = o * R * I + i0;
   const auto* x = static_cast<const scalar_t*>(a.x) + base;
-  const auto* w = HasW ? static_cast<const scalar_t*>(a.weight) + base : nullptr;
-  const bool* mask = a.mask != nullptr ? a.mask + base : nullptr;
+  // Weight and mask of output (o, i0) and their steps along r (sr) and i (si).
+  const auto* w = HasW ? static_cast<const scalar_t*>(a.weight) + o * a.ws[0] + i0 * a.ws[2]
+                       : nullptr;
+  const bool* mask = a.mask != nullptr ? a.mask + o * a.ms[0] + i0 * a.ms[2] : nullptr;
+  const int64_t wsr = a.ws[1], wsi = a.ws[2], msr = a.ms[1], msi = a.ms[2];
   const auto* scale = static_cast<const acc_t*>(a.scale);
   const bool rows = I == 1;
   const int64_t j0 = o * I + i0;
@@ -326,9 +349,9 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
   auto exact = [&](int64_t l) {  // output j0 + l by the scalar path
     double out[4];
     const int64_t j = j0 + l;
-    partition_scalar<scalar_t>(x + l, HasW ? w + l : nullptr, mask ? mask + l : nullptr, R, I,
-                               a.negate, static_cast<double>(scale[a.scale_stride * j]),
-                               Moments, out);
+    partition_scalar<scalar_t>(x + l, HasW ? w + l * wsi : nullptr,
+                               mask ? mask + l * msi : nullptr, R, I, wsr, msr, a.negate,
+                               static_cast<double>(scale[a.scale_stride * j]), Moments, out);
     store(j, out[0], out[1], 0.0, 0.0);
     if constexpr (Moments) {
       m1[j] = static_cast<acc_t>(out[2]);
@@ -356,9 +379,9 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
         }
       } else {
         const int64_t steps = (n + W - 1) / W;
-        gather<scalar_t, acc_t, HasW>(x + c0, HasW ? w + c0 : nullptr,
-                                      mask ? mask + c0 : nullptr, W, 1, steps, W, n, a.negate,
-                                      buf);
+        gather<scalar_t, acc_t, HasW>(x + c0, HasW ? w + c0 * wsr : nullptr,
+                                      mask ? mask + c0 * msr : nullptr, wsr, msr, steps, n,
+                                      a.negate, buf);
         st.chunk(buf.x, buf.w, W, steps);
       }
       c0 += n;
@@ -403,9 +426,9 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
         for (int64_t l = 0; l < groups * W; ++l) {
           acc_t xv = kNegInf, wv = 0;
           if (l < outs) {
-            bool inc = mask == nullptr || mask[at + l];
+            bool inc = mask == nullptr || mask[(c0 + r) * msr + l * msi];
             if constexpr (HasW) {
-              wv = static_cast<acc_t>(w[at + l]);
+              wv = static_cast<acc_t>(w[(c0 + r) * wsr + l * wsi]);
               inc = inc && wv != acc_t(0);
             }
             if (inc) xv = a.negate ? -static_cast<acc_t>(x[at + l]) : static_cast<acc_t>(x[at + l]);
@@ -453,17 +476,18 @@ void partition_fwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
 
 // Backward over `len` consecutive elements of x starting at element e0; per-output values
 // (shift, log_norm, k, coefficients) are read at index j0 + i * jstride (jstride 0: the
-// elements share one output, a row; 1: element i belongs to output j0 + i).
+// elements share one output, a row; 1: element i belongs to output j0 + i). Element i's weight
+// is weight[w0 + i * wstep], its mask value mask[m0 + i * mstep].
 template <typename scalar_t>
 void partition_bwd_line(const PartitionArgs& a, int64_t e0, int64_t len, int64_t j0,
-                        int64_t jstride) {
+                        int64_t jstride, int64_t w0, int64_t wstep, int64_t m0, int64_t mstep) {
   using acc_t = acc_type_t<scalar_t>;
   using V = Vectorized<acc_t>;
   constexpr int64_t W = V::size();
   constexpr acc_t kLog2e = static_cast<acc_t>(1.4426950408889634);
   const auto* x = static_cast<const scalar_t*>(a.x) + e0;
-  const auto* w = a.weight != nullptr ? static_cast<const scalar_t*>(a.weight) + e0 : nullptr;
-  const bool* mask = a.mask != nullptr ? a.mask + e0 : nullptr;
+  const auto* w = a.weight != nullptr ? static_cast<const scalar_t*>(a.weight) + w0 : nullptr;
+  const bool* mask = a.mask != nullptr ? a.mask + m0 : nullptr;
   auto* gx = static_cast<scalar_t*>(a.grad_x) + e0;
   auto* gw = a.grad_w != nullptr ? static_cast<scalar_t*>(a.grad_w) + e0 : nullptr;
   const auto* shift = static_cast<const acc_t*>(a.shift) + j0;
@@ -485,48 +509,73 @@ void partition_bwd_line(const PartitionArgs& a, int64_t e0, int64_t len, int64_t
     return V::blendv(p * poly, zero, p == zero);
   };
 
-  if (mask == nullptr && w == nullptr) {
-    // Vectorised: x widened per block, per-output values broadcast (rows) or loaded (tiles).
+  if ((w == nullptr || wstep == 1) && (mask == nullptr || mstep == 1)) {
+    // Vectorised: x (and the weights) widened per block, the mask as acc_t 1/0, per-output
+    // values broadcast (rows) or loaded (tiles).
     constexpr int64_t kBlk = 2048;
-    alignas(64) acc_t xbuf[std::is_same_v<scalar_t, acc_t> ? 1 : kBlk];
-    alignas(64) acc_t obuf[std::is_same_v<scalar_t, acc_t> ? 1 : kBlk];
+    constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
+    alignas(64) acc_t xbuf[kSame ? 1 : kBlk];
+    alignas(64) acc_t obuf[kSame ? 1 : kBlk];
+    alignas(64) acc_t wbuf[kSame ? 1 : kBlk];
+    alignas(64) acc_t gwbuf[kSame ? 1 : kBlk];
+    alignas(64) acc_t mbuf[kBlk];
+    const auto* mask_bytes = reinterpret_cast<const uint8_t*>(mask);
     const V b_sh(shift[0]), b_ln(log_norm[0]), b_k(scale[0]);
     const V b_c0(coef[0]), b_c1(a.n_coef > 1 ? coef[cs] : acc_t(0)),
         b_c2(a.n_coef > 2 ? coef[2 * cs] : acc_t(0));
+    const V all = zero == zero;
     for (int64_t b0 = 0; b0 < len; b0 += kBlk) {
       const int64_t nb = std::min(kBlk, len - b0);
       const acc_t* xs = load_chunk<scalar_t, acc_t>(x + b0, nb, xbuf);
+      const acc_t* ws = w != nullptr ? load_chunk<scalar_t, acc_t>(w + b0, nb, wbuf) : nullptr;
+      if (mask != nullptr) {
+        for (int64_t i = 0; i < nb; ++i) mbuf[i] = static_cast<acc_t>(mask_bytes[b0 + i]);
+      }
       acc_t* out;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      acc_t* gwout = nullptr;
+      if constexpr (kSame) {
         out = gx + b0;
+        if (gw != nullptr) gwout = gw + b0;
       } else {
         out = obuf;
+        gwout = gwbuf;
       }
       for (int64_t i = 0; i < nb; i += W) {
         const int64_t n = std::min(W, nb - i);
         V xv = V::loadu(xs + i, n);
         if (a.negate) xv = zero - xv;
-        V g;
+        V g, k;
         if (jstride == 0) {
+          k = b_k;
           g = grad_of(xv, b_sh, b_ln, b_k, b_c0, b_c1, b_c2);
-          g = g * b_k * V(sign);
         } else {
           const int64_t j = b0 + i;
-          const V k = sstride == 0 ? b_k : V::loadu(scale + j, n);
+          k = sstride == 0 ? b_k : V::loadu(scale + j, n);
           const V c1 = a.n_coef > 1 ? V::loadu(coef + cs + j, n) : zero;
           const V c2 = a.n_coef > 2 ? V::loadu(coef + 2 * cs + j, n) : zero;
           g = grad_of(xv, V::loadu(shift + j, n), V::loadu(log_norm + j, n), k,
                       V::loadu(coef + j, n), c1, c2);
-          g = g * k * V(sign);
         }
-        g.store(out + i, n);
+        V gxv = g * k * V(sign);
+        if (w != nullptr || mask != nullptr) {
+          // Excluded elements (masked, or weight 0) get no input gradient; the weight
+          // gradient is g wherever the mask keeps the element.
+          const V keep = mask != nullptr ? V::loadu(mbuf + i, n) != zero : all;
+          const V wv = w != nullptr ? V::loadu(ws + i, n) : V(1);
+          gxv = V::blendv(zero, gxv * wv, keep & (wv != zero));
+          if (gw != nullptr) V::blendv(zero, g, keep).store(gwout + i, n);
+        }
+        gxv.store(out + i, n);
       }
-      if constexpr (!std::is_same_v<scalar_t, acc_t>) store_chunk<scalar_t>(obuf, nb, gx + b0);
+      if constexpr (!kSame) {
+        store_chunk<scalar_t>(obuf, nb, gx + b0);
+        if (gw != nullptr) store_chunk<scalar_t>(gwbuf, nb, gw + b0);
+      }
     }
     return;
   }
 
-  // With a mask or weights: gathered lane by lane (these inputs are rarely the hot path).
+  // Weights or a mask with other strides: gathered lane by lane.
   alignas(64) acc_t xb[W], wb[W], inc[W], keep[W], gxb[W], gwb[W];
   alignas(64) acc_t sh[W], ln[W], kk[W], c0[W], c1[W], c2[W];
   for (int64_t i = 0; i < len; i += W) {
@@ -535,8 +584,8 @@ void partition_bwd_line(const PartitionArgs& a, int64_t e0, int64_t len, int64_t
       const int64_t e = i + std::min(l, n - 1);
       const int64_t j = e * jstride;
       const acc_t xv = static_cast<acc_t>(x[e]);
-      const bool kept = mask == nullptr || mask[e];
-      const acc_t wv = w != nullptr ? static_cast<acc_t>(w[e]) : acc_t(1);
+      const bool kept = mask == nullptr || mask[e * mstep];
+      const acc_t wv = w != nullptr ? static_cast<acc_t>(w[e * wstep]) : acc_t(1);
       xb[l] = a.negate ? -xv : xv;
       wb[l] = wv;
       keep[l] = kept ? acc_t(1) : acc_t(0);
@@ -566,10 +615,12 @@ void partition_bwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
   // output each.
   for (int64_t t = begin; t < end; ++t) {
     if (a.I == 1) {
-      partition_bwd_line<scalar_t>(a, t * a.R, a.R, t, 0);
+      partition_bwd_line<scalar_t>(a, t * a.R, a.R, t, 0, t * a.ws[0], a.ws[1], t * a.ms[0],
+                                   a.ms[1]);
     } else {
-      const int64_t o = t / a.R;
-      partition_bwd_line<scalar_t>(a, t * a.I, a.I, o * a.I, 1);
+      const int64_t o = t / a.R, r = t % a.R;
+      partition_bwd_line<scalar_t>(a, t * a.I, a.I, o * a.I, 1, o * a.ws[0] + r * a.ws[1],
+                                   a.ws[2], o * a.ms[0] + r * a.ms[1], a.ms[2]);
     }
   }
 }

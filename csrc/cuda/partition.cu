@@ -2,24 +2,29 @@
 // partition_fwd / partition_bwd; the semantics are in [Note: partition statistics]
 // (csrc/thermokern.cpp).
 //
-// x is a contiguous (O, R, I) tensor reduced over R; output j = o * I + i. Every thread keeps
+// x is a contiguous (O, R, I) tensor reduced over R; output j = o * I + i. weight and mask may
+// have any strides (Strides3; stride 0 in broadcast dims): the 16-byte-pack paths below read
+// them at x's flat offsets, so they run only when both are contiguous (or absent); otherwise
+// weight and mask are read one element at a time through their strides. Every thread keeps
 // online statistics (PartState: the running maximum m of the included x', and relative to it
 // d = sum w e^u, m1 = sum w u e^u, m2 = sum w u^2 e^u, plus pw = the sum of w over x' = +inf);
 // states merge with the rescaling of [Note: partition statistics]. Excluded elements become
 // x' = -inf, and a term whose e^u is 0 (x' = -inf, or underflow) adds exactly 0 to every sum.
 //   I == 1 (rows): a group of G lanes per row (G a power of two, about R / VEC; G <= 32:
 //     256 / G rows per block, shuffle merge; G > 32: one block per row, shuffles then shared
-//     memory). 16-byte vector loads when x, weight and mask share the same alignment phase:
-//     each row has a scalar head up to the first aligned element and a scalar tail.
+//     memory). 16-byte vector loads when weight and mask are contiguous and x, weight and mask
+//     share the same alignment phase: each row has a scalar head up to the first aligned
+//     element and a scalar tail; otherwise (VEC = 1) one strided element at a time.
 //   I > 1 (middle dimension, no copy): a block per (o, tile of CX columns), CX = pow2 >= I
 //     capped at 32, threads [rows] x [CX columns], so that a warp reads 32 consecutive
 //     elements; the column states merge through shuffles (lanes of one column), then across
 //     warps in shared memory.
 //   With few work units and a long R, both split R into chunks: each block writes a partial
 //   state to a workspace and a small kernel merges the chunks in order (deterministic).
-// Backward: elementwise grid-stride over O * R * I (16-byte packs when all pointers share an
-// alignment phase), carrying (i, r, o) incrementally, so there is no division per element;
-// the per-output row (scale, shift, log_norm, coef) is reloaded only when j changes.
+// Backward: elementwise grid-stride over O * R * I (16-byte packs when weight and mask are
+// contiguous and all pointers share an alignment phase), carrying (i, r, o) incrementally, so
+// there is no division per element; the per-output row (scale, shift, log_norm, coef) is
+// reloaded only when j changes.
 // Offsets are int64 throughout; nothing syncs with the host.
 #include <algorithm>
 #include <cstdint>
@@ -45,6 +50,14 @@ namespace {
 
 constexpr int kTileThreads = 256;       // I > 1 blocks, backward blocks, blocks of row groups
 constexpr int64_t kSplitTarget = 1024;  // split R when there are fewer work units than this
+
+// Element strides of weight or mask over (O, R, I); all 0 when the tensor is absent.
+struct Strides3 {
+  int64_t s0, s1, s2;
+  __device__ __forceinline__ int64_t at(int64_t o, int64_t r, int64_t i) const {
+    return o * s0 + r * s1 + i * s2;
+  }
+};
 
 template <typename T>
 struct PartState {
@@ -242,31 +255,31 @@ __device__ __forceinline__ PartState<T> part_load(const PartOut<T>& out, int64_t
   }
 }
 
-// One element at flat offset e.
+// One element: x[e], w[ew], mk[em].
 template <bool MOM, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void part_element(PartState<acc_t>& st, const scalar_t* x,
                                              const scalar_t* w, const uint8_t* mk, int64_t e,
-                                             acc_t k, bool negate) {
+                                             int64_t ew, int64_t em, acc_t k, bool negate) {
   const acc_t a = static_cast<acc_t>(x[e]);
   acc_t xv[1] = {negate ? -a : a};
-  const acc_t wv[1] = {w != nullptr ? static_cast<acc_t>(w[e]) : acc_t(1)};
-  if ((mk != nullptr && mk[e] == 0) || wv[0] == acc_t(0)) xv[0] = -INFINITY;
+  const acc_t wv[1] = {w != nullptr ? static_cast<acc_t>(w[ew]) : acc_t(1)};
+  if ((mk != nullptr && mk[em] == 0) || wv[0] == acc_t(0)) xv[0] = -INFINITY;
   part_update<MOM>(st, xv, wv, k);
 }
 
-// Elements e0 .. e0 + len - 1 of one row, lane `lane` of G: a scalar head up to the first
-// VEC-aligned element (phase: x's element offset from 16-byte alignment, shared by weight and
-// mask), VEC-packs, then a scalar tail.
+// Elements e0 .. e0 + len - 1 of one row, lane `lane` of G, with weight and mask contiguous
+// (read at x's offsets): a scalar head up to the first VEC-aligned element (phase: x's element
+// offset from 16-byte alignment, shared by weight and mask), VEC-packs, then a scalar tail.
 template <bool MOM, int VEC, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void rows_accumulate(PartState<acc_t>& st, const scalar_t* x,
                                                 const scalar_t* w, const uint8_t* mk, int64_t e0,
                                                 int64_t len, int phase, int lane, int G, acc_t k,
                                                 bool negate) {
-  int64_t head = 0;
-  if constexpr (VEC > 1) {
-    head = (VEC - static_cast<int>((phase + e0) & (VEC - 1))) & (VEC - 1);
-    if (head > len) head = len;
-    for (int64_t t = lane; t < head; t += G) part_element<MOM>(st, x, w, mk, e0 + t, k, negate);
+  static_assert(VEC > 1, "VEC == 1 reads weight and mask through their strides");
+  int64_t head = (VEC - static_cast<int>((phase + e0) & (VEC - 1))) & (VEC - 1);
+  if (head > len) head = len;
+  for (int64_t t = lane; t < head; t += G) {
+    part_element<MOM>(st, x, w, mk, e0 + t, e0 + t, e0 + t, k, negate);
   }
   const int64_t n_vec = (len - head) / VEC;
   const int64_t ev = e0 + head;
@@ -300,21 +313,21 @@ __device__ __forceinline__ void rows_accumulate(PartState<acc_t>& st, const scal
     }
     part_update<MOM>(st, xv, wv, k);
   }
-  if constexpr (VEC > 1) {
-    for (int64_t t = head + n_vec * VEC + lane; t < len; t += G) {
-      part_element<MOM>(st, x, w, mk, e0 + t, k, negate);
-    }
+  for (int64_t t = head + n_vec * VEC + lane; t < len; t += G) {
+    part_element<MOM>(st, x, w, mk, e0 + t, e0 + t, e0 + t, k, negate);
   }
 }
 
 // I == 1: rows of length R at x + row * R. G lanes per row (power of two): G <= 32 with
 // blockDim = kTileThreads (several rows per block), or G = blockDim > 32 (a row per block).
 // Work unit = row * splits + chunk; chunk c covers [c * chunk, min(R, (c + 1) * chunk)).
+// VEC > 1: weight and mask contiguous (w_st, m_st unused); VEC == 1: read through w_st, m_st.
 template <typename scalar_t, typename acc_t, int VEC, bool MOM>
 __global__ void __launch_bounds__(kMaxThreads) partition_fwd_rows_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-    const uint8_t* __restrict__ mk, int64_t N, int64_t R, int64_t chunk, int phase, int G,
-    const acc_t* __restrict__ scale, int64_t scale_stride, bool negate, PartOut<acc_t> out) {
+    const uint8_t* __restrict__ mk, Strides3 w_st, Strides3 m_st, int64_t N, int64_t R,
+    int64_t chunk, int phase, int G, const acc_t* __restrict__ scale, int64_t scale_stride,
+    bool negate, PartOut<acc_t> out) {
   __shared__ PartSmem<MOM, acc_t, kMaxThreads / kWarp> smem;
   const int rows_per_block = blockDim.x / G;
   const int grp = threadIdx.x / G, lane = threadIdx.x % G;
@@ -332,8 +345,15 @@ __global__ void __launch_bounds__(kMaxThreads) partition_fwd_rows_kernel(
     if (valid) {
       const int64_t rb = split * chunk;
       const int64_t len = R - rb < chunk ? R - rb : chunk;
-      if (len > 0) {
-        rows_accumulate<MOM, VEC>(st, x, w, mk, row * R + rb, len, phase, lane, G, k, negate);
+      if constexpr (VEC > 1) {
+        if (len > 0) {
+          rows_accumulate<MOM, VEC>(st, x, w, mk, row * R + rb, len, phase, lane, G, k, negate);
+        }
+      } else {
+        for (int64_t r = rb + lane; r < rb + len; r += G) {
+          part_element<MOM>(st, x, w, mk, row * R + r, w_st.at(row, r, 0), m_st.at(row, r, 0),
+                            k, negate);
+        }
       }
     }
     const int width = G < kWarp ? G : kWarp;
@@ -362,8 +382,9 @@ __global__ void __launch_bounds__(kMaxThreads) partition_fwd_rows_kernel(
 template <typename scalar_t, typename acc_t, bool MOM>
 __global__ void __launch_bounds__(kTileThreads) partition_fwd_mid_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-    const uint8_t* __restrict__ mk, int64_t O, int64_t R, int64_t I, int64_t chunk, int CX,
-    const acc_t* __restrict__ scale, int64_t scale_stride, bool negate, PartOut<acc_t> out) {
+    const uint8_t* __restrict__ mk, Strides3 w_st, Strides3 m_st, int64_t O, int64_t R,
+    int64_t I, int64_t chunk, int CX, const acc_t* __restrict__ scale, int64_t scale_stride,
+    bool negate, PartOut<acc_t> out) {
   __shared__ PartSmem<MOM, acc_t, kTileThreads> smem;
   const int cx = threadIdx.x % CX, ry = threadIdx.x / CX;
   const int RY = blockDim.x / CX;
@@ -385,9 +406,11 @@ __global__ void __launch_bounds__(kTileThreads) partition_fwd_mid_kernel(
       const int64_t rb = split * chunk;
       const int64_t re = R - rb < chunk ? R : rb + chunk;
       const int64_t step = static_cast<int64_t>(RY) * I;
+      const int64_t w_step = RY * w_st.s1, m_step = RY * m_st.s1;
       int64_t e = (o * R + rb + ry) * I + i;
-      for (int64_t r = rb + ry; r < re; r += RY, e += step) {
-        part_element<MOM>(st, x, w, mk, e, k, negate);
+      int64_t ew = w_st.at(o, rb + ry, i), em = m_st.at(o, rb + ry, i);
+      for (int64_t r = rb + ry; r < re; r += RY, e += step, ew += w_step, em += m_step) {
+        part_element<MOM>(st, x, w, mk, e, ew, em, k, negate);
       }
     }
     // Lanes of one column in a warp differ in the bits >= CX of the lane index.
@@ -469,6 +492,7 @@ __device__ __forceinline__ void bwd_element(const BwdRow<acc_t>& p, const BwdArg
   gw = keep ? g : acc_t(0);
 }
 
+// One element at flat offset e, with weight and mask contiguous (read at e too).
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void bwd_scalar(const scalar_t* x, const scalar_t* w,
                                            const uint8_t* mk, int64_t e, int64_t R, int64_t I,
@@ -484,13 +508,16 @@ __device__ __forceinline__ void bwd_scalar(const scalar_t* x, const scalar_t* w,
   if (grad_w != nullptr) grad_w[e] = static_cast<scalar_t>(gw);
 }
 
-// Elements [0, head) and [head + n_vec * VEC, total) one at a time (fewer than VEC each), the
-// packs in between grid-stride; every pointer shares the alignment phase of x.
+// VEC > 1: elements [0, head) and [head + n_vec * VEC, total) one at a time (fewer than VEC
+// each), the packs in between grid-stride; weight and mask are contiguous and every pointer
+// shares the alignment phase of x (w_st, m_st unused). VEC == 1 (head = 0): every element,
+// weight and mask read through w_st, m_st.
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kTileThreads) partition_bwd_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-    const uint8_t* __restrict__ mk, int64_t total, int64_t R, int64_t I, int64_t head,
-    BwdArgs<acc_t> a, scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_w) {
+    const uint8_t* __restrict__ mk, Strides3 w_st, Strides3 m_st, int64_t total, int64_t R,
+    int64_t I, int64_t head, BwdArgs<acc_t> a, scalar_t* __restrict__ grad_x,
+    scalar_t* __restrict__ grad_w) {
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t n_threads = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t n_vec = (total - head) / VEC;
@@ -522,15 +549,20 @@ __global__ void __launch_bounds__(kTileThreads) partition_bwd_kernel(
       wv[q] = acc_t(1);
       keep[q] = true;
     }
-    if (wp != nullptr) {
-      const Pack<scalar_t, VEC> pw = wp[v];
+    if constexpr (VEC == 1) {
+      if (w != nullptr) wv[0] = static_cast<acc_t>(w[w_st.at(o, r, i)]);
+      if (mk != nullptr) keep[0] = mk[m_st.at(o, r, i)] != 0;
+    } else {
+      if (wp != nullptr) {
+        const Pack<scalar_t, VEC> pw = wp[v];
 #pragma unroll
-      for (int q = 0; q < VEC; ++q) wv[q] = static_cast<acc_t>(pw.v[q]);
-    }
-    if (mp != nullptr) {
-      const Pack<uint8_t, VEC> pm = mp[v];
+        for (int q = 0; q < VEC; ++q) wv[q] = static_cast<acc_t>(pw.v[q]);
+      }
+      if (mp != nullptr) {
+        const Pack<uint8_t, VEC> pm = mp[v];
 #pragma unroll
-      for (int q = 0; q < VEC; ++q) keep[q] = pm.v[q] != 0;
+        for (int q = 0; q < VEC; ++q) keep[q] = pm.v[q] != 0;
+      }
     }
     Pack<scalar_t, VEC> ox, ow;
     int64_t ii = i, rr = r, oo = o;
@@ -584,10 +616,20 @@ int elem_phase(const void* p, int vec) {
   return static_cast<int>(elem % static_cast<uintptr_t>(vec));
 }
 
+Strides3 strides_of(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return Strides3{0, 0, 0};
+  return Strides3{t->stride(0), t->stride(1), t->stride(2)};
+}
+
+// Whether the pack paths may read t at x's flat offsets.
+bool dense(const std::optional<at::Tensor>& t) { return !t.has_value() || t->is_contiguous(); }
+
+// dense_wm: weight and mask are contiguous or absent, so the pack path may read them at x's
+// offsets; w_st, m_st serve the strided path.
 template <typename scalar_t, typename acc_t, bool MOM>
 void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t* mk,
-                          const at::Tensor& scale, bool negate, PartOut<acc_t> out,
-                          cudaStream_t stream) {
+                          Strides3 w_st, Strides3 m_st, bool dense_wm, const at::Tensor& scale,
+                          bool negate, PartOut<acc_t> out, cudaStream_t stream) {
   const int64_t O = x.size(0), R = x.size(1), I = x.size(2);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const acc_t* sp = scale.const_data_ptr<acc_t>();
@@ -602,7 +644,7 @@ void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t*
   if (I == 1) {
     int vec = kVec;
     const int phase = elem_phase<scalar_t>(xp, vec);
-    if ((w != nullptr && elem_phase<scalar_t>(w, vec) != phase) ||
+    if (!dense_wm || (w != nullptr && elem_phase<scalar_t>(w, vec) != phase) ||
         (mk != nullptr && elem_phase<uint8_t>(mk, vec) != phase)) {
       vec = 1;
     }
@@ -622,8 +664,8 @@ void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t*
     if (out.splits > 1) alloc_ws();
     const int64_t blocks = std::min(ceil_div(O * out.splits, rows_per_block), kMaxBlocks);
     auto launch = [&](auto kernel) {
-      kernel<<<blocks, threads, 0, stream>>>(xp, w, mk, O, R, chunk, vec == 1 ? 0 : phase, G, sp,
-                                            ss, negate, out);
+      kernel<<<blocks, threads, 0, stream>>>(xp, w, mk, w_st, m_st, O, R, chunk,
+                                            vec == 1 ? 0 : phase, G, sp, ss, negate, out);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (vec == kVec) {
@@ -650,7 +692,7 @@ void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t*
     if (out.splits > 1) alloc_ws();
     const int64_t blocks = std::min(tiles * out.splits, kMaxBlocks);
     partition_fwd_mid_kernel<scalar_t, acc_t, MOM><<<blocks, threads, 0, stream>>>(
-        xp, w, mk, O, R, I, chunk, CX, sp, ss, negate, out);
+        xp, w, mk, w_st, m_st, O, R, I, chunk, CX, sp, ss, negate, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (out.splits > 1) {
@@ -688,16 +730,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> partition_fwd_cuda(
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
+    const Strides3 w_st = strides_of(weight), m_st = strides_of(mask);
+    const bool dense_wm = dense(weight) && dense(mask);
     PartOut<acc_t> out{shift.mutable_data_ptr<acc_t>(), sum.mutable_data_ptr<acc_t>(), nullptr,
                        nullptr, nullptr, n_out, 1};
     if (mom) {
       out.m1 = m1.mutable_data_ptr<acc_t>();
       out.m2 = m2.mutable_data_ptr<acc_t>();
-      partition_fwd_launch<scalar_t, acc_t, true>(x, w, mask_ptr(mask), scale, negate, out,
-                                                  stream);
+      partition_fwd_launch<scalar_t, acc_t, true>(x, w, mask_ptr(mask), w_st, m_st, dense_wm,
+                                                  scale, negate, out, stream);
     } else {
-      partition_fwd_launch<scalar_t, acc_t, false>(x, w, mask_ptr(mask), scale, negate, out,
-                                                   stream);
+      partition_fwd_launch<scalar_t, acc_t, false>(x, w, mask_ptr(mask), w_st, m_st, dense_wm,
+                                                   scale, negate, out, stream);
     }
   });
   return {shift, sum, m1, m2};
@@ -727,8 +771,10 @@ std::tuple<at::Tensor, at::Tensor> partition_bwd_cuda(
     const uint8_t* mk = mask_ptr(mask);
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
     scalar_t* gw = weight_grad ? grad_w.mutable_data_ptr<scalar_t>() : nullptr;
+    const Strides3 w_st = strides_of(weight), m_st = strides_of(mask);
     const int phase = elem_phase<scalar_t>(xp, kVec);
-    const bool aligned = (w == nullptr || elem_phase<scalar_t>(w, kVec) == phase) &&
+    const bool aligned = dense(weight) && dense(mask) &&
+                         (w == nullptr || elem_phase<scalar_t>(w, kVec) == phase) &&
                          (mk == nullptr || elem_phase<uint8_t>(mk, kVec) == phase) &&
                          elem_phase<scalar_t>(gx, kVec) == phase &&
                          (gw == nullptr || elem_phase<scalar_t>(gw, kVec) == phase);
@@ -741,7 +787,8 @@ std::tuple<at::Tensor, at::Tensor> partition_bwd_cuda(
       const int64_t n_vec = (total - head) / vec;
       const int64_t blocks =
           std::min(std::max<int64_t>(ceil_div(n_vec, kTileThreads), 1), kMaxBlocks);
-      kernel<<<blocks, kTileThreads, 0, stream>>>(xp, w, mk, total, R, I, head, args, gx, gw);
+      kernel<<<blocks, kTileThreads, 0, stream>>>(xp, w, mk, w_st, m_st, total, R, I, head, args,
+                                                  gx, gw);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (aligned && kVec > 1) {

@@ -109,18 +109,17 @@ inline void check_partition_inputs(const at::Tensor& x, const std::optional<at::
                     "input: expected a contiguous 3-D (outer, reduced, inner) tensor with a "
                     "non-empty reduced dimension, got shape ", x.sizes());
   if (weight.has_value()) {
-    TORCH_CHECK_VALUE(weight->sizes() == x.sizes() && weight->is_contiguous(),
-                      "weight: expected a contiguous tensor of shape ", x.sizes(), ", got ",
-                      weight->sizes());
+    // Any strides: a broadcast weight arrives with stride 0 in its broadcast dims, unexpanded.
+    TORCH_CHECK_VALUE(weight->sizes() == x.sizes(), "weight: expected a tensor of shape ",
+                      x.sizes(), ", got ", weight->sizes());
     TORCH_CHECK_TYPE(weight->scalar_type() == x.scalar_type(), "weight: expected dtype ",
                      x.scalar_type(), ", got ", weight->scalar_type());
     TORCH_CHECK_VALUE(weight->device() == x.device(), "weight: expected device ", x.device(),
                       ", got ", weight->device());
   }
   if (mask.has_value()) {
-    TORCH_CHECK_VALUE(mask->sizes() == x.sizes() && mask->is_contiguous(),
-                      "mask: expected a contiguous tensor of shape ", x.sizes(), ", got ",
-                      mask->sizes());
+    TORCH_CHECK_VALUE(mask->sizes() == x.sizes(), "mask: expected a tensor of shape ",
+                      x.sizes(), ", got ", mask->sizes());
     TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, "mask: expected a bool tensor, got ",
                      mask->scalar_type());
     TORCH_CHECK_VALUE(mask->device() == x.device(), "mask: expected device ", x.device(),

@@ -199,7 +199,10 @@ def _check_dims(dim, ndim: int, name: str = "dim") -> tuple[int, ...]:
 def _layout(x: torch.Tensor, dims: tuple[int, ...]):
     """(view function, out_shape, keepdim_shape, R): the function maps a tensor shaped like x to
     the contiguous (O, R, I) tensor the kernels take (a view for a contiguous x whose reduced
-    dims are adjacent; otherwise the reduced dims are moved last and copied)."""
+    dims are adjacent; otherwise the reduced dims are moved last and copied). With
+    ``contiguous=False`` (weights and masks, which the kernels read with any strides) it returns
+    a view wherever one exists, so a broadcast argument keeps its stride-0 dims and is never
+    expanded in memory."""
     shape = list(x.shape)
     out_shape = [n for i, n in enumerate(shape) if i not in dims]
     keep_shape = [1 if i in dims else n for i, n in enumerate(shape)]
@@ -220,13 +223,14 @@ def _layout(x: torch.Tensor, dims: tuple[int, ...]):
         for n in shape[dims[-1] + 1 :]:
             i *= n
 
-        def to_3d(t):
-            return t.contiguous().view(o, r, i)
+        def to_3d(t, contiguous=True):
+            return t.contiguous().view(o, r, i) if contiguous else t.reshape(o, r, i)
     else:
         rest = [d for d in range(len(shape)) if d not in dims]
 
-        def to_3d(t):
-            return t.permute(*rest, *dims).contiguous().view(-1, r, 1)
+        def to_3d(t, contiguous=True):
+            t = t.permute(*rest, *dims)
+            return t.contiguous().view(-1, r, 1) if contiguous else t.reshape(-1, r, 1)
 
     return to_3d, torch.Size(out_shape), torch.Size(keep_shape), r
 
@@ -237,12 +241,27 @@ def _broadcast_arg(t, x: torch.Tensor, name: str, *, dtype: torch.dtype | None =
     if t.device != x.device:
         raise ValueError(f"{name}: expected a tensor on {x.device}, got {t.device}")
     try:
-        b = t.broadcast_to(x.shape)
+        # Converted before broadcasting: the result is a view with stride 0 in broadcast dims.
+        return (t if dtype is None else t.to(dtype)).broadcast_to(x.shape)
     except RuntimeError:
         raise ValueError(
             f"{name}: shape {tuple(t.shape)} is not broadcastable to the input shape {tuple(x.shape)}"
         ) from None
-    return b if dtype is None else b.to(dtype)
+
+
+_UNIT_SCALES: dict = {}
+
+
+def _unit_scale(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (1,) tensor of ones (k = 1), cached per dtype and device outside of tracing."""
+    if torch.compiler.is_compiling():
+        return torch.ones((1,), dtype=dtype, device=device)
+    key = (dtype, device)
+    t = _UNIT_SCALES.get(key)
+    if t is None:
+        with torch.inference_mode(False):  # a normal tensor, which autograd may save
+            t = _UNIT_SCALES[key] = torch.ones((1,), dtype=dtype, device=device)
+    return t
 
 
 def _stats(x3, weight3, mask3, scale, negate: bool, moments: int, name: str):
@@ -256,9 +275,15 @@ def _finish(v: torch.Tensor, out_shape, keep_shape, keepdim: bool, dtype: torch.
     return v.reshape(keep_shape if keepdim else out_shape).to(dtype)
 
 
-def _log_abs_sum(shift_k: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+def _log_abs_sum(shift_k: torch.Tensor, total: torch.Tensor, signed: bool = True) -> torch.Tensor:
     """k shift + log|sum|: -inf for an empty sum (never NaN from log 0 in the gradient), NaN
-    for +inf terms that cancel (inf - inf)."""
+    for +inf terms that cancel (inf - inf).
+
+    Without signed weights (``signed=False``) the sum is >= 1 (its largest term is e^0) unless
+    nothing is included, where the shift is -inf: then ``k shift + log(sum)`` is already right
+    (-inf; the backward zeroes such rows' gradients), in two ops instead of seven."""
+    if not signed:
+        return shift_k + torch.log(total)
     empty = total == 0
     safe = torch.where(empty, torch.ones_like(total), total)
     at_zero = torch.where(shift_k == math.inf, math.nan, -math.inf).to(total.dtype)
@@ -290,9 +315,11 @@ def logsumexp(
         keepdim: keep the reduced dimensions with size 1.
         weight: scipy's ``b``: a tensor broadcastable to ``input`` of factors ``w_j`` (may be
             negative). A zero weight leaves its element out entirely, even an infinity or NaN.
-            Without ``return_sign`` a negative sum gives NaN. Differentiable.
+            Without ``return_sign`` a negative sum gives NaN. Differentiable. A broadcast
+            weight (say a ``(C,)`` weight for an ``(N, C)`` input) is read in place by the
+            kernels, never expanded to the input's size.
         mask: JAX's ``where``: a bool tensor broadcastable to ``input``; ``False`` elements are
-            left out. A fully masked row gives ``-inf``.
+            left out. A fully masked row gives ``-inf``. Read in place like ``weight``.
         return_sign: also return ``sign(sum_j w_j e^{x_j})`` (1, -1, 0 for a zero sum, NaN where
             the result is NaN; an empty or fully masked row gives 0, where scipy gives -1 for an
             empty array), and the result is then ``log|sum|``.
@@ -350,20 +377,21 @@ def logsumexp(
             res = tuple(v.reshape(()) for v in res) if return_sign else res.reshape(())
         return res
     acc = reference.acc_dtype(x.dtype)
-    scale = torch.ones((1,), dtype=acc, device=x.device)
+    scale = _unit_scale(acc, x.device)
     shift, total, _, _ = _stats(
         to_3d(x),
-        None if wt is None else to_3d(wt),
-        None if mask is None else to_3d(mask),
+        None if wt is None else to_3d(wt, contiguous=False),
+        None if mask is None else to_3d(mask, contiguous=False),
         scale,
         False,
         0,
         name,
     )
-    lse = _log_abs_sum(shift, total)
-    sign = torch.sign(total.detach())
-    sign = torch.where(torch.isnan(lse.detach()), torch.full_like(sign, math.nan), sign)
-    if not return_sign and wt is not None:
+    lse = _log_abs_sum(shift, total, signed=wt is not None)
+    if return_sign:
+        sign = torch.sign(total.detach())
+        sign = torch.where(torch.isnan(lse.detach()), torch.full_like(sign, math.nan), sign)
+    elif wt is not None:
         lse = torch.where(total.detach() < 0, torch.full_like(lse, math.nan), lse)
     if scalar:
         out_shape = keep_shape = torch.Size(())
@@ -393,7 +421,7 @@ def _energy_lz(energy, dim, temperature, backend, moments: int):
     if name == "reference" or r == 0 or energy.numel() == 0:
         return None, (dims, temperature, out_shape, keep_shape)
     shift, total, m1, m2 = _stats(to_3d(energy), None, None, k, True, moments, name)
-    lz = _log_abs_sum(k * shift, total)
+    lz = _log_abs_sum(k * shift, total, signed=False)
     return (lz, shift, total, m1, m2, k), (dims, temperature, out_shape, keep_shape)
 
 
