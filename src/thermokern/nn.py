@@ -11,13 +11,25 @@ from thermokern.ops.entropy import softmax_entropy
 __all__ = ["EntropyRegularizedCrossEntropyLoss", "SoftmaxEntropy"]
 
 
+def _set_temperature(module: nn.Module, temperature: float | torch.Tensor) -> None:
+    """An ``nn.Parameter`` stays a parameter (a learnable temperature: the ops differentiate
+    w.r.t. it); another tensor becomes a buffer, so that it follows ``.to(device)``."""
+    if isinstance(temperature, nn.Parameter):
+        module.temperature = temperature
+    elif isinstance(temperature, torch.Tensor):
+        module.register_buffer("temperature", temperature.detach().clone())
+    else:
+        module.temperature = float(temperature)
+
+
 class SoftmaxEntropy(nn.Module):
     """``H(softmax(logits / T))`` along ``dim``; see :func:`thermokern.softmax_entropy`.
 
     Args:
         dim: the class dimension.
         temperature: a float > 0, or a tensor of per-row temperatures (registered as a buffer,
-            so it follows ``.to(device)``).
+            so it follows ``.to(device)``), or an ``nn.Parameter`` (a learnable temperature,
+            registered as a parameter).
         reduction: ``"none"`` (per row), ``"mean"`` or ``"sum"`` over the rows.
         backend: as in :func:`thermokern.softmax_entropy`.
     """
@@ -36,10 +48,7 @@ class SoftmaxEntropy(nn.Module):
         self.dim = dim
         self.reduction = reduction
         self.backend = backend
-        if isinstance(temperature, torch.Tensor):
-            self.register_buffer("temperature", temperature.detach().clone())
-        else:
-            self.temperature = float(temperature)
+        _set_temperature(self, temperature)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         h = softmax_entropy(logits, self.dim, temperature=self.temperature, backend=self.backend)
@@ -80,10 +89,7 @@ class EntropyRegularizedCrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.z_loss_weight = z_loss_weight
         self.backend = backend
-        if isinstance(temperature, torch.Tensor):
-            self.register_buffer("temperature", temperature.detach().clone())
-        else:
-            self.temperature = float(temperature)
+        _set_temperature(self, temperature)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return entropy_regularized_cross_entropy(

@@ -37,15 +37,18 @@ def check_dim(dim: object, ndim: int, name: str = "dim") -> int:
     return dim % ndim
 
 
-def check_temperature(temperature: object) -> float | torch.Tensor:
-    """A finite float > 0, or a floating-point tensor of temperatures (values checked later)."""
+def check_temperature(temperature: object, *, differentiable: bool = False) -> float | torch.Tensor:
+    """A finite float > 0, or a floating-point tensor of temperatures (values checked later).
+
+    Ops that support gradients w.r.t. a temperature tensor (through :func:`divide_by_temperature`)
+    pass ``differentiable=True``; the others reject a tensor that requires grad."""
     if isinstance(temperature, torch.Tensor):
         if temperature.dtype == torch.bool or temperature.is_complex():
             raise TypeError(f"temperature: expected a real tensor, got {temperature.dtype}")
-        if temperature.requires_grad:
+        if temperature.requires_grad and not differentiable:
             raise ValueError(
-                "temperature: gradients with respect to a temperature tensor are not supported; "
-                "pass temperature.detach()"
+                "temperature: this op does not support gradients with respect to a temperature "
+                "tensor; pass temperature.detach(), or divide the input by the temperature first"
             )
         return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
@@ -113,3 +116,30 @@ def inverse_temperature(
     if _can_sync(t) and not bool(((t > 0) & torch.isfinite(t)).all()):
         raise ValueError("temperature: expected finite values > 0 in the temperature tensor")
     return (1.0 / t).contiguous()
+
+
+def temperature_needs_grad(temperature: float | torch.Tensor) -> bool:
+    """Whether autograd must differentiate w.r.t. this (already checked) temperature."""
+    return isinstance(temperature, torch.Tensor) and temperature.requires_grad and torch.is_grad_enabled()
+
+
+def divide_by_temperature(
+    x: torch.Tensor, temperature: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / T, T per output) for a temperature tensor that requires grad.
+
+    Every op here depends on x and T only through x / T (an entropy is a function of the
+    logits over T; log Z of -E/T; the other statistics follow from those and T). So with a
+    differentiable temperature the ops run on ``x / T`` at T = 1, and autograd differentiates
+    the division exactly, for one extra elementwise pass. ``x / T`` is in the
+    accumulation dtype of x (float32 for 16-bit input, so nothing is rounded to 16 bits); T
+    per output is broadcast to x's shape without ``dims`` and has that dtype too. Values and
+    shape are checked as :func:`inverse_temperature` checks them.
+    """
+    out_shape = torch.Size([n for i, n in enumerate(x.shape) if i not in dims])
+    keep_shape = torch.Size([1 if i in dims else n for i, n in enumerate(x.shape)])
+    inverse_temperature(temperature.detach(), out_shape, x.dtype, x.device)  # validation only
+    t = temperature.to(device=x.device, dtype=acc_dtype(x.dtype))
+    t_out = t.reshape(()) if t.numel() == 1 else t.broadcast_to(out_shape)
+    z = x.to(t.dtype) / (t_out if t.numel() == 1 else t_out.reshape(keep_shape))
+    return z, t_out.broadcast_to(out_shape)

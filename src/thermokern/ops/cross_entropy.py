@@ -19,7 +19,9 @@ from thermokern.ops._checks import (
     as_rows,
     check_float_tensor,
     check_temperature,
+    divide_by_temperature,
     inverse_temperature,
+    temperature_needs_grad,
 )
 
 __all__ = ["entropy_regularized_cross_entropy"]
@@ -176,7 +178,9 @@ def entropy_regularized_cross_entropy(
         target: integer class indices shaped like ``logits`` without its last dimension.
         entropy_weight: beta, any finite float.
         temperature: a finite float > 0, or a tensor of per-row temperatures broadcastable
-            to ``target``'s shape (not differentiated).
+            to ``target``'s shape. A tensor that requires grad (a learnable temperature, e.g.
+            CLIP's logit scale) is differentiated: the op then runs on ``logits / T``, one
+            extra elementwise pass.
         label_smoothing: epsilon in [0, 1], as in ``F.cross_entropy``.
         ignore_index: rows with this target contribute 0 and are not counted by "mean".
         reduction: ``"none"`` (per row, shaped like ``target``), ``"mean"`` or ``"sum"``.
@@ -217,10 +221,17 @@ def entropy_regularized_cross_entropy(
     ignore_index = int(ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-    temperature = check_temperature(temperature)
+    temperature = check_temperature(temperature, differentiable=True)
     num_classes = logits.shape[-1]
     if num_classes == 0:
         raise ValueError("logits: the class dimension (last) has size 0")
+    if temperature_needs_grad(temperature):  # the loss depends on logits / T only
+        z, _ = divide_by_temperature(logits, temperature, (logits.dim() - 1,))
+        return entropy_regularized_cross_entropy(
+            z, target, entropy_weight=entropy_weight, label_smoothing=label_smoothing,
+            ignore_index=ignore_index, reduction=reduction, z_loss_weight=z_loss_weight,
+            backend=backend,
+        )  # fmt: skip
     name = _backend.resolve_backend(backend, logits)
 
     out_shape = logits.shape[:-1]

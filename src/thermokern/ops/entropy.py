@@ -16,7 +16,9 @@ from thermokern.ops._checks import (
     check_dim,
     check_float_tensor,
     check_temperature,
+    divide_by_temperature,
     inverse_temperature,
+    temperature_needs_grad,
 )
 
 __all__ = ["softmax_entropy"]
@@ -117,7 +119,8 @@ def softmax_entropy(
             fine). 16-bit inputs accumulate in float32.
         dim: the class dimension to reduce.
         temperature: a finite float > 0, or a tensor of temperatures broadcastable to the
-            output shape (per-row T; not differentiated). Tensor values are checked for being
+            output shape (per-row T). A tensor that requires grad is differentiated (the op
+            then runs on ``logits / T``, one extra elementwise pass). Tensor values are checked for being
             finite and > 0 except inside torch.compile or CUDA-graph capture, where that
             would need a host synchronisation.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
@@ -141,11 +144,14 @@ def softmax_entropy(
     """
     check_float_tensor(logits, "logits")
     dim = check_dim(dim, logits.dim())
-    temperature = check_temperature(temperature)
+    temperature = check_temperature(temperature, differentiable=True)
     if logits.shape[dim] == 0:
         raise ValueError(
             f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined"
         )
+    if temperature_needs_grad(temperature):  # H depends on logits / T only
+        z, _ = divide_by_temperature(logits, temperature, (dim,))
+        return softmax_entropy(z, dim, backend=backend).to(logits.dtype)
     name = _backend.resolve_backend(backend, logits)
     out_shape = logits.shape[:dim] + logits.shape[dim + 1 :]
     inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates

@@ -27,7 +27,9 @@ from thermokern.ops._checks import (
     DimError,
     check_float_tensor,
     check_temperature,
+    divide_by_temperature,
     inverse_temperature,
+    temperature_needs_grad,
 )
 
 __all__ = ["ThermoStats", "free_energy", "log_partition", "logsumexp", "thermo_stats"]
@@ -406,11 +408,25 @@ def _energy_setup(energy, dim, temperature, backend):
     if energy.dim() == 0:
         raise DimError("energy: the input is 0-dimensional; it needs at least one dimension to reduce")
     dims = _check_dims(dim, energy.dim())
-    temperature = check_temperature(temperature)
+    temperature = check_temperature(temperature, differentiable=True)
     name = _backend.resolve_backend(backend, energy)
     to_3d, out_shape, keep_shape, r = _layout(energy, dims)
     k = inverse_temperature(temperature, out_shape, energy.dtype, energy.device)  # also validates
     return dims, temperature, name, to_3d, out_shape, keep_shape, r, k
+
+
+def _scaled_energy(energy, dim, temperature):
+    """(E / T, T per output, dims) when the temperature tensor needs a gradient (else None): the
+    ops then run at T = 1 on E / T and autograd differentiates the division (see
+    divide_by_temperature): log Z and S are those of E / T, F = -T log Z, U = T <E/T>, and
+    C = Var(E) / T^2 = Var(E / T)."""
+    check_float_tensor(energy, "energy")
+    temperature = check_temperature(temperature, differentiable=True)
+    if not temperature_needs_grad(temperature) or energy.dim() == 0:
+        return None
+    dims = _check_dims(dim, energy.dim())
+    z, t_out = divide_by_temperature(energy, temperature, dims)
+    return z, t_out, dims
 
 
 def _energy_lz(energy, dim, temperature, backend, moments: int):
@@ -440,6 +456,7 @@ def log_partition(
             forbidden states (they add nothing); a ``-inf`` energy gives ``+inf``.
         dim: the dimension (or dimensions) of the states.
         temperature: a finite float > 0 or a tensor broadcastable to the output (per-row T).
+            A tensor that requires grad is differentiated (the op then runs on ``E / T``).
         keepdim: keep the reduced dimensions with size 1.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
 
@@ -449,6 +466,10 @@ def log_partition(
     Raises:
         TypeError: non-float ``energy``; ValueError: temperature <= 0, bad dims, unknown backend.
     """
+    scaled = _scaled_energy(energy, dim, temperature)
+    if scaled is not None:
+        z, _, dims = scaled
+        return log_partition(z, dims, keepdim=keepdim, backend=backend).to(energy.dtype)
     stats, (dims, temperature, out_shape, keep_shape) = _energy_lz(energy, dim, temperature, backend, 0)
     if stats is None:
         return reference.log_partition(energy, dims, temperature=temperature, keepdim=keepdim)
@@ -467,6 +488,11 @@ def free_energy(
 
     Differentiable w.r.t. ``energy``: dF/dE = p, the Boltzmann distribution.
     """
+    scaled = _scaled_energy(energy, dim, temperature)
+    if scaled is not None:
+        z, t_out, dims = scaled
+        lz = log_partition(z, dims, keepdim=keepdim, backend=backend)
+        return (-t_out.reshape(lz.shape) * lz).to(energy.dtype)
     stats, (dims, temperature, out_shape, keep_shape) = _energy_lz(energy, dim, temperature, backend, 0)
     if stats is None:
         return reference.free_energy(energy, dims, temperature=temperature, keepdim=keepdim)
@@ -492,6 +518,7 @@ def thermo_stats(
         energy: float tensor (16-bit accumulates in float32).
         dim: the dimension (or dimensions) of the states.
         temperature: a finite float > 0 or a tensor broadcastable to the output (per-row T).
+            A tensor that requires grad is differentiated (the op then runs on ``E / T``).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
 
     Returns:
@@ -503,6 +530,12 @@ def thermo_stats(
         >>> round(float(s.heat_capacity), 4)  # e / (1 + e)^2
         0.1966
     """
+    scaled = _scaled_energy(energy, dim, temperature)
+    if scaled is not None:
+        z, t_out, dims = scaled
+        s = thermo_stats(z, dims, backend=backend)
+        outs = (s.log_z, -t_out * s.log_z, t_out * s.mean_energy, s.entropy, s.heat_capacity)
+        return ThermoStats(*(v.to(energy.dtype) for v in outs))
     stats, (dims, temperature, out_shape, keep_shape) = _energy_lz(energy, dim, temperature, backend, 2)
     if stats is None:
         return ThermoStats(*reference.thermo_stats(energy, dims, temperature=temperature))
