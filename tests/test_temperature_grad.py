@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _util import DTYPES, assert_close
-from conftest import cpu_backends
+from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
 from thermokern import reference
@@ -19,7 +19,7 @@ def _entropy(x, t, backend):
 
 
 def _ce(x, t, backend):
-    target = torch.tensor([1, 4, -100, 0, 2])[: x.shape[0]]
+    target = torch.tensor([1, 4, -100, 0, 2], device=x.device)[: x.shape[0]]
     return thermokern.entropy_regularized_cross_entropy(
         x, target, temperature=t, entropy_weight=0.3, label_smoothing=0.1, z_loss_weight=0.01,
         reduction="none", backend=backend,
@@ -176,3 +176,23 @@ def test_temperature_grad_under_compile():
     want = torch.autograd.grad(loss(x, t), (x, t))
     for a, b in zip(got, want):
         assert_close(a, b.double(), torch.float32, grad=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", OPS, ids=IDS)
+def test_gpu_temperature_grad(backend, dtype, op):
+    _, fn, ref_fn = op
+    x = (torch.randn(5, 3000, dtype=torch.float64) * 2).to(dtype)
+    t = (torch.rand(5, dtype=torch.float64) + 0.5).to(dtype)
+    xg, tg = x.cuda().requires_grad_(True), t.cuda().requires_grad_(True)
+    out = fn(xg, tg, backend)
+    xr, tr = x.double().requires_grad_(True), t.double().requires_grad_(True)
+    ref = ref_fn(xr, tr)
+    assert_close(out.cpu(), ref, dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    got = torch.autograd.grad(out, (xg, tg), g.to(out.dtype).cuda())
+    for a, b in zip(got, torch.autograd.grad(ref, (xr, tr), g)):
+        assert_close(a.cpu(), b, dtype, grad=True)
