@@ -275,6 +275,26 @@ def test_logsumexp_broadcast_strided_weight_mask(backend, dtype, case):
         assert_close(got, want, dtype, grad=True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logsumexp_broadcast_weight_hides_specials(backend):
+    # zero broadcast weights hide +inf/NaN elements (the scalar special-value path, with strides)
+    x = torch.randn(4, 300)
+    x[:, 5], x[:, 7], x[1, 9] = math.inf, math.nan, math.inf
+    w = torch.rand(300) + 0.1
+    w[5] = w[7] = 0
+    out = thermokern.logsumexp(x, 1, weight=w, backend=backend)
+    ref = reference.logsumexp(x.double(), 1, weight=w.double())
+    assert torch.isinf(out[1]) and torch.isfinite(out[[0, 2, 3]]).all()
+    assert_close(out, ref, torch.float32)
+    x3 = torch.randn(2, 50, 40)
+    x3[:, 3, :], x3[0, 4, 1] = math.inf, math.nan
+    w3 = torch.rand(50, 1) + 0.1
+    w3[3] = 0
+    m3 = torch.rand(40) > 0.2
+    out3 = thermokern.logsumexp(x3, 1, weight=w3, mask=m3, backend=backend)
+    assert_close(out3, reference.logsumexp(x3.double(), 1, weight=w3.double(), mask=m3), torch.float32)
+
+
 class _RecordPartitionArgs(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the weight and mask tensors that reach partition_fwd (any backend)."""
 
