@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from _util import DTYPES, TOLERANCES, assert_close
+from _util import DTYPES, TOLERANCES, assert_close, run_offline_triton_compile
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
@@ -688,16 +688,4 @@ def test_triton_kernels_compile_for_sm90():
     """The Triton kernels lower to PTX for sm_90 without a GPU (a subprocess: the interpreter
     is on here), with correctly rounded division and square root and no approximate
     log/sin/cos instructions (which would break the 1e-6 agreement of the normals)."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run(
-        [sys.executable, "-c", _PTX_CHECK], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    if proc.returncode != 0 and (
-        "ptxas" in proc.stderr or "No module named 'triton.backends.nvidia'" in proc.stderr
-    ):
-        pytest.skip(f"no Triton CUDA toolchain here: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    run_offline_triton_compile(_PTX_CHECK)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from _util import DTYPES, assert_close
+from _util import DTYPES, assert_close, run_offline_triton_compile
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
@@ -457,6 +457,45 @@ def test_cpu_every_isa(cpu_isa):
         st = thermokern.thermo_stats(x.detach().to(torch.bfloat16), dim, backend="cpu")
         for got, want in zip(st, reference.thermo_stats(x.detach().to(torch.bfloat16).double(), dim)):
             assert_close(got, want, torch.bfloat16)
+
+
+_PTX_CHECK = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from thermokern.kernels import partition as tk
+
+i64 = "i64"
+for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+    for extras in (False, True):  # weight and mask (strided), or neither
+        stats = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "sum_ptr": acc_ty, "m1_ptr": acc_ty, "m2_ptr": acc_ty}
+        grads = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "log_norm_ptr": acc_ty, "coef_ptr": acc_ty,
+                 "gx_ptr": ty, "gw_ptr": ty, "CHUNK_R": i64}
+        flags = {"HAS_WEIGHT": extras, "HAS_MASK": extras, "ACC": acc}
+        cases = (
+            (tk._partition_fwd_rows_kernel, stats, {"SCALE_STRIDE": 1, "NEGATE": True, "MOMENTS": True, "BLOCK_R": 1024}),
+            (tk._partition_fwd_cols_kernel, stats,
+             {"SCALE_STRIDE": 1, "NEGATE": False, "MOMENTS": True, "BLOCK_R": 32, "BLOCK_I": 128}),
+            (tk._partition_bwd_rows_kernel, grads,
+             {"SCALE_STRIDE": 1, "NEGATE": True, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": 1024}),
+            (tk._partition_bwd_cols_kernel, grads,
+             {"SCALE_STRIDE": 0, "NEGATE": False, "WEIGHT_GRAD": extras, "NCOEF": 2, "BLOCK_R": 32, "BLOCK_I": 128}),
+        )
+        for kernel, ptrs, consts in cases:
+            consts = consts | flags
+            types = {"x_ptr": ty, "w_ptr": ty, "mask_ptr": "*u8"} | ptrs
+            sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, i64) for p in kernel.params}
+            triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+print("ok")
+"""
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs triton")
+def test_triton_partition_kernels_compile_for_sm90():
+    """The partition kernels (strided weight and mask, moments, both layouts, fwd and bwd) lower
+    to sm_90 code without a GPU: the interpreter runs them here, but does not type-check them
+    as the compiler does."""
+    run_offline_triton_compile(_PTX_CHECK)
 
 
 # ----------------------------------------------------------------------------- GPU (bench/gpu_check.sh)
