@@ -689,3 +689,34 @@ def test_triton_kernels_compile_for_sm90():
     is on here), with correctly rounded division and square root and no approximate
     log/sin/cos instructions (which would break the 1e-6 agreement of the normals)."""
     run_offline_triton_compile(_PTX_CHECK)
+
+
+_PTX_CHECK_MALA_SGLD = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from thermokern.kernels import mala, sgld
+
+target = GPUTarget("cuda", 90, 32)
+for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+    k = mala._mala_accept_kernel
+    consts = {"ACC": acc, "BLOCK_N": 32, "BLOCK_D": 64}
+    types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1", "seed_ptr": "*i64",
+             "offset_ptr": "*i64"}
+    sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, ty if p.name.endswith("_ptr") else "i64")
+           for p in k.params}
+    triton.compile(ASTSource(k, sig, consts), target=target)
+for dtype in (tl.float32, tl.bfloat16, tl.float64):
+    k = sgld._sgld_step_kernel
+    consts = {"DTYPE": dtype, "HAS_NOISE": True, "HAS_WD": True, "BLOCK_C": 256,
+              "ACC": tl.float64 if dtype == tl.float64 else tl.float32}
+    sig = {p.name: "constexpr" if p.name in consts else "*i64" if p.name.endswith("_ptr") else "i64" for p in k.params}
+    triton.compile(ASTSource(k, sig, consts), target=target)
+print("ok")
+"""
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
+def test_triton_mala_sgld_kernels_compile_for_sm90():
+    """The MALA accept and SGLD multi-tensor kernels lower to sm_90 code without a GPU."""
+    run_offline_triton_compile(_PTX_CHECK_MALA_SGLD)
