@@ -18,3 +18,13 @@ def _load(name):
 def test_seed_example_trajectories_agree():
     mod = _load("seed_entropy_regularization")
     assert mod.part1() < 1e-5  # beta = -lambda reproduces the snippet's loss trajectory
+
+
+def test_temperature_scaling_example():
+    out = _load("temperature_scaling").main()
+    # the learnable-temperature op fits the same T as F.cross_entropy(logits / T), near the
+    # true overconfidence factor 2.5, and calibration improves
+    assert abs(out["fitted_T"] - out["fitted_T_pytorch"]) < 1e-3
+    assert abs(out["fitted_T"] - 2.5) < 0.15
+    assert out["nll_after"] < out["nll_before"]
+    assert out["ece_after"] < out["ece_before"] / 3
