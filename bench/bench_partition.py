@@ -1,4 +1,5 @@
-"""pytest-benchmark suite for the partition functions (logsumexp, thermo_stats):
+"""pytest-benchmark suite for the partition functions (logsumexp, with and without a broadcast
+padding mask, and thermo_stats):
 ``pytest bench/ --benchmark-only``.
 
 Same engine and ``extra_info`` as bench_entropy.py (GB/s, copy GB/s and its percentage, max abs
@@ -12,7 +13,7 @@ from bench_entropy import DEVICE, DTYPES, SHAPES, _id, run_case
 
 from thermokern import benchmark as tb
 
-FAMILY = ("logsumexp", "thermo_stats")
+FAMILY = ("logsumexp", "logsumexp_masked", "thermo_stats")
 CASES = [(tb.OPS[op], p) for op in FAMILY for p in tb.OPS[op].providers(DEVICE)[0]]
 
 

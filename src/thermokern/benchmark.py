@@ -450,6 +450,38 @@ def _logsumexp_providers(device: str) -> tuple[list[Provider], list[str]]:
     return providers, notes
 
 
+# A padded vocabulary: a (C,) bool mask keeping the first 90 % of the classes, broadcast over
+# the rows (thermokern reads it in place; eager PyTorch fills the padding with -inf first).
+_PAD_KEEP = 0.9
+_PAD_MASKS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _pad_mask(c: int, device: torch.device) -> torch.Tensor:
+    key = (c, str(device))
+    if key not in _PAD_MASKS:
+        _PAD_MASKS[key] = torch.arange(c, device=device) < max(1, int(c * _PAD_KEEP))
+    return _PAD_MASKS[key]
+
+
+def _eager_masked_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(x.masked_fill(~_pad_mask(x.shape[-1], x.device), float("-inf")), -1)
+
+
+def _masked_logsumexp_providers(device: str) -> tuple[list[Provider], list[str]]:
+    providers, notes = _generic_providers(
+        device,
+        lambda x, backend: thermokern.logsumexp(
+            x, -1, mask=_pad_mask(x.shape[-1], x.device), backend=backend
+        ),
+        _eager_masked_logsumexp,
+    )
+    notes.append(
+        f"mask: (C,) bool, the first {_PAD_KEEP:.0%} of the classes kept, broadcast over the rows; "
+        "eager: masked_fill(-inf), then torch.logsumexp"
+    )
+    return providers, notes
+
+
 def _eager_thermo_stats(e: torch.Tensor, temperature: float = _THERMO_T) -> torch.Tensor:
     """What one writes in PyTorch: log Z, then p, then U, S and C as further reductions."""
     z = -e.float() / temperature
@@ -655,6 +687,18 @@ OPS: dict[str, OpSpec] = {
         default_shapes=_partition_shapes,
         default_dtypes=_softmax_entropy_dtypes,
         params={"dim": -1, "input": f"randn * {_LOGIT_SCALE}"},
+    ),
+    "logsumexp_masked": OpSpec(
+        name="logsumexp_masked",
+        providers=_masked_logsumexp_providers,
+        make_input=_softmax_entropy_input,
+        make_grad=_row_grad,
+        min_bytes=_softmax_entropy_min_bytes,
+        input_bytes=_input_bytes,
+        reference_chunks=_rows_reference_chunks(_eager_masked_logsumexp),
+        default_shapes=_partition_shapes,
+        default_dtypes=_softmax_entropy_dtypes,
+        params={"dim": -1, "input": f"randn * {_LOGIT_SCALE}", "mask": f"(C,), first {_PAD_KEEP:.0%} kept"},
     ),
     "thermo_stats": OpSpec(
         name="thermo_stats",
