@@ -39,7 +39,7 @@ import torch
 
 from thermokern import _backend, reference
 from thermokern.ops._checks import check_float_tensor
-from thermokern.ops.langevin import _check_real, langevin_step, langevin_step_
+from thermokern.ops.langevin import _check_real, _checked_step_, _parse, langevin_step
 from thermokern.ops.mala import _proposal_backend, energy_and_grad, mala_accept
 
 __all__ = [
@@ -391,7 +391,11 @@ class _Sampler:
         # langevin_step's: the same, until this build has its CUDA kernel (Triton meanwhile)
         self.prop_backend = _proposal_backend(backend)
         self.metropolis = metropolis
-        self.noise_scale, self.grad_clip, self.clamp = noise_scale, grad_clip, clamp
+        self.noise_scale = noise_scale
+        # Checked once here; every step then calls the op directly (_checked_step_).
+        _, _, self.grad_clip, self.lo, self.hi, _, _ = _parse(
+            x, x, 1.0, 1.0, noise_scale, grad_clip, clamp, 0, 0
+        )
         self.want_stats = want_stats
         self.seed = torch.zeros((), dtype=torch.int64, device=x.device)
         self.offset = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -411,19 +415,12 @@ class _Sampler:
             if self.want_stats:
                 stats["energy"] = energy.mean()
                 stats["grad_norm"] = self._grad_norm(grad)
+            sigma = reference.langevin_noise_std(eta, temperature, self.noise_scale)
             with torch.no_grad():
-                langevin_step_(
-                    x,
-                    grad,
-                    step_size=eta,
-                    temperature=temperature,
-                    noise_scale=self.noise_scale,
-                    grad_clip=self.grad_clip,
-                    clamp=self.clamp,
-                    seed=self.seed,
-                    offset=self.offset,
-                    backend=self.prop_backend,
-                )
+                _checked_step_(
+                    x, grad.to(x.dtype), self.seed, self.offset, float(eta), sigma, self.grad_clip,
+                    self.lo, self.hi, self.prop_backend,
+                )  # fmt: skip
             return stats
         energy, grad = self.energy, self.grad
         if self.want_stats:

@@ -374,27 +374,27 @@ def langevin_step_(
             f"langevin_step_: {which} requires grad, and an in-place step cannot be differentiated; "
             "use thermokern.langevin_step (out of place), or run the update under torch.no_grad()"
         )
-    step = float(step_size)
     name = _backend.resolve_backend(backend, x)
+    if name == "triton" and not torch.compiler.is_compiling() and _overlaps_partially(x, grad):
+        # (the C++ ops check this themselves; the reference computes out of place)
+        raise RuntimeError(
+            "langevin_step_: grad overlaps x in memory (other than being x itself); "
+            "pass grad.clone() or use langevin_step"
+        )
+    return _checked_step_(x, grad, seed_t, offset_t, float(step_size), sigma, grad_clip, lo, hi, name)
+
+
+def _checked_step_(x, grad, seed_t, offset_t, step: float, sigma: float, grad_clip, lo, hi, name: str):
+    """The in-place step with every argument already checked and the backend resolved: what
+    :func:`langevin_step_` ends with, and what a sampler's loop calls directly (its arguments
+    are checked once per run, not once per step)."""
     if name == "reference":
         out = reference.langevin_step(
-            x,
-            grad,
-            step_size=step,
-            noise_scale=sigma,
-            grad_clip=grad_clip,
-            clamp=(lo, hi),
-            seed=seed_t,
-            offset=offset_t,
-        )
+            x, grad, step_size=step, noise_scale=sigma, grad_clip=grad_clip, clamp=(lo, hi),
+            seed=seed_t, offset=offset_t,
+        )  # fmt: skip
         return x.copy_(out)
     if name == "triton":
-        # (the C++ ops check this themselves; the reference computes out of place)
-        if not torch.compiler.is_compiling() and _overlaps_partially(x, grad):
-            raise RuntimeError(
-                "langevin_step_: grad overlaps x in memory (other than being x itself); "
-                "pass grad.clone() or use langevin_step"
-            )
         _triton_ops()[1](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
     else:
         _ops.langevin_step_(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
