@@ -295,6 +295,29 @@ def test_logsumexp_broadcast_weight_hides_specials(backend):
     assert_close(out3, reference.logsumexp(x3.double(), 1, weight=w3.double(), mask=m3), torch.float32)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(3, 2100, 1), (2, 37, 1), (2, 300, 20)], ids=str)
+def test_partition_op_negate_with_weight_and_mask(backend, dtype, shape):
+    # negate=True on x equals negate=False on -x, weights and masks included (the op allows
+    # this combination although the public functions never use it), moments too
+    x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype)
+    w = torch.rand(1, shape[1], shape[2], dtype=torch.float64).to(dtype).expand(shape)
+    w[0, 5, 0] = 0.0  # (a write through the expanded view: the zero is in every row)
+    m = (torch.rand(shape[0], shape[1], 1) > 0.2).expand(shape)
+    scale = torch.rand(shape[0] * shape[2], dtype=reference.acc_dtype(dtype)) + 0.5
+    if backend == "triton":
+        from thermokern.kernels import partition as tk
+
+        op = tk.partition_fwd
+    else:
+        op = torch.ops.thermokern.partition_fwd
+    got = op(x, w, m, scale, True, 2)
+    want = op(-x, w, m, scale, False, 2)
+    for a, b in zip(got, want):
+        assert_close(a, b.double(), dtype)
+
+
 class _RecordPartitionArgs(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the weight and mask tensors that reach partition_fwd (any backend)."""
 
@@ -457,6 +480,12 @@ def test_cpu_every_isa(cpu_isa):
         st = thermokern.thermo_stats(x.detach().to(torch.bfloat16), dim, backend="cpu")
         for got, want in zip(st, reference.thermo_stats(x.detach().to(torch.bfloat16).double(), dim)):
             assert_close(got, want, torch.bfloat16)
+        # broadcast weights and a mask (the unit-stride "direct" rows path and the tiles)
+        w = torch.rand(shape[dim]).reshape([-1] + [1] * (len(shape) - dim - 1)) + 0.1
+        m = torch.rand(shape[-1]) > 0.2
+        out = thermokern.logsumexp(x.detach(), dim, weight=w, mask=m, backend="cpu")
+        ref = reference.logsumexp(x.detach().double(), dim, weight=w.double(), mask=m)
+        assert_close(out, ref, torch.float32)
 
 
 _PTX_CHECK = r"""

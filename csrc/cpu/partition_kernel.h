@@ -141,16 +141,33 @@ struct LaneStats {
     }
   }
 
-  // Sums of nsteps vectors xp[s * stride] (excluded elements hold -inf) relative to vr (finite
-  // in every lane). Returns false when some lane passes vr by more than the margin or a sum
-  // is NaN (+inf/NaN data); then nothing is added.
-  bool sweep(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps, const V& vr_in,
-             bool check) {
+  // Vector s of the data. Without Excl, excluded elements already hold -inf (as x'). With
+  // Excl the data is read as stored and an element is excluded here where its weight is 0 or
+  // its mask value mp[...] (1 kept / 0, as acc_t; mp may be nullptr) is 0.
+  template <bool Excl>
+  V load_x(const acc_t* xp, const acc_t* wp, const acc_t* mp, int64_t at) const {
+    V xv = V::loadu(xp + at);
+    if constexpr (Excl) {
+      const V zero(0);
+      V out = zero;  // no bit set: nothing excluded
+      if constexpr (HasW) out = V::loadu(wp + at) == zero;
+      if (mp != nullptr) out = out | (V::loadu(mp + at) == zero);
+      xv = V::blendv(xv, V(neg ? kInf : -kInf), out);
+    }
+    return xv;
+  }
+
+  // Sums of nsteps vectors xp[s * stride] (excluded elements: see load_x) relative to vr
+  // (finite in every lane). Returns false when some lane passes vr by more than the margin or
+  // a sum is NaN (+inf/NaN data); then nothing is added.
+  template <bool Excl = false>
+  bool sweep(const acc_t* xp, const acc_t* wp, const acc_t* mp, int64_t stride, int64_t nsteps,
+             const V& vr_in, bool check) {
     V d0(0), m10(0), m20(0), tmax(-kInf);
     const V vr = neg ? V(0) - vr_in : vr_in;  // ref in units of the stored data
     const V ks = neg ? V(0) - k2 : k2;
     for (int64_t s = 0; s < nsteps; ++s) {
-      const V t = (V::loadu(xp + s * stride) - vr) * ks;
+      const V t = (load_x<Excl>(xp, wp, mp, s * stride) - vr) * ks;
       if (check) tmax = at::vec::maximum(tmax, t);  // NaN propagates into tmax
       V tc;
       V e = exp2_acc(t, tc);
@@ -203,19 +220,23 @@ struct LaneStats {
     return a[l];
   }
 
-  void chunk(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps) {
+  // mp (the mask as acc_t 1/0) is read only with Excl (see load_x).
+  template <bool Excl = false>
+  void chunk(const acc_t* xp, const acc_t* wp, int64_t stride, int64_t nsteps,
+             const acc_t* mp = nullptr) {
     if (special) return;
     bool fresh = false;
     for (int64_t l = 0; l < valid; ++l) fresh |= ref[l] == -kInf;
-    if (!fresh && sweep(xp, wp, stride, nsteps, V::loadu(use), true)) return;
+    if (!fresh && sweep<Excl>(xp, wp, mp, stride, nsteps, V::loadu(use), true)) return;
     // Two sweeps: the chunk's lane maxima, then the sums relative to the new refs.
     V cm(-kInf);
     if (neg) {
       const V zero(0);
       for (int64_t s = 0; s < nsteps; ++s)
-        cm = at::vec::maximum(cm, zero - V::loadu(xp + s * stride));
+        cm = at::vec::maximum(cm, zero - load_x<Excl>(xp, wp, mp, s * stride));
     } else {
-      for (int64_t s = 0; s < nsteps; ++s) cm = at::vec::maximum(cm, V::loadu(xp + s * stride));
+      for (int64_t s = 0; s < nsteps; ++s)
+        cm = at::vec::maximum(cm, load_x<Excl>(xp, wp, mp, s * stride));
     }
     alignas(64) acc_t cml[W];
     cm.store(cml);
@@ -229,7 +250,7 @@ struct LaneStats {
       use[l] = ref[l] == -kInf ? acc_t(0) : ref[l];  // all -inf so far: any finite shift
     }
     // Only non-finite weights can make this sweep fail now; the scalar path gives their NaN.
-    if (!sweep(xp, wp, stride, nsteps, V::loadu(use), false)) special = true;
+    if (!sweep<Excl>(xp, wp, mp, stride, nsteps, V::loadu(use), false)) special = true;
   }
 };
 
@@ -358,12 +379,15 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
       m2[j] = static_cast<acc_t>(out[3]);
     }
   };
-  // Mask and weights go through gather (which also negates); otherwise the data is read as
-  // stored (widened to acc_t) and LaneStats negates.
+  // Without mask and weights (plain) the data is read as stored (widened to acc_t) and
+  // LaneStats negates. A row with unit-stride weights or mask (direct) is read the same way,
+  // LaneStats excluding elements as it loads them; other strides go through gather (which
+  // also negates).
   const bool plain = mask == nullptr && !HasW;
+  const bool direct = !plain && (!HasW || wsr == 1) && (mask == nullptr || msr == 1);
 
   if (rows) {
-    Stats st(V(k2_of(j0)), W, plain && a.negate);
+    Stats st(V(k2_of(j0)), W, (plain || direct) && a.negate);
     ChunkBuf<acc_t> buf;
     for (int64_t c0 = 0; c0 < R && !st.special;) {
       const int64_t n = std::min(kPartSteps * W, R - c0);
@@ -376,6 +400,30 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
           const acc_t pad = a.negate ? -kNegInf : kNegInf;
           for (int64_t l = 0; l < W; ++l) tail[l] = full * W + l < n ? p[full * W + l] : pad;
           st.chunk(tail, nullptr, W, 1);
+        }
+      } else if (direct) {
+        const int64_t full = n / W;
+        const acc_t* p = load_chunk<scalar_t, acc_t>(x + c0, full * W, buf.x);
+        const acc_t* wp = HasW ? load_chunk<scalar_t, acc_t>(w + c0, full * W, buf.w) : nullptr;
+        const acc_t* mp = nullptr;
+        if (mask != nullptr) {  // as acc_t 1 / 0: a byte conversion loop that vectorises
+          const auto* bytes = reinterpret_cast<const uint8_t*>(mask + c0);
+          for (int64_t e = 0; e < full * W; ++e) buf.m[e] = static_cast<acc_t>(bytes[e]);
+          mp = buf.m;
+        }
+        if (full > 0) st.template chunk<true>(p, wp, W, full, mp);
+        if (n > full * W) {  // the tail: excluded and padding lanes hold (stored) -inf, weight 0
+          alignas(64) acc_t tx[W], tw[W];
+          const acc_t pad = a.negate ? -kNegInf : kNegInf;
+          for (int64_t l = 0; l < W; ++l) {
+            const int64_t e = c0 + full * W + l;
+            const bool in = full * W + l < n;
+            const acc_t wv = HasW && in ? static_cast<acc_t>(w[e]) : acc_t(in ? 1 : 0);
+            const bool inc = in && wv != acc_t(0) && (mask == nullptr || mask[e]);
+            tx[l] = inc ? static_cast<acc_t>(x[e]) : pad;
+            tw[l] = inc ? wv : acc_t(0);
+          }
+          st.chunk(tx, HasW ? tw : nullptr, W, 1);
         }
       } else {
         const int64_t steps = (n + W - 1) / W;
