@@ -265,7 +265,8 @@ struct ChunkBuf {
 
 // Gather nsteps vectors of a row into b: lane l of step s is element n = s * W + l (x[n],
 // w[n * wstride], mask[n * mstride]), valid when n < count; invalid or excluded elements
-// become -inf (weight 0).
+// become -inf (weight 0). For weights or a mask with non-unit strides along the row (unit
+// strides take the direct path of partition_fwd_task).
 template <typename scalar_t, typename acc_t, bool HasW>
 inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64_t wstride,
                    int64_t mstride, int64_t nsteps, int64_t count, bool negate,
@@ -273,32 +274,7 @@ inline void gather(const scalar_t* x, const scalar_t* w, const bool* mask, int64
   constexpr int64_t W = ChunkBuf<acc_t>::W;
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
   const acc_t sign = negate ? acc_t(-1) : acc_t(1);
-  int64_t n0 = 0;
-  if ((!HasW || wstride == 1) && (mask == nullptr || mstride == 1)) {
-    // Unit strides (a weight or mask per element or per column; the common case): whole
-    // vectors, widened by load_chunk, excluded lanes blended to (-inf, 0).
-    using V = Vectorized<acc_t>;
-    const int64_t full = count / W * W;
-    const acc_t* xs = load_chunk<scalar_t, acc_t>(x, full, b.x);
-    const acc_t* wsrc = HasW ? load_chunk<scalar_t, acc_t>(w, full, b.w) : nullptr;
-    const V zero(0), neg_inf(kNegInf), vsign(sign);
-    if (mask != nullptr) {  // the mask as 1 (kept) / 0: a byte conversion loop that vectorises
-      const auto* bytes = reinterpret_cast<const uint8_t*>(mask);
-      for (int64_t n = 0; n < full; ++n) b.m[n] = static_cast<acc_t>(bytes[n]);
-    }
-    for (; n0 < full; n0 += W) {
-      const V xv = V::loadu(xs + n0) * vsign;
-      V wv(1), out = zero;
-      if constexpr (HasW) {
-        wv = V::loadu(wsrc + n0);
-        out = wv == zero;
-      }
-      if (mask != nullptr) out = out | (V::loadu(b.m + n0) == zero);
-      V::blendv(xv, neg_inf, out).store(b.x + n0);
-      if constexpr (HasW) V::blendv(wv, zero, out).store(b.w + n0);
-    }
-  }
-  for (int64_t n = n0; n < count; ++n) {  // strided arguments, and the tail
+  for (int64_t n = 0; n < count; ++n) {
     const acc_t wv = HasW ? static_cast<acc_t>(w[n * wstride]) : acc_t(1);
     const bool inc = wv != acc_t(0) && (mask == nullptr || mask[n * mstride]);
     b.x[n] = inc ? sign * static_cast<acc_t>(x[n]) : kNegInf;
