@@ -437,6 +437,9 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
     st.emplace_back(V::loadu(k2v), lanes, plain && a.negate);
   }
   const acc_t pad = (plain && a.negate) ? -kNegInf : kNegInf;
+  // Weights and mask with unit stride along the outputs, or one value per row: vector copies.
+  const bool tile_vec = !plain && (!HasW || wsi == 0 || wsi == 1) && (mask == nullptr || msi == 0 || msi == 1);
+  alignas(64) acc_t kept[kWidth];  // a row's mask as acc_t 1 / 0 (tile_vec, msi == 1)
   for (int64_t c0 = 0; c0 < R;) {
     const int64_t n = std::min(kTileRows, R - c0);
     for (int64_t r = 0; r < n; ++r) {
@@ -446,6 +449,53 @@ void partition_fwd_task(const PartitionArgs& a, int64_t o, int64_t i0) {
         const acc_t* p = load_chunk<scalar_t, acc_t>(x + at, outs, dst);
         if (p != dst) std::copy(p, p + outs, dst);
         for (int64_t l = outs; l < groups * W; ++l) dst[l] = pad;
+      } else if (tile_vec) {
+        // Whole vectors: x widened into dst, the weights (unit stride, or one per row) and
+        // the mask (likewise) blended in; then the tail and the padding one by one.
+        const int64_t rr = c0 + r;
+        acc_t* wdst = HasW ? tb->w + r * kWidth : nullptr;
+        const acc_t* wsrc = nullptr;
+        acc_t wrow = 1;
+        if constexpr (HasW) {
+          if (wsi == 1) {
+            wsrc = load_chunk<scalar_t, acc_t>(w + rr * wsr, outs, wdst);
+          } else {
+            wrow = static_cast<acc_t>(w[rr * wsr]);
+          }
+        }
+        bool row_kept = true, per_elem_mask = false;
+        if (mask != nullptr) {
+          if (msi == 1) {
+            const auto* bytes = reinterpret_cast<const uint8_t*>(mask + rr * msr);
+            for (int64_t l = 0; l < outs; ++l) kept[l] = static_cast<acc_t>(bytes[l]);
+            per_elem_mask = true;
+          } else {
+            row_kept = mask[rr * msr];
+          }
+        }
+        const acc_t* p = load_chunk<scalar_t, acc_t>(x + at, outs, dst);
+        const int64_t full = row_kept ? outs / W * W : 0;
+        const V zero(0), neg_inf(kNegInf), vsign(a.negate ? acc_t(-1) : acc_t(1));
+        for (int64_t l = 0; l < full; l += W) {
+          const V wv = wsrc != nullptr ? V::loadu(wsrc + l) : V(wrow);
+          V out = HasW ? V(wv == zero) : zero;
+          if (per_elem_mask) out = out | (V::loadu(kept + l) == zero);
+          V::blendv(V::loadu(p + l) * vsign, neg_inf, out).store(dst + l);
+          if constexpr (HasW) V::blendv(wv, zero, out).store(wdst + l);
+        }
+        for (int64_t l = full; l < groups * W; ++l) {
+          acc_t xv = kNegInf, wv = 0;
+          if (row_kept && l < outs) {
+            wv = wsrc != nullptr ? wsrc[l] : wrow;
+            if (wv != acc_t(0) && (!per_elem_mask || kept[l] != acc_t(0))) {
+              xv = a.negate ? -p[l] : p[l];
+            } else {
+              wv = 0;
+            }
+          }
+          dst[l] = xv;
+          if constexpr (HasW) wdst[l] = wv;
+        }
       } else {
         for (int64_t l = 0; l < groups * W; ++l) {
           acc_t xv = kNegInf, wv = 0;
