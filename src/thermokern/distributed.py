@@ -586,34 +586,16 @@ def entropy_regularized_cross_entropy(
             after the collective, so every rank raises), ``vocab_start`` negative or shards
             that do not tile the vocabulary.
     """
-    check_float_tensor(logits_shard, "logits_shard")
-    if logits_shard.dim() == 0:
-        raise ValueError("logits_shard: expected at least 1 dimension (vocabulary last), got a 0-d tensor")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: expected an integer tensor of class indices, got {target.dtype}")
-    if target.shape != logits_shard.shape[:-1]:
-        raise ValueError(
-            f"target: expected shape {tuple(logits_shard.shape[:-1])} (logits_shard without the "
-            f"vocabulary dim), got {tuple(target.shape)}"
-        )
-    if target.device != logits_shard.device:
-        raise ValueError(f"target: expected device {logits_shard.device}, got {target.device}")
+    entropy_weight, label_smoothing, ignore_index, z_loss_weight = _ce._check_ce_args(
+        logits_shard, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
+        name="logits_shard", classes="vocabulary last", class_dim="the vocabulary dim",
+    )  # fmt: skip
     if vocab_start is not None:
         if isinstance(vocab_start, bool) or not isinstance(vocab_start, numbers.Integral):
             raise TypeError(f"vocab_start: expected an int or None, got {type(vocab_start).__name__}")
         vocab_start = int(vocab_start)
         if not 0 <= vocab_start < 2**44:
             raise ValueError(f"vocab_start: expected a value >= 0, got {vocab_start}")
-    entropy_weight = _ce._check_real(entropy_weight, "entropy_weight")
-    label_smoothing = _ce._check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z_loss_weight = _ce._check_real(z_loss_weight, "z_loss_weight", 0.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    ignore_index = int(ignore_index)
-    if reduction not in _ce.REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {_ce.REDUCTIONS}, got {reduction!r}")
     temperature = check_temperature(temperature)
     rank, world = _group_rank_world(group)
     name = _backend.resolve_backend(backend, logits_shard)
@@ -623,12 +605,7 @@ def entropy_regularized_cross_entropy(
     inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
     params = (entropy_weight, label_smoothing, ignore_index, z_loss_weight)
     loss = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name)
-    if reduction == "none":
-        return loss.reshape(out_shape)
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total / (tgt != ignore_index).sum()  # the count stays on the device
+    return _ce._reduce(loss, out_shape, tgt, ignore_index, reduction)
 
 
 # ----------------------------------------------------------------------------- sharded sampling

@@ -144,6 +144,48 @@ def _check_target_values(target: torch.Tensor, num_classes: int, ignore_index: i
         )
 
 
+def _check_ce_args(
+    logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
+    *, name: str = "logits", classes: str = "classes last", class_dim: str = "the class dim",
+):  # fmt: skip
+    """The checks of the cross-entropy's arguments (shared with thermokern.distributed, whose
+    logits are ``name="logits_shard"``); returns the checked (entropy_weight, label_smoothing,
+    ignore_index, z_loss_weight)."""
+    check_float_tensor(logits, name)
+    if logits.dim() == 0:
+        raise ValueError(f"{name}: expected at least 1 dimension ({classes}), got a 0-d tensor")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target: expected an integer tensor of class indices, got {target.dtype}")
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"target: expected shape {tuple(logits.shape[:-1])} ({name} without {class_dim}), "
+            f"got {tuple(target.shape)}"
+        )
+    if target.device != logits.device:
+        raise ValueError(f"target: expected device {logits.device}, got {target.device}")
+    entropy_weight = _check_real(entropy_weight, "entropy_weight")
+    label_smoothing = _check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
+    z_loss_weight = _check_real(z_loss_weight, "z_loss_weight", 0.0)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    return entropy_weight, label_smoothing, int(ignore_index), z_loss_weight
+
+
+def _reduce(loss: torch.Tensor, out_shape, tgt: torch.Tensor, ignore_index: int, reduction: str):
+    """Per-row losses to the requested reduction ("mean" counts the rows not ignored; the count
+    stays on the device)."""
+    if reduction == "none":
+        return loss.reshape(out_shape)
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total / (tgt != ignore_index).sum()
+
+
 def entropy_regularized_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -199,28 +241,9 @@ def entropy_regularized_cross_entropy(
     check costs one host synchronisation; inside ``torch.compile`` or CUDA-graph capture it
     is skipped and such rows give a NaN loss instead (never a device-side assert).
     """
-    check_float_tensor(logits, "logits")
-    if logits.dim() == 0:
-        raise ValueError("logits: expected at least 1 dimension (classes last), got a 0-d tensor")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: expected an integer tensor of class indices, got {target.dtype}")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"target: expected shape {tuple(logits.shape[:-1])} (logits without the class dim), "
-            f"got {tuple(target.shape)}"
-        )
-    if target.device != logits.device:
-        raise ValueError(f"target: expected device {logits.device}, got {target.device}")
-    entropy_weight = _check_real(entropy_weight, "entropy_weight")
-    label_smoothing = _check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z_loss_weight = _check_real(z_loss_weight, "z_loss_weight", 0.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    ignore_index = int(ignore_index)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    entropy_weight, label_smoothing, ignore_index, z_loss_weight = _check_ce_args(
+        logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight
+    )
     temperature = check_temperature(temperature, differentiable=True)
     num_classes = logits.shape[-1]
     if num_classes == 0:
@@ -251,9 +274,4 @@ def entropy_regularized_cross_entropy(
         loss = _triton_ops()(*args)[0]
     else:
         loss = _ops.entropy_ce_fwd(*args)[0]
-    if reduction == "none":
-        return loss.reshape(out_shape)
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total / (tgt != ignore_index).sum()  # the count stays on the device
+    return _reduce(loss, out_shape, tgt, ignore_index, reduction)
