@@ -27,11 +27,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "dispatch.h"
 #include "isa.h"
 #include "thermokern/row_stats.h"
 
-#define TK_CAT_(a, b) a##_##b
-#define TK_CAT(a, b) TK_CAT_(a, b)
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {
@@ -490,16 +489,6 @@ void entropy_ce_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_en
 
 }  // namespace CPU_CAPABILITY
 
-#define TK_DISPATCH_FLOAT_TYPES(DTYPE, ...)                                        \
-  switch (DTYPE) {                                                                 \
-    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; }   \
-    case c10::ScalarType::Double: { using scalar_t = double; __VA_ARGS__; break; } \
-    case c10::ScalarType::BFloat16: {                                              \
-      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                        \
-    case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
-    default: break;                                                                \
-  }
-
 #define TK_DEFINE_ROW_FN(NAME)                                                                 \
   void TK_CAT(NAME, CPU_CAPABILITY)(const EntropyArgs& a, int64_t row_begin, int64_t row_end) { \
     TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::NAME##_rows<scalar_t>(a, row_begin, row_end)) \
@@ -511,6 +500,5 @@ TK_DEFINE_ROW_FN(entropy_ce_fwd)
 TK_DEFINE_ROW_FN(entropy_ce_bwd)
 
 #undef TK_DEFINE_ROW_FN
-#undef TK_DISPATCH_FLOAT_TYPES
 
 }  // namespace thermokern::cpu

@@ -31,6 +31,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "dispatch.h"
 #include "isa.h"
 #include "thermokern/philox.h"
 
@@ -573,30 +574,15 @@ inline void words_counters(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr
 }  // namespace langevin
 }  // namespace CPU_CAPABILITY
 
-#define TK_LANGEVIN_CAT_(a, b) a##_##b
-#define TK_LANGEVIN_CAT(a, b) TK_LANGEVIN_CAT_(a, b)
-
-#define TK_LANGEVIN_DISPATCH(DTYPE, FN, ...)                                                     \
-  switch (DTYPE) {                                                                               \
-    case c10::ScalarType::Float: CPU_CAPABILITY::langevin::FN<float>(__VA_ARGS__); break;        \
-    case c10::ScalarType::Double: CPU_CAPABILITY::langevin::FN<double>(__VA_ARGS__); break;      \
-    case c10::ScalarType::BFloat16: CPU_CAPABILITY::langevin::FN<c10::BFloat16>(__VA_ARGS__); break; \
-    case c10::ScalarType::Half: CPU_CAPABILITY::langevin::FN<c10::Half>(__VA_ARGS__); break;     \
-    default: break;                                                                              \
-  }
-
-void TK_LANGEVIN_CAT(langevin_fwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
-  TK_LANGEVIN_DISPATCH(a.dtype, fwd, a, b, e)
+void TK_CAT(langevin_fwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::langevin::fwd<scalar_t>(a, b, e))
 }
-void TK_LANGEVIN_CAT(langevin_bwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
-  TK_LANGEVIN_DISPATCH(a.dtype, bwd, a, b, e)
+void TK_CAT(langevin_bwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::langevin::bwd<scalar_t>(a, b, e))
 }
-void TK_LANGEVIN_CAT(langevin_words, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
+void TK_CAT(langevin_words, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
   CPU_CAPABILITY::langevin::words_counters(a, b, e);
 }
 
-#undef TK_LANGEVIN_DISPATCH
-#undef TK_LANGEVIN_CAT
-#undef TK_LANGEVIN_CAT_
 
 }  // namespace thermokern::cpu

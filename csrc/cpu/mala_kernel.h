@@ -21,6 +21,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "dispatch.h"
 #include "mala.h"
 #include "thermokern/mala.h"
 
@@ -113,20 +114,8 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
 }  // namespace mala
 }  // namespace CPU_CAPABILITY
 
-#define TK_MALA_CAT_(a, b) a##_##b
-#define TK_MALA_CAT(a, b) TK_MALA_CAT_(a, b)
-
-void TK_MALA_CAT(mala_accept, CPU_CAPABILITY)(const MalaArgs& a, int64_t b, int64_t e) {
-  switch (a.dtype) {
-    case c10::ScalarType::Float: CPU_CAPABILITY::mala::accept<float>(a, b, e); break;
-    case c10::ScalarType::Double: CPU_CAPABILITY::mala::accept<double>(a, b, e); break;
-    case c10::ScalarType::BFloat16: CPU_CAPABILITY::mala::accept<c10::BFloat16>(a, b, e); break;
-    case c10::ScalarType::Half: CPU_CAPABILITY::mala::accept<c10::Half>(a, b, e); break;
-    default: break;
-  }
+void TK_CAT(mala_accept, CPU_CAPABILITY)(const MalaArgs& a, int64_t b, int64_t e) {
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::mala::accept<scalar_t>(a, b, e))
 }
-
-#undef TK_MALA_CAT
-#undef TK_MALA_CAT_
 
 }  // namespace thermokern::cpu

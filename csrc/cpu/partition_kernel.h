@@ -701,22 +701,12 @@ void partition_bwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
 
 }  // namespace CPU_CAPABILITY
 
-#define TK_PART_DISPATCH(DTYPE, ...)                                               \
-  switch (DTYPE) {                                                                 \
-    case c10::ScalarType::Float: { using scalar_t = float; __VA_ARGS__; break; }   \
-    case c10::ScalarType::Double: { using scalar_t = double; __VA_ARGS__; break; } \
-    case c10::ScalarType::BFloat16: {                                              \
-      using scalar_t = c10::BFloat16; __VA_ARGS__; break; }                        \
-    case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
-    default: break;                                                                \
-  }
-
 void TK_CAT(partition_fwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
-  TK_PART_DISPATCH(a.dtype, CPU_CAPABILITY::partition_fwd_tasks<scalar_t>(a, begin, end))
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::partition_fwd_tasks<scalar_t>(a, begin, end))
 }
 
 void TK_CAT(partition_bwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
-  TK_PART_DISPATCH(a.dtype, CPU_CAPABILITY::partition_bwd_tasks<scalar_t>(a, begin, end))
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::partition_bwd_tasks<scalar_t>(a, begin, end))
 }
 
 int64_t TK_CAT(partition_fwd_tasks, CPU_CAPABILITY)(const PartitionArgs& a) {
@@ -727,6 +717,5 @@ int64_t TK_CAT(partition_fwd_tasks, CPU_CAPABILITY)(const PartitionArgs& a) {
   return a.O * (a.I == 1 ? 1 : (a.I + tile - 1) / tile);
 }
 
-#undef TK_PART_DISPATCH
 
 }  // namespace thermokern::cpu

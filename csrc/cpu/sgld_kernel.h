@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "dispatch.h"
 #include "isa.h"
 #include "langevin_kernel.h"
 
@@ -85,20 +86,8 @@ void step(const SgldArgs& a, int64_t w_begin, int64_t w_end) {
 }  // namespace sgld
 }  // namespace CPU_CAPABILITY
 
-#define TK_SGLD_CAT_(a, b) a##_##b
-#define TK_SGLD_CAT(a, b) TK_SGLD_CAT_(a, b)
-
-void TK_SGLD_CAT(sgld_step, CPU_CAPABILITY)(const SgldArgs& a, int64_t b, int64_t e) {
-  switch (a.dtype) {
-    case c10::ScalarType::Float: CPU_CAPABILITY::sgld::step<float>(a, b, e); break;
-    case c10::ScalarType::Double: CPU_CAPABILITY::sgld::step<double>(a, b, e); break;
-    case c10::ScalarType::BFloat16: CPU_CAPABILITY::sgld::step<c10::BFloat16>(a, b, e); break;
-    case c10::ScalarType::Half: CPU_CAPABILITY::sgld::step<c10::Half>(a, b, e); break;
-    default: break;
-  }
+void TK_CAT(sgld_step, CPU_CAPABILITY)(const SgldArgs& a, int64_t b, int64_t e) {
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::sgld::step<scalar_t>(a, b, e))
 }
-
-#undef TK_SGLD_CAT
-#undef TK_SGLD_CAT_
 
 }  // namespace thermokern::cpu
