@@ -85,6 +85,31 @@ def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Size]:
     return rows, out_shape
 
 
+def _temperature_values(
+    temperature: torch.Tensor, out_shape: torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A temperature tensor checked and converted: on ``device`` in ``dtype``, 1 element, or
+    broadcast to ``out_shape`` (not flattened). Differentiable (a ``.to`` and a broadcast)."""
+    if temperature.device != device and temperature.numel() != 1:
+        raise ValueError(
+            f"temperature: expected a tensor on {device} (or one value), got {temperature.device}"
+        )
+    t = temperature.to(device=device, dtype=dtype)
+    if t.numel() == 1:
+        t = t.reshape(())
+    else:
+        try:
+            t = t.broadcast_to(out_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"temperature: shape {tuple(temperature.shape)} is not broadcastable to the per-row "
+                f"shape {tuple(out_shape)}"
+            ) from None
+    if _can_sync(t) and not bool(((t > 0) & torch.isfinite(t)).all()):
+        raise ValueError("temperature: expected finite values > 0 in the temperature tensor")
+    return t
+
+
 def inverse_temperature(
     temperature: float | torch.Tensor, out_shape: torch.Size, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -98,24 +123,7 @@ def inverse_temperature(
     acc = acc_dtype(dtype)
     if not isinstance(temperature, torch.Tensor):
         return torch.full((1,), 1.0 / temperature, dtype=acc, device=device)
-    if temperature.device != device and temperature.numel() != 1:
-        raise ValueError(
-            f"temperature: expected a tensor on {device} (or one value), got {temperature.device}"
-        )
-    t = temperature.to(device=device, dtype=acc)
-    if t.numel() == 1:
-        t = t.reshape(1)
-    else:
-        try:
-            t = t.broadcast_to(out_shape).reshape(-1)
-        except RuntimeError:
-            raise ValueError(
-                f"temperature: shape {tuple(temperature.shape)} is not broadcastable to the per-row "
-                f"shape {tuple(out_shape)}"
-            ) from None
-    if _can_sync(t) and not bool(((t > 0) & torch.isfinite(t)).all()):
-        raise ValueError("temperature: expected finite values > 0 in the temperature tensor")
-    return (1.0 / t).contiguous()
+    return (1.0 / _temperature_values(temperature, out_shape, acc, device).reshape(-1)).contiguous()
 
 
 def temperature_needs_grad(temperature: float | torch.Tensor) -> bool:
@@ -134,12 +142,10 @@ def divide_by_temperature(
     the division exactly, for one extra elementwise pass. ``x / T`` is in the
     accumulation dtype of x (float32 for 16-bit input, so nothing is rounded to 16 bits); T
     per output is broadcast to x's shape without ``dims`` and has that dtype too. Values and
-    shape are checked as :func:`inverse_temperature` checks them.
+    shape are checked as for :func:`inverse_temperature`.
     """
     out_shape = torch.Size([n for i, n in enumerate(x.shape) if i not in dims])
     keep_shape = torch.Size([1 if i in dims else n for i, n in enumerate(x.shape)])
-    inverse_temperature(temperature.detach(), out_shape, x.dtype, x.device)  # validation only
-    t = temperature.to(device=x.device, dtype=acc_dtype(x.dtype))
-    t_out = t.reshape(()) if t.numel() == 1 else t.broadcast_to(out_shape)
-    z = x.to(t.dtype) / (t_out if t.numel() == 1 else t_out.reshape(keep_shape))
-    return z, t_out.broadcast_to(out_shape)
+    t = _temperature_values(temperature, out_shape, acc_dtype(x.dtype), x.device)
+    z = x.to(t.dtype) / (t if t.dim() == 0 else t.reshape(keep_shape))
+    return z, t.broadcast_to(out_shape)
