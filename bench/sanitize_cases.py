@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     "z_loss_weight": 1e-3,
                     "reduction": "none",
                 }
-                for op in ("softmax_entropy", "entropy_ce"):
+                for op in ("softmax_entropy", "cross_entropy"):
                     x.grad = None
                     if op == "softmax_entropy":
                         out = thermokern.softmax_entropy(

@@ -35,11 +35,11 @@ TORCH_LIBRARY(thermokern, m) {
   // which are all the backward needs. A target outside [0, C) that is not ignore_index
   // raises on CPU; the CUDA kernels write NaN for it (they never read out of bounds).
   m.def(
-      "entropy_ce_fwd(Tensor logits, Tensor target, Tensor inv_t, float entropy_weight, "
+      "cross_entropy_fwd(Tensor logits, Tensor target, Tensor inv_t, float entropy_weight, "
       "float label_smoothing, int ignore_index, float z_loss_weight) -> "
       "(Tensor loss, Tensor entropy, Tensor shift, Tensor log_norm)");
   m.def(
-      "entropy_ce_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
+      "cross_entropy_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
       "Tensor shift, Tensor log_norm, float entropy_weight, float label_smoothing, "
       "int ignore_index, float z_loss_weight) -> Tensor");
 

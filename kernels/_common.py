@@ -1,4 +1,4 @@
-"""Pieces shared by the Triton kernels of kernels/entropy.py and kernels/cross_entropy.py.
+"""Pieces shared by the Triton kernels of kernels/softmax_entropy.py and kernels/cross_entropy.py.
 
 One program per row; each program walks its row in blocks of BLOCK_C columns keeping scalar
 online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 1/T:

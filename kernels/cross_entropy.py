@@ -31,7 +31,7 @@ from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unl
 
 
 @triton.jit
-def _entropy_ce_fwd_kernel(
+def _cross_entropy_fwd_kernel(
     x_ptr,  # (N, C) logits, unit stride along C
     target_ptr,  # (N,) int64 target class of each row
     loss_ptr,  # (N,) out: per-row loss, accumulation dtype
@@ -84,7 +84,7 @@ def _entropy_ce_fwd_kernel(
 
 
 @triton.jit
-def _entropy_ce_bwd_kernel(
+def _cross_entropy_bwd_kernel(
     grad_ptr,  # (N,) upstream gradient of the per-row loss, accumulation dtype
     x_ptr,  # (N, C) logits, unit stride along C
     target_ptr,  # (N,) int64 target class of each row
@@ -168,7 +168,7 @@ def _check_target(target: torch.Tensor, n: int) -> torch.Tensor:
     return target.to(torch.int64).contiguous()
 
 
-def entropy_ce_fwd(
+def cross_entropy_fwd(
     logits: torch.Tensor,
     target: torch.Tensor,
     inv_t: torch.Tensor,
@@ -191,7 +191,7 @@ def entropy_ce_fwd(
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    torch.library.wrap_triton(_entropy_ce_fwd_kernel)[(N,)](
+    torch.library.wrap_triton(_cross_entropy_fwd_kernel)[(N,)](
         logits,
         target,
         loss,
@@ -211,7 +211,7 @@ def entropy_ce_fwd(
     return loss, entropy, shift, log_norm
 
 
-def entropy_ce_bwd(
+def cross_entropy_bwd(
     grad: torch.Tensor,
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -227,7 +227,7 @@ def entropy_ce_bwd(
     """Gradient of sum_i grad_i loss_i w.r.t. the (N, C) logits, contiguous, in their dtype.
 
     ``grad``: (N,) upstream gradient of the per-row loss; the other arguments as given to /
-    returned by :func:`entropy_ce_fwd`.
+    returned by :func:`cross_entropy_fwd`.
     """
     N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
     target = _check_target(target, N)
@@ -237,7 +237,7 @@ def entropy_ce_bwd(
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    torch.library.wrap_triton(_entropy_ce_bwd_kernel)[(N,)](
+    torch.library.wrap_triton(_cross_entropy_bwd_kernel)[(N,)](
         grad.to(acc_t).contiguous(),
         logits,
         target,

@@ -93,7 +93,7 @@ def test_cpu_backend_rejects_other_devices_via_op_checks():
         torch.ops.thermokern.softmax_entropy_bwd(torch.randn(3), torch.randn(2, 3), one, h, m, ln)
     with pytest.raises(TypeError, match="shift"):
         torch.ops.thermokern.softmax_entropy_bwd(torch.randn(2), torch.randn(2, 3), one, h, m.double(), ln)
-    ce = torch.ops.thermokern.entropy_ce_fwd
+    ce = torch.ops.thermokern.cross_entropy_fwd
     x = torch.randn(2, 3)
     with pytest.raises(ValueError, match="target"):
         ce(x, torch.tensor([0, 3]), one, 0.0, 0.0, -100, 0.0)

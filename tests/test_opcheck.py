@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import thermokern  # noqa: F401  (registers the ops)
-from thermokern.ops import cross_entropy, entropy, partition  # noqa: F401  (fake + autograd registrations)
+from thermokern.ops import cross_entropy, partition, softmax_entropy  # noqa: F401  (fake + autograd registrations)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -35,7 +35,7 @@ def test_opcheck_softmax_entropy(device, dtype, shape):
 @pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(5, 7), (3, 2500), (0, 5)], ids=str)
-def test_opcheck_entropy_ce(device, dtype, shape):
+def test_opcheck_cross_entropy(device, dtype, shape):
     x = torch.randn(shape, device=device, dtype=dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     inv_t = torch.rand(shape[0], device=device, dtype=acc) + 0.5
@@ -43,12 +43,12 @@ def test_opcheck_entropy_ce(device, dtype, shape):
     if shape[0] > 1:
         target[1] = -100
     params = (0.3, 0.1, -100, 1e-3)
-    fwd = torch.ops.thermokern.entropy_ce_fwd.default
+    fwd = torch.ops.thermokern.cross_entropy_fwd.default
     torch.library.opcheck(fwd, (x, target, inv_t, *params))
     torch.library.opcheck(fwd, (x.clone().requires_grad_(True), target, inv_t, *params))
     _loss, h, mx, ln = fwd(x, target, inv_t, *params)
     g = torch.randn(shape[0], device=device, dtype=acc)
-    bwd = torch.ops.thermokern.entropy_ce_bwd.default
+    bwd = torch.ops.thermokern.cross_entropy_bwd.default
     torch.library.opcheck(bwd, (g, x, target, inv_t, h, mx, ln, *params))
 
 

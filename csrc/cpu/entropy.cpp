@@ -117,12 +117,12 @@ void set_ce_args(EntropyArgs& a, const at::Tensor& target, double entropy_weight
   a.z_loss_weight = z_loss_weight;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(
     const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,
     double entropy_weight, double label_smoothing, int64_t ignore_index, double z_loss_weight) {
   check_softmax_entropy_fwd(logits, inv_t);
   check_target(target, logits);
-  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
   check_target_values(target, logits.size(1), ignore_index);
   const at::Tensor tgt = target.contiguous();
   auto [entropy, shift, log_norm] = row_stat_outputs(logits);
@@ -134,24 +134,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cpu(
   a.shift = shift.mutable_data_ptr();
   a.log_norm = log_norm.mutable_data_ptr();
   a.loss = loss.mutable_data_ptr();
-  run_rows(kernels().entropy_ce_fwd, a, logits.size(0));
+  run_rows(kernels().cross_entropy_fwd, a, logits.size(0));
   return {loss, entropy, shift, log_norm};
 }
 
-at::Tensor entropy_ce_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
+at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
                               const at::Tensor& target, const at::Tensor& inv_t,
                               const at::Tensor& entropy, const at::Tensor& shift,
                               const at::Tensor& log_norm, double entropy_weight,
                               double label_smoothing, int64_t ignore_index, double z_loss_weight) {
   check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
   check_target(target, logits);
-  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
   const at::Tensor tgt = target.contiguous();
   const BwdInputs b = bwd_inputs(grad, logits, entropy, shift, log_norm);
   EntropyArgs a = base_args(logits, inv_t);
   set_bwd_args(a, b);
   set_ce_args(a, tgt, entropy_weight, label_smoothing, ignore_index, z_loss_weight);
-  run_rows(kernels().entropy_ce_bwd, a, logits.size(0));
+  run_rows(kernels().cross_entropy_bwd, a, logits.size(0));
   return b.grad_x;
 }
 
@@ -160,8 +160,8 @@ at::Tensor entropy_ce_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
   m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_cpu);
   m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_cpu);
-  m.impl("entropy_ce_fwd", &entropy_ce_fwd_cpu);
-  m.impl("entropy_ce_bwd", &entropy_ce_bwd_cpu);
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
 }
 
 }  // namespace thermokern::cpu

@@ -308,7 +308,7 @@ void entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) 
 }
 
 template <typename scalar_t>
-void entropy_ce_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+void cross_entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
   using acc_t = acc_type_t<scalar_t>;
   alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
   const auto* x = static_cast<const scalar_t*>(a.x);
@@ -453,7 +453,7 @@ void entropy_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) 
 }
 
 template <typename scalar_t>
-void entropy_ce_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+void cross_entropy_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
   using acc_t = acc_type_t<scalar_t>;
   const auto* grad = static_cast<const acc_t*>(a.grad);
   const auto* entropy = static_cast<const acc_t*>(a.entropy);
@@ -496,8 +496,8 @@ void entropy_ce_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_en
 
 TK_DEFINE_ROW_FN(entropy_fwd)
 TK_DEFINE_ROW_FN(entropy_bwd)
-TK_DEFINE_ROW_FN(entropy_ce_fwd)
-TK_DEFINE_ROW_FN(entropy_ce_bwd)
+TK_DEFINE_ROW_FN(cross_entropy_fwd)
+TK_DEFINE_ROW_FN(cross_entropy_bwd)
 
 #undef TK_DEFINE_ROW_FN
 

@@ -70,8 +70,8 @@ std::string isa_name(Isa isa) {
 const Kernels& kernels() {
   static const Kernels table[] = {
 #define TK_KERNELS(ISA) \
-  {entropy_fwd_##ISA,   entropy_bwd_##ISA,   entropy_ce_fwd_##ISA,           \
-   entropy_ce_bwd_##ISA, partition_fwd_##ISA, partition_bwd_##ISA, \
+  {entropy_fwd_##ISA,   entropy_bwd_##ISA,   cross_entropy_fwd_##ISA,           \
+   cross_entropy_bwd_##ISA, partition_fwd_##ISA, partition_bwd_##ISA, \
    partition_fwd_tasks_##ISA}
       TK_KERNELS(DEFAULT),
 #if defined(__x86_64__)

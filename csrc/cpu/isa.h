@@ -83,8 +83,8 @@ using PartFn = void (*)(const PartitionArgs& args, int64_t task_begin, int64_t t
 struct Kernels {
   RowFn entropy_fwd;
   RowFn entropy_bwd;
-  RowFn entropy_ce_fwd;
-  RowFn entropy_ce_bwd;
+  RowFn cross_entropy_fwd;
+  RowFn cross_entropy_bwd;
   PartFn partition_fwd;
   PartFn partition_bwd;
   int64_t (*partition_fwd_tasks)(const PartitionArgs& args);  // tasks of partition_fwd
@@ -93,8 +93,8 @@ struct Kernels {
 #define TK_DECLARE_ISA(ISA)                                  \
   void entropy_fwd_##ISA(const EntropyArgs&, int64_t, int64_t);    \
   void entropy_bwd_##ISA(const EntropyArgs&, int64_t, int64_t);    \
-  void entropy_ce_fwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
-  void entropy_ce_bwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
+  void cross_entropy_fwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
+  void cross_entropy_bwd_##ISA(const EntropyArgs&, int64_t, int64_t); \
   void partition_fwd_##ISA(const PartitionArgs&, int64_t, int64_t); \
   void partition_bwd_##ISA(const PartitionArgs&, int64_t, int64_t); \
   int64_t partition_fwd_tasks_##ISA(const PartitionArgs&);

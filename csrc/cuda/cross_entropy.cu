@@ -1,4 +1,4 @@
-// entropy_ce: entropy-regularised cross-entropy, CUDA implementation
+// cross_entropy: entropy-regularised cross-entropy, CUDA implementation
 // (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
 //
 // Per row, with k = 1/T = inv_t[row * inv_t_stride], z = k x and y the target class:
@@ -44,7 +44,7 @@ namespace {
 
 // Forward. HAS_SMOOTHING: label_smoothing > 0 (then the row sum of x - ref is needed).
 template <typename scalar_t, typename acc_t, int VEC, bool HAS_SMOOTHING>
-__global__ void entropy_ce_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
+__global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
                                       const int64_t* __restrict__ target,  // (N,)
                                       int64_t N, int64_t C, int64_t row_stride,
                                       const acc_t* __restrict__ inv_t_ptr, int64_t inv_t_stride,
@@ -112,7 +112,7 @@ __global__ void entropy_ce_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C)
 }
 
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void entropy_ce_bwd_kernel(const acc_t* __restrict__ grad,      // (N,)
+__global__ void cross_entropy_bwd_kernel(const acc_t* __restrict__ grad,      // (N,)
                                       const scalar_t* __restrict__ x,      // (N, C)
                                       const int64_t* __restrict__ target,  // (N,)
                                       const acc_t* __restrict__ entropy,   // (N,)
@@ -164,12 +164,12 @@ __global__ void entropy_ce_bwd_kernel(const acc_t* __restrict__ grad,      // (N
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cuda(
     const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,
     double entropy_weight, double label_smoothing, int64_t ignore_index, double z_loss_weight) {
   check_softmax_entropy_fwd(logits, inv_t);
   check_target(target, logits);
-  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
@@ -186,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cuda(
   const int64_t stride = logits.stride(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
-                                  "entropy_ce_fwd_cuda", [&] {
+                                  "cross_entropy_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = logits.const_data_ptr<scalar_t>();
     const int vec = vec_width<scalar_t>(xp, xp, stride, C);
@@ -204,16 +204,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entropy_ce_fwd_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (label_smoothing > 0.0) {
-        launch(entropy_ce_fwd_kernel<scalar_t, acc_t, VEC, true>);
+        launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, true>);
       } else {
-        launch(entropy_ce_fwd_kernel<scalar_t, acc_t, VEC, false>);
+        launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, false>);
       }
     });
   });
   return {loss, entropy, shift, log_norm};
 }
 
-at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
+at::Tensor cross_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                const at::Tensor& target, const at::Tensor& inv_t,
                                const at::Tensor& entropy, const at::Tensor& shift,
                                const at::Tensor& log_norm, double entropy_weight,
@@ -221,7 +221,7 @@ at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                double z_loss_weight) {
   check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
   check_target(target, logits);
-  check_entropy_ce_weights(entropy_weight, label_smoothing, z_loss_weight);
+  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto acc = acc_dtype(logits.scalar_type());
@@ -236,7 +236,7 @@ at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
   const int64_t stride = logits.stride(0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
-                                  "entropy_ce_bwd_cuda", [&] {
+                                  "cross_entropy_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = logits.const_data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
@@ -245,7 +245,7 @@ at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
     const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
     dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
       constexpr int VEC = decltype(vec_c)::value;
-      entropy_ce_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
+      cross_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
           g.const_data_ptr<acc_t>(), xp, tgt.const_data_ptr<int64_t>(),
           h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(), ln.const_data_ptr<acc_t>(), gxp,
           N, C, stride, inv_t.const_data_ptr<acc_t>(), inv_t_stride(inv_t),
@@ -260,8 +260,8 @@ at::Tensor entropy_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("entropy_ce_fwd", &entropy_ce_fwd_cuda);
-  m.impl("entropy_ce_bwd", &entropy_ce_bwd_cuda);
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
 }
 
 }  // namespace thermokern::cuda

@@ -356,7 +356,7 @@ def _ce_input(shape, dtype, device, gen) -> torch.Tensor:
     return x
 
 
-def _eager_entropy_ce(x: torch.Tensor) -> torch.Tensor:
+def _eager_cross_entropy(x: torch.Tensor) -> torch.Tensor:
     """The natural PyTorch way: F.cross_entropy minus beta times -(p * log p).sum."""
     t = _ce_target(x)
     ce = torch.nn.functional.cross_entropy(x.flatten(0, -2).float(), t.flatten(), reduction="none")
@@ -377,17 +377,17 @@ def _thermokern_ce_provider(backend: str) -> Provider:
     return Provider(backend, make, kind="thermokern")
 
 
-def _entropy_ce_providers(device: str) -> tuple[list[Provider], list[str]]:
+def _cross_entropy_providers(device: str) -> tuple[list[Provider], list[str]]:
     base, notes = _softmax_entropy_providers(device)
     providers = [_thermokern_ce_provider(p.name) for p in base if p.kind == "thermokern"]
-    providers.append(Provider("eager", lambda: _eager_entropy_ce, kind="baseline"))
-    providers.append(_compile_provider(_eager_entropy_ce))
+    providers.append(Provider("eager", lambda: _eager_cross_entropy, kind="baseline"))
+    providers.append(_compile_provider(_eager_cross_entropy))
     notes = [n for n in notes if not n.startswith(("liger", "quack"))]
     notes.append("liger/quack: no entropy-regularised cross-entropy to compare with")
     return providers, notes
 
 
-def _entropy_ce_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+def _cross_entropy_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
     rows = x.detach().reshape(-1, x.shape[-1])
     t = _ce_target(x).reshape(-1)
     g_rows = grad.reshape(-1) if grad is not None else None
@@ -405,13 +405,13 @@ def _entropy_ce_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mod
             yield sl, chunk.grad
 
 
-def _entropy_ce_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+def _cross_entropy_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     if torch.device(device).type == "cuda":
         return [(16384, 131072)] if quick else [(16384, 32000), (16384, 131072)]
     return [(8192, 32000)] if not quick else [(2048, 32000)]  # --quick: under 3 minutes in all
 
 
-def _entropy_ce_dtypes(device: str, quick: bool) -> list[torch.dtype]:
+def _cross_entropy_dtypes(device: str, quick: bool) -> list[torch.dtype]:
     if torch.device(device).type == "cuda":
         return [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
     return [torch.float32]
@@ -664,16 +664,16 @@ OPS: dict[str, OpSpec] = {
     ),
     "entropy_regularized_cross_entropy": OpSpec(
         name="entropy_regularized_cross_entropy",
-        providers=_entropy_ce_providers,
+        providers=_cross_entropy_providers,
         make_input=_ce_input,
         make_grad=lambda x, gen: torch.randn(
             x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32
         ),
         min_bytes=_softmax_entropy_min_bytes,
         input_bytes=_input_bytes,
-        reference_chunks=_entropy_ce_reference_chunks,
-        default_shapes=_entropy_ce_shapes,
-        default_dtypes=_entropy_ce_dtypes,
+        reference_chunks=_cross_entropy_reference_chunks,
+        default_shapes=_cross_entropy_shapes,
+        default_dtypes=_cross_entropy_dtypes,
         params={"entropy_weight": _CE_BETA, "reduction": "none", "target": "uniform random"},
     ),
     "logsumexp": OpSpec(

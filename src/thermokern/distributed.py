@@ -55,7 +55,7 @@ from torch.autograd.function import once_differentiable
 
 from thermokern import _backend, reference
 from thermokern.ops import cross_entropy as _ce
-from thermokern.ops import entropy as _entropy
+from thermokern.ops import softmax_entropy as _entropy
 from thermokern.ops import partition as _partition
 from thermokern.ops._checks import FLOAT_DTYPES, check_float_tensor, check_temperature, inverse_temperature
 
@@ -478,7 +478,7 @@ class _DistEntropyCE(torch.autograd.Function):
             return (_ce_grad_reference(g, rows, tgt, inv_t, h, big, log_d, ctx), *none)
         # [Note: cross-entropy backward on a shard]
         # dL/dx_j = g k [p_j (1 + beta H + 2 zw lse) + beta p_j log p_j - eps / C - (1 - eps) [j = y]]
-        # with p, H, lse global. The fused entropy_ce_bwd kernel computes exactly this on the
+        # with p, H, lse global. The fused cross_entropy_bwd kernel computes exactly this on the
         # shard from the global statistics, except for two things it takes from the shard:
         # its smoothing term is eps' / C_rank (so eps' = eps C_rank / C gives eps / C), and it
         # puts the one-hot term -(1 - eps') at its target column on every live row. So it gets
@@ -493,10 +493,10 @@ class _DistEntropyCE(torch.autograd.Function):
         eps_local = eps * width / total
         args = (g, rows, kernel_tgt, inv_t, h, big, log_d, beta, eps_local, -1, zw)
         if ctx.name == "triton":
-            _ce._triton_ops()  # defines thermokern::entropy_ce_bwd_triton on first use
-            gx = torch.ops.thermokern.entropy_ce_bwd_triton(*args)
+            _ce._triton_ops()  # defines thermokern::cross_entropy_bwd_triton on first use
+            gx = torch.ops.thermokern.cross_entropy_bwd_triton(*args)
         else:
-            gx = _ops.entropy_ce_bwd(*args)
+            gx = _ops.cross_entropy_bwd(*args)
         k = inv_t.double()
         x_t = rows.gather(1, col.unsqueeze(1)).squeeze(1).double()
         big64, log_d64 = big.double(), log_d.double()

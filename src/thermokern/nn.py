@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
-from thermokern.ops.entropy import softmax_entropy
+from thermokern.ops.softmax_entropy import softmax_entropy
 
 __all__ = ["EntropyRegularizedCrossEntropyLoss", "SoftmaxEntropy"]
 

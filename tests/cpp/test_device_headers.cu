@@ -3,7 +3,7 @@
 // Building this file proves the headers compile for the GPU (nvcc, the kernels' flags). When
 // a CUDA device is present the test also runs them there and compares with the host build of
 // the same headers: Philox bit for bit (incl. the known-answer vectors), row statistics
-// merged across a warp with __shfl_xor_sync (as csrc/cuda/entropy.cu does) within a
+// merged across a warp with __shfl_xor_sync (as csrc/cuda/softmax_entropy.cu does) within a
 // tolerance that covers __expf and --use_fast_math, plus NaN / inf semantics.
 // Without a usable device it prints why and exits 77, which ctest reports as skipped.
 #include <cuda_runtime.h>

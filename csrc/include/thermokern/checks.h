@@ -91,7 +91,7 @@ inline void check_softmax_entropy_bwd(const at::Tensor& grad, const at::Tensor& 
   check_row_vector(log_norm, logits, "log_norm", /*acc=*/true);
 }
 
-inline void check_entropy_ce_weights(double entropy_weight, double label_smoothing,
+inline void check_cross_entropy_weights(double entropy_weight, double label_smoothing,
                                      double z_loss_weight) {
   TORCH_CHECK_VALUE(std::isfinite(entropy_weight), "entropy_weight: expected a finite value, got ",
                     entropy_weight);

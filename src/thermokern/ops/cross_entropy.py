@@ -52,19 +52,19 @@ def _make_backward(bwd_op):
 
 if _ops is not None:
 
-    @torch.library.register_fake("thermokern::entropy_ce_fwd")
+    @torch.library.register_fake("thermokern::cross_entropy_fwd")
     def _fwd_fake(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight):
         torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
         n = logits.shape[0]
         acc = reference.acc_dtype(logits.dtype)
         return tuple(logits.new_empty((n,), dtype=acc) for _ in range(4))
 
-    @torch.library.register_fake("thermokern::entropy_ce_bwd")
+    @torch.library.register_fake("thermokern::cross_entropy_bwd")
     def _bwd_fake(grad, logits, target, inv_t, entropy, shift, log_norm, *params):
         return logits.new_empty(logits.shape)
 
     torch.library.register_autograd(
-        "thermokern::entropy_ce_fwd", _make_backward(_ops.entropy_ce_bwd), setup_context=_setup_context
+        "thermokern::cross_entropy_fwd", _make_backward(_ops.cross_entropy_bwd), setup_context=_setup_context
     )
 
 
@@ -78,7 +78,7 @@ def _triton_ops():
         return _triton_fwd
     from thermokern.kernels import cross_entropy as tk
 
-    @torch.library.triton_op("thermokern::entropy_ce_fwd_triton", mutates_args=())
+    @torch.library.triton_op("thermokern::cross_entropy_fwd_triton", mutates_args=())
     def fwd(
         logits: torch.Tensor,
         target: torch.Tensor,
@@ -88,11 +88,11 @@ def _triton_ops():
         ignore_index: int,
         z_loss_weight: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.entropy_ce_fwd(
+        return tk.cross_entropy_fwd(
             logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight
         )
 
-    @torch.library.triton_op("thermokern::entropy_ce_bwd_triton", mutates_args=())
+    @torch.library.triton_op("thermokern::cross_entropy_bwd_triton", mutates_args=())
     def bwd(
         grad: torch.Tensor,
         logits: torch.Tensor,
@@ -106,7 +106,7 @@ def _triton_ops():
         ignore_index: int,
         z_loss_weight: float,
     ) -> torch.Tensor:
-        return tk.entropy_ce_bwd(
+        return tk.cross_entropy_bwd(
             grad, logits, target, inv_t, entropy, shift, log_norm,
             entropy_weight, label_smoothing, ignore_index, z_loss_weight,
         )  # fmt: skip
@@ -273,5 +273,5 @@ def entropy_regularized_cross_entropy(
     if name == "triton":
         loss = _triton_ops()(*args)[0]
     else:
-        loss = _ops.entropy_ce_fwd(*args)[0]
+        loss = _ops.cross_entropy_fwd(*args)[0]
     return _reduce(loss, out_shape, tgt, ignore_index, reduction)

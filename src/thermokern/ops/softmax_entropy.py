@@ -77,7 +77,7 @@ def _triton_ops():
     global _triton_fwd
     if _triton_fwd is not None:
         return _triton_fwd
-    from thermokern.kernels import entropy as tk
+    from thermokern.kernels import softmax_entropy as tk
 
     @torch.library.triton_op("thermokern::softmax_entropy_fwd_triton", mutates_args=())
     def fwd(logits: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

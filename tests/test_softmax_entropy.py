@@ -294,10 +294,10 @@ _PTX_CHECK = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from thermokern.kernels import cross_entropy as ce, entropy as ent
+from thermokern.kernels import cross_entropy as ce, softmax_entropy as ent
 
-kernels = (ent._softmax_entropy_fwd_kernel, ent._softmax_entropy_bwd_kernel, ce._entropy_ce_fwd_kernel,
-           ce._entropy_ce_bwd_kernel)
+kernels = (ent._softmax_entropy_fwd_kernel, ent._softmax_entropy_bwd_kernel, ce._cross_entropy_fwd_kernel,
+           ce._cross_entropy_bwd_kernel)
 for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
     for kernel in kernels:
         consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
