@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
 # GPU check for thermokern on a machine with an NVIDIA GPU and its own PyTorch (no venv made).
 #
-#   bash bench/gpu_check.sh            # from anywhere; works in the repository root
+#   bash bench/gpu_check.sh                                    # call 1 of a lease
+#   GPU_CHECK_STEPS="memcheck racecheck bench_full" bash bench/gpu_check.sh   # call 2
+#   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh               # rehearsal on a CPU machine
 #
-# Steps (each under `timeout`, later steps run even when one fails; all within a time budget):
-#   info       nvidia-smi, toolkit and Python package versions
-#   build      pip install --no-build-isolation --no-deps -e .  (only this GPU's SM arch)
-#   tests      GPU tests: pytest tests -k "cuda or gpu or triton" with TRITON_INTERPRET=0
-#   distributed  bench/distributed_check.py under torchrun, one NCCL rank per GPU
-#   memcheck   compute-sanitizer --tool memcheck  on bench/sanitize_cases.py
-#   racecheck  compute-sanitizer --tool racecheck on bench/sanitize_cases.py
-#   bench      thermokern bench --device cuda --quick --json/--plot into $OUT
-# The log goes to $OUT/gpu_check.log; the exit status is 1 when any step failed or was skipped.
+# Steps (run in the order of GPU_CHECK_STEPS; each under `timeout`, later steps run even when
+# one fails; all within a time budget):
+#   info        nvidia-smi, toolkit and Python package versions
+#   build       pip install --no-build-isolation --no-deps -e .  (this GPU's SM arch only, all
+#               cores; on a warm machine ninja recompiles only what changed)
+#   tests       GPU tests in parallel (pytest-xdist when installed):
+#               pytest tests -k "cuda or gpu or triton" with TRITON_INTERPRET=0, junit XML
+#   distributed bench/distributed_check.py under torchrun, one NCCL rank per GPU
+#   memcheck    compute-sanitizer --tool memcheck  on a reduced bench/sanitize_cases.py set
+#   racecheck   compute-sanitizer --tool racecheck on a reduced bench/sanitize_cases.py set
+#   bench       thermokern bench --quick --json/--plot into $OUT
+#   bench_full  thermokern bench at the full shapes (GPU_CHECK_BENCH_ARGS adds flags)
+# pytest and the benchmark are stopped with SIGINT at their limit, so that pytest prints its
+# summary (and writes the junit XML) and the benchmark's JSON keeps what it measured.
+# Triton and Inductor compile caches live in build/ (ignored, kept between calls on a warm
+# machine), so later steps and calls do not compile the same kernels again.
+# Everything goes to $OUT: gpu_check.log, tests.xml, <gpu>-<stamp>.json/.png (at most 8 files,
+# the device tool's limit). The exit status is 1 when any step failed or was skipped.
 #
 # Environment:
-#   PYTHON                 interpreter (default: python from PATH)
+#   PYTHON                 interpreter (default: python3 from PATH)
 #   OUT                    results folder (default: bench/results)
-#   CUDA_HOME              CUDA toolkit (default: /usr/local/cuda)
+#   CUDA_HOME              CUDA toolkit (default: /usr/local/cuda, else nvcc's from PATH)
 #   THERMOKERN_CUDA_ARCHS  SM archs to build (default: the visible GPU's, e.g. "90")
-#   GPU_CHECK_BUDGET_S     total seconds for all steps (default 460; the steps shrink to fit)
+#   MAX_JOBS               parallel compile jobs (default: all cores)
+#   GPU_CHECK_STEPS        steps to run (default "info build tests bench distributed")
+#   GPU_CHECK_BUDGET_S     total seconds for all steps (default 420; the steps shrink to fit)
 #   GPU_CHECK_PYTEST_K     pytest -k expression (default "cuda or gpu or triton")
-#   GPU_CHECK_BENCH_FULL   1: the full benchmark instead of --quick (needs a larger budget)
-#   GPU_CHECK_SKIP         space-separated step names to skip (e.g. "racecheck")
+#   GPU_CHECK_PYTEST_ARGS  extra pytest arguments (e.g. "--lf" or a test id)
+#   GPU_CHECK_WORKERS      pytest-xdist workers (default 12)
+#   GPU_CHECK_BENCH_ARGS   extra `thermokern bench` arguments (e.g. "--dtype bfloat16
+#                          --shape 16384x131072")
+#   GPU_CHECK_DEVICE       cuda (default) or cpu: rehearse the steps on a machine without a GPU
+#                          (no sanitizer; sanitize_cases and the benchmark on CPU tensors)
 
 set -u
 set -o pipefail
@@ -29,7 +46,7 @@ set -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-export PY="${PYTHON:-python}"
+export PY="${PYTHON:-python3}"
 OUT="${OUT:-$ROOT/bench/results}"
 mkdir -p "$OUT" || exit 1
 export OUT="$(cd "$OUT" && pwd)"
@@ -37,14 +54,34 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export PATH="$CUDA_HOME/bin:$CUDA_HOME/compute-sanitizer:$PATH"
-export TRITON_INTERPRET=0          # real Triton kernels (tests/conftest.py only sets a default)
+export DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+if [[ -z "${CUDA_HOME:-}" ]]; then
+    if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+        CUDA_HOME=/usr/local/cuda
+    elif command -v nvcc >/dev/null 2>&1; then
+        CUDA_HOME="$(cd "$(dirname "$(command -v nvcc)")/.." && pwd)"
+    fi
+fi
+if [[ -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" ]]; then
+    export CUDA_HOME
+    export PATH="$CUDA_HOME/bin:$CUDA_HOME/compute-sanitizer:$PATH"
+else
+    echo "gpu_check: no nvcc found (CUDA_HOME=${CUDA_HOME:-unset}); the build will have no CUDA kernels"
+    unset CUDA_HOME
+fi
+if [[ "$DEVICE" == cuda ]]; then
+    export TRITON_INTERPRET=0      # real Triton kernels
+else
+    export TRITON_INTERPRET=1      # the rehearsal runs Triton through its interpreter
+fi
 export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="$ROOT/build/triton-cache"
+export TORCHINDUCTOR_CACHE_DIR="$ROOT/build/inductor-cache"
+mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
 export ROOT
 
-BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"
-SKIP=" ${GPU_CHECK_SKIP:-} "
+BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
+STEPS="${GPU_CHECK_STEPS:-info build tests bench distributed}"
 START_S=$SECONDS
 STEP_NAMES=()
 STEP_STATUS=()
@@ -53,26 +90,17 @@ FAILED=0
 
 remaining() { echo $((BUDGET_S - (SECONDS - START_S))); }
 
-record() {  # record NAME STATUS SECONDS
-    STEP_NAMES+=("$1")
-    STEP_STATUS+=("$2")
-    STEP_SECONDS+=("$3")
-}
-
-# run_step NAME CAP_S RESERVE_S FUNCTION: run FUNCTION under timeout, at most CAP_S seconds and
-# leaving RESERVE_S seconds of the budget to the steps after it.
+# run_step NAME CAP_S RESERVE_S SIGNAL FUNCTION: run FUNCTION under timeout, at most CAP_S
+# seconds and leaving RESERVE_S seconds of the budget to the steps after it; at the limit it
+# gets SIGNAL (INT for pytest and the benchmark, which then report what they saw), and
+# SIGKILL 20 s later.
 run_step() {
-    local name="$1" cap="$2" reserve="$3" fn="$4"
+    local name="$1" cap="$2" reserve="$3" sig="$4" fn="$5"
     local left limit rc t0 status
-    if [[ "$SKIP" == *" $name "* ]]; then
-        echo; echo "=== [$name] skipped (GPU_CHECK_SKIP)"
-        record "$name" "SKIPPED (GPU_CHECK_SKIP)" 0
-        return 0
-    fi
     left=$(remaining)
     limit=$((left - reserve))
-    ((limit < 30)) && limit=$((left < 30 ? left : 30))  # a floor, so that a short budget still tries
     ((limit > cap)) && limit=$cap
+    ((limit > left)) && limit=$left
     if ((limit < 20)); then
         echo; echo "=== [$name] not run: ${left}s of the ${BUDGET_S}s budget left"
         record "$name" "SKIPPED (out of time)" 0
@@ -82,12 +110,12 @@ run_step() {
     echo
     echo "=== [$name] $(date +%T) timeout ${limit}s (budget left ${left}s)"
     t0=$SECONDS
-    timeout --kill-after=10 "$limit" bash -c "$fn"
+    timeout --signal="$sig" --kill-after=20 "$limit" bash -c "$fn"
     rc=$?
     if ((rc == 0)); then
         status="PASS"
-    elif ((rc == 124 || rc == 137)); then
-        status="TIMEOUT (${limit}s)"
+    elif ((rc == 124 || rc == 137)) || ((SECONDS - t0 >= limit)); then
+        status="TIMEOUT (${limit}s, rc=$rc)"
         FAILED=1
     else
         status="FAIL (rc=$rc)"
@@ -97,9 +125,14 @@ run_step() {
     record "$name" "$status" $((SECONDS - t0))
 }
 
+record() {  # record NAME STATUS SECONDS
+    STEP_NAMES+=("$1")
+    STEP_STATUS+=("$2")
+    STEP_SECONDS+=("$3")
+}
+
 # ----------------------------------------------------------------------------- steps
 step_info() {
-    set -u
     nvidia-smi || echo "nvidia-smi failed"
     echo "--- nvcc: $(command -v nvcc || echo missing)"
     nvcc --version 2>/dev/null | tail -2
@@ -108,7 +141,8 @@ step_info() {
     "$PY" - <<'EOF'
 import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
-for dist in ("triton", "pytest", "pytest-benchmark", "hypothesis", "ninja", "matplotlib", "tqdm", "liger-kernel", "quack-kernels"):
+for dist in ("triton", "pytest", "pytest-xdist", "pytest-timeout", "pytest-benchmark", "hypothesis",
+             "expecttest", "ninja", "matplotlib", "tqdm", "liger-kernel", "quack-kernels"):
     try:
         print(f"{dist} {md.version(dist)}")
     except md.PackageNotFoundError:
@@ -120,85 +154,115 @@ EOF
 }
 
 step_build() {
-    set -u
-    if [[ -z "${THERMOKERN_CUDA_ARCHS:-}" ]]; then
+    if [[ -z "${THERMOKERN_CUDA_ARCHS:-}" && "$DEVICE" == cuda ]]; then
         THERMOKERN_CUDA_ARCHS="$("$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(f"{M}{m}")')" || return 1
-        export THERMOKERN_CUDA_ARCHS
     fi
+    export THERMOKERN_CUDA_ARCHS="${THERMOKERN_CUDA_ARCHS:-90}"
     export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-    echo "CUDA_HOME=$CUDA_HOME THERMOKERN_CUDA_ARCHS=$THERMOKERN_CUDA_ARCHS MAX_JOBS=$MAX_JOBS"
+    echo "CUDA_HOME=${CUDA_HOME:-} THERMOKERN_CUDA_ARCHS=$THERMOKERN_CUDA_ARCHS MAX_JOBS=$MAX_JOBS"
     "$PY" -m pip install --no-build-isolation --no-deps -e . || return 1
     "$PY" - <<'EOF'
-import thermokern
+import os, thermokern
 info = thermokern.available_backends()
 for name, b in info.items():
     print(f"  {name:9s} available={b.available} devices={b.devices} {b.reason}")
-assert info["cuda"].available and "cuda" in info["cuda"].devices, "the CUDA backend is not usable after the build"
+if os.environ["DEVICE"] == "cuda":
+    assert info["cuda"].available and "cuda" in info["cuda"].devices, "the CUDA backend is not usable after the build"
 EOF
 }
 
 step_tests() {
-    set -u
-    "$PY" -m pytest tests -q -p no:cacheprovider -k "${GPU_CHECK_PYTEST_K:-cuda or gpu or triton}"
+    local par=()
+    if "$PY" -c "import xdist" 2>/dev/null; then
+        par=(-n "${GPU_CHECK_WORKERS:-12}")
+    fi
+    if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+        par+=(--timeout=300)  # one hung test is reported, not the whole step lost
+    fi
+    # shellcheck disable=SC2086
+    "$PY" -m pytest tests -q -p no:cacheprovider -rfE ${par[@]+"${par[@]}"} \
+        --junitxml="$OUT/tests.xml" -k "${GPU_CHECK_PYTEST_K:-cuda or gpu or triton}" \
+        ${GPU_CHECK_PYTEST_ARGS:-}
     local rc=$?
     ((rc == 5)) && echo "pytest: no GPU tests were selected"
     return $rc
 }
 
-step_memcheck() {
-    set -u
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
-        "$PY" bench/sanitize_cases.py
-}
+# The sanitizers multiply a kernel's time by 10-100: a reduced set (every kernel, its
+# block-boundary widths, two dtypes) keeps them to a minute or two.
+SANITIZE_ARGS="--dtypes float32,bfloat16 --widths 1,33,1000,4099,65537 --rows 3"
+export SANITIZE_ARGS
 
-step_racecheck() {
-    set -u
-    # shared-memory hazards do not depend on the element type much: two dtypes keep it short
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck --error-exitcode 1 \
-        "$PY" bench/sanitize_cases.py --dtypes float32,bfloat16
+sanitize() {  # sanitize TOOL
+    local b rc=0
+    for b in cuda triton; do
+        echo "--- $1: backend $b"
+        if [[ "$DEVICE" == cuda ]]; then
+            # shellcheck disable=SC2086
+            PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" --error-exitcode 1 \
+                "$PY" bench/sanitize_cases.py --backend "$b" $SANITIZE_ARGS || rc=1
+        else
+            local cb=cpu
+            [[ "$b" == triton ]] && cb=triton
+            # shellcheck disable=SC2086
+            "$PY" bench/sanitize_cases.py --device cpu --backend "$cb" $SANITIZE_ARGS || rc=1
+        fi
+    done
+    return $rc
 }
+step_memcheck() { sanitize memcheck; }
+step_racecheck() { sanitize racecheck; }
 
-step_bench() {
-    set -u
-    local dev stamp quick=(--quick)
-    dev="$("$PY" -c 'import torch; print(torch.cuda.get_device_name())' | tr -c 'A-Za-z0-9._\n-' '-')"
-    stamp="$(date +%Y%m%d-%H%M%S)"
-    [[ "${GPU_CHECK_BENCH_FULL:-0}" == 1 ]] && quick=()
-    local json="$OUT/${dev}-${stamp}.json" png="$OUT/${dev}-${stamp}.png"
-    if "$PY" -c "import thermokern.cli" 2>/dev/null; then
-        "$PY" -m thermokern.cli bench --device cuda ${quick[@]+"${quick[@]}"} \
-            --json "$json" --plot "$png"
-        return
+bench() {  # bench EXTRA_ARGS...
+    local dev stamp
+    if [[ "$DEVICE" == cuda ]]; then
+        dev="$("$PY" -c 'import torch; print(torch.cuda.get_device_name())' | tr -c 'A-Za-z0-9._\n-' '-')"
+    else
+        dev="cpu-rehearsal"
     fi
-    echo "thermokern.cli is not importable; calling thermokern.benchmark.run directly"
-    "$PY" -c "
-import sys, thermokern.benchmark as b
-b.run(device='cuda', quick=${#quick[@]} > 0, json_path=sys.argv[1], plot_path=sys.argv[2])
-" "$json" "$png"
+    stamp="$(date +%Y%m%d-%H%M%S)"
+    # shellcheck disable=SC2086
+    "$PY" -m thermokern.cli bench --device "$DEVICE" "$@" ${GPU_CHECK_BENCH_ARGS:-} \
+        --json "$OUT/${dev}-${stamp}.json" --plot "$OUT/${dev}-${stamp}.png"
 }
+step_bench() { bench --quick; }
+step_bench_full() { bench; }
 
 # thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
 # triton paths through a one-rank group; several GPUs test the real merge).
 step_distributed() {
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node=gpu bench/distributed_check.py
+    if [[ "$DEVICE" == cuda ]]; then
+        "$PY" -m torch.distributed.run --standalone --nproc_per_node=gpu bench/distributed_check.py
+    else
+        echo "distributed: needs a GPU (tests/test_distributed.py covers gloo on CPU)"
+    fi
 }
 
-export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck step_bench
+export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck \
+    step_bench step_bench_full sanitize bench
 
-echo "thermokern gpu_check $(date -Is) in $ROOT; log: $LOG; budget ${BUDGET_S}s"
-#        name       cap  reserve (for the steps after it)
-run_step info        60    400 step_info
-run_step build      300    240 step_build
-run_step tests      150    200 step_tests
-run_step distributed 60    170 step_distributed
-run_step memcheck   120    140 step_memcheck
-run_step racecheck  100    120 step_racecheck
-run_step bench      400      0 step_bench
+# name -> cap (s), reserve for later steps (s), signal at the limit
+declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
+                [bench]=240 [bench_full]=420)
+declare -A RESERVE=([info]=0 [build]=120 [tests]=70 [distributed]=0 [memcheck]=60 [racecheck]=0
+                    [bench]=30 [bench_full]=0)
+declare -A SIG=([info]=TERM [build]=TERM [tests]=INT [distributed]=TERM [memcheck]=TERM
+                [racecheck]=TERM [bench]=INT [bench_full]=INT)
+
+echo "thermokern gpu_check $(date -Is) in $ROOT on $DEVICE; steps: $STEPS; budget ${BUDGET_S}s; log: $LOG"
+for step in $STEPS; do
+    if [[ -z "${CAP[$step]:-}" ]]; then
+        echo "gpu_check: unknown step '$step' (known: ${!CAP[*]})"
+        FAILED=1
+        continue
+    fi
+    run_step "$step" "${CAP[$step]}" "${RESERVE[$step]}" "${SIG[$step]}" "step_$step"
+done
 
 echo
 echo "=== summary ($((SECONDS - START_S))s of ${BUDGET_S}s)"
 for i in "${!STEP_NAMES[@]}"; do
-    printf '  %-10s %-24s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_STATUS[$i]}" "${STEP_SECONDS[$i]}"
+    printf '  %-11s %-26s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_STATUS[$i]}" "${STEP_SECONDS[$i]}"
 done
 ls -l "$OUT" 2>/dev/null | sed 's/^/  /'
 if ((FAILED)); then

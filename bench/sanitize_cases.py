@@ -14,12 +14,15 @@ Results are checked against the float64 reference on the CPU (so that few extra 
 run under the sanitizer); exit status 1 on a mismatch, 2 when the backend cannot run here.
 Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that each tensor is its own allocation and memcheck
 sees out-of-bounds accesses that would otherwise land inside the caching allocator's blocks.
+``--device cpu`` runs the same cases on CPU tensors (``--backend cpu``, or ``triton`` under
+TRITON_INTERPRET=1): a rehearsal of the script itself on a machine without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 
 import torch
@@ -42,11 +45,29 @@ DTYPES = {
 
 
 def _close(value: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> tuple[bool, float]:
+    """Within the dtype's tolerance of the float64 reference, as tests/_util.assert_close
+    compares: an infinite reference value must be matched exactly, and NaN matches only a NaN
+    of the reference at the same place (a NaN anywhere else never passes)."""
     atol, rtol = TOL[dtype]
     v = value.detach().cpu().to(torch.float64)
+    ref = ref.detach().cpu().to(torch.float64)
+    finite = torch.isfinite(ref)
     err = (v - ref).abs()
-    ok = bool(torch.isfinite(v).all()) and bool((err <= atol + rtol * ref.abs()).all())
-    return ok, float(err.max()) if err.numel() else 0.0
+    close = finite & (err <= atol + rtol * ref.abs())  # False where v is NaN
+    same_inf = torch.isinf(ref) & (v == ref)
+    both_nan = torch.isnan(ref) & torch.isnan(v)
+    good = close | same_inf | both_nan
+    # The report: the largest error among finite references, inf for a non-finite mismatch.
+    worst = torch.where(finite, err, torch.zeros_like(err)).nan_to_num(nan=math.inf)
+    worst = float(worst.max()) if worst.numel() else 0.0
+    if not bool((good | finite).all()):  # a non-finite reference value not matched
+        worst = math.inf
+    return bool(good.all()), worst
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
@@ -62,18 +83,18 @@ def _partition_cases(args, dtypes, widths, gen) -> tuple[int, int]:
             w_cpu = (torch.rand(wm_shape, generator=gen) * 2 - 0.5).to(dtype)
             m_cpu = torch.rand(wm_shape, generator=gen) > 0.2
             m_cpu.select(dim, 0).fill_(True)  # no fully masked output (-inf is checked in tests)
-            x = x_cpu.cuda().requires_grad_(True)
-            w = w_cpu.cuda().requires_grad_(True)
+            x = x_cpu.to(args.device, copy=True).requires_grad_(True)  # never x_cpu itself
+            w = w_cpu.to(args.device, copy=True).requires_grad_(True)
             out, _ = thermokern.logsumexp(
-                x, dim, weight=w, mask=m_cpu.cuda(), return_sign=True, backend=args.backend
+                x, dim, weight=w, mask=m_cpu.to(args.device), return_sign=True, backend=args.backend
             )
             st = thermokern.thermo_stats(x, dim, temperature=args.temperature, backend=args.backend)
             g = torch.randn(out.shape, generator=gen)
-            total = (out * g.cuda().to(out.dtype)).sum() + sum(v.sum() for v in st)
+            total = (out * g.to(args.device).to(out.dtype)).sum() + sum(v.sum() for v in st)
             total.backward()
-            torch.cuda.synchronize()
-            x64 = x_cpu.to(torch.float64).requires_grad_(True)
-            w64 = w_cpu.to(torch.float64).requires_grad_(True)
+            _sync(args.device)
+            x64 = x_cpu.to(torch.float64, copy=True).requires_grad_(True)
+            w64 = w_cpu.to(torch.float64, copy=True).requires_grad_(True)
             o64, _ = reference.logsumexp(x64, dim, weight=w64, mask=m_cpu, return_sign=True)
             s64 = reference.thermo_stats(x64, dim, temperature=args.temperature)
             ((o64 * g.double()).sum() + sum(v.sum() for v in s64)).backward()
@@ -118,8 +139,7 @@ def _langevin_cases(backend: str, dtypes, gen, device: str = "cuda") -> tuple[in
                 out.backward(up.to(device))
                 y = x.detach().clone()
                 thermokern.langevin_step_(y, g.detach(), backend=backend, **kw)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                _sync(device)
 
                 x64 = view(xb).to(torch.float64).requires_grad_(True)
                 g64 = view(gb).to(torch.float64).requires_grad_(True)
@@ -149,15 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--widths", default="1,7,33,1000,4096,65537", help="class counts C")
     ap.add_argument("--rows", type=int, default=5)
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cuda (default); cpu rehearses the script itself with --backend cpu or triton "
+        "(the interpreter: TRITON_INTERPRET=1)",
+    )
     args = ap.parse_args(argv)
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("sanitize_cases: no GPU visible", file=sys.stderr)
         return 2
     info = thermokern.available_backends()[args.backend]
-    if not info.available or "cuda" not in info.devices:
+    if not info.available or args.device not in info.devices:
         print(
-            f"sanitize_cases: backend {args.backend!r} cannot run on the GPU here: {info.reason}",
+            f"sanitize_cases: backend {args.backend!r} cannot run on {args.device} here: {info.reason}",
             file=sys.stderr,
         )
         return 2
@@ -172,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 base_cpu[0, 2] = -float(
                     "inf"
                 )  # one masked logit (never a whole row: C=1 rows use col 0 or 1)
-                base = base_cpu.cuda()
+                base = base_cpu.to(args.device)
                 if layout == "contiguous":
                     x = base[:, :c].contiguous()
                 elif layout == "offset1":
@@ -201,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     else:
                         out = thermokern.entropy_regularized_cross_entropy(
-                            x, target.cuda(), temperature=temps.cuda(), backend=args.backend, **kw
+                            x,
+                            target.to(args.device),
+                            temperature=temps.to(args.device),
+                            backend=args.backend,
+                            **kw,
                         )
-                    out.backward(g.cuda().to(out.dtype))
-                    torch.cuda.synchronize()
+                    out.backward(g.to(args.device).to(out.dtype))
+                    _sync(args.device)
 
                     x64 = x.detach().cpu().to(torch.float64).requires_grad_(True)
                     if op == "softmax_entropy":
@@ -226,17 +257,17 @@ def main(argv: list[str] | None = None) -> int:
                         )
     c2, f2 = _partition_cases(args, dtypes, widths, gen)
     cases, failures = cases + c2, failures + f2
-    lc, lf = _langevin_cases(args.backend, dtypes, gen)
+    lc, lf = _langevin_cases(args.backend, dtypes, gen, args.device)
     cases += lc
     failures += lf
-    mala_cases, mala_failures = _mala_cases(args.backend, dtypes)
+    mala_cases, mala_failures = _mala_cases(args.backend, dtypes, args.device)
     cases, failures = cases + mala_cases, failures + mala_failures
-    print(f"sanitize_cases: {cases} cases on backend {args.backend}, {failures} mismatches")
+    print(f"sanitize_cases: {cases} cases on backend {args.backend} ({args.device}), {failures} mismatches")
     return 1 if failures else 0
 
 
 # ---- mala_accept (sampling branch) ------------------------------------------------------
-def _mala_cases(backend: str, dtypes: list[torch.dtype]) -> tuple[int, int]:
+def _mala_cases(backend: str, dtypes: list[torch.dtype], device: str = "cuda") -> tuple[int, int]:
     """mala_accept on chains of 1, 3, 33, 300 and 5000 elements (one to several strides of a
     CUDA block, shared-memory block reduction) against the float64 reference: the decisions
     and x_new must match exactly."""
@@ -250,8 +281,8 @@ def _mala_cases(backend: str, dtypes: list[torch.dtype]) -> tuple[int, int]:
             e, ep = (torch.randn(chains, generator=gen).to(reference.acc_dtype(dtype)) for _ in range(2))
             kw = {"step_size": 0.05, "temperature": 0.9, "seed": 5, "offset": 11}
             cpu = (x, xp, g, gp, e, ep)
-            got = mala.mala_accept(*(t.cuda() for t in cpu), backend=backend, **kw)
-            torch.cuda.synchronize()
+            got = mala.mala_accept(*(t.to(device) for t in cpu), backend=backend, **kw)
+            _sync(device)
             want = mala.mala_accept(*cpu, backend="reference", **kw)
             cases += 1
             if not (torch.equal(got[1].cpu(), want[1]) and torch.equal(got[0].cpu(), want[0])):

@@ -15,7 +15,10 @@ The ``@triton.jit`` helpers here are inlined into the kernels that call them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
 
 import torch
 import triton
@@ -82,11 +85,42 @@ def _unless_p_zero(log_p, value):
 # ----------------------------------------------------------------------------- launcher helpers
 
 
-def _poison(*tensors: torch.Tensor) -> None:
-    """Fill fresh outputs with NaN when the tests ask for it (see thermokern._C._set_poison_outputs)."""
-    from thermokern import _backend
+def launcher(fn):
+    """Run a launcher with the device of its first tensor argument (or of the first tensor in
+    its first list argument) as the current CUDA device.
 
-    if _backend.poison_outputs_enabled():
+    Triton compiles for, and launches on, the *current* device: a tensor on ``cuda:1`` while
+    ``cuda:0`` is current would otherwise run in the wrong context.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = None
+        for a in args:
+            if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+                a = a[0]
+            if isinstance(a, torch.Tensor):
+                device = a.device
+                break
+        guard = (
+            torch.cuda.device(device)
+            if device is not None and device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with guard:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _poison(*tensors: torch.Tensor) -> None:
+    """Fill fresh outputs with NaN when the tests ask for it (thermokern._C._set_poison_outputs).
+
+    The switch is read from the extension module when it is loaded; kernels/ imports nothing
+    from thermokern.
+    """
+    ext = sys.modules.get("thermokern._C")
+    if ext is not None and ext._poison_outputs():
         for t in tensors:
             t.fill_(float("nan"))
 

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero
+from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero, launcher
 
 
 @triton.jit
@@ -168,6 +168,7 @@ def _check_target(target: torch.Tensor, n: int) -> torch.Tensor:
     return target.to(torch.int64).contiguous()
 
 
+@launcher
 def cross_entropy_fwd(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -211,6 +212,7 @@ def cross_entropy_fwd(
     return loss, entropy, shift, log_norm
 
 
+@launcher
 def cross_entropy_bwd(
     grad: torch.Tensor,
     logits: torch.Tensor,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _interpreting
+from ._common import _empty, _interpreting, launcher
 
 # Series coefficients (Taylor, as doubles; rounded to the accumulation dtype in the kernel),
 # the ones of NoiseSeries in philox.h: atanh(s)/s = sum z^i / (2i + 1) with z = s^2,
@@ -299,6 +299,7 @@ def _launch_fwd(x, grad, out, seed, offset, step_size, noise_std, grad_clip, lo,
     )
 
 
+@launcher
 def langevin_step(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -321,6 +322,7 @@ def langevin_step(
     return out
 
 
+@launcher
 def langevin_step_(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -339,6 +341,7 @@ def langevin_step_(
         x.copy_(xc)
 
 
+@launcher
 def langevin_step_bwd(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -375,6 +378,7 @@ def langevin_step_bwd(
     return grad_x, grad_grad
 
 
+@launcher
 def philox_words(seed: torch.Tensor, offset: torch.Tensor, n_ctr: int) -> torch.Tensor:
     """The Philox words of counters offset .. offset + n_ctr - 1 as this module's kernels draw
     them, (n_ctr, 4) int64 holding uint32 values (for the tests)."""

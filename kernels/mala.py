@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _interpreting
+from ._common import _empty, _interpreting, launcher
 from .langevin import _div_rn, _f64_bits, _neg2_log_u, _param
 
 
@@ -86,6 +86,7 @@ def _blocks(D: int) -> tuple[int, int, int]:
     return block_n, block_d, warps
 
 
+@launcher
 def mala_accept(
     x: torch.Tensor,
     x_prop: torch.Tensor,

@@ -31,7 +31,10 @@ there would otherwise be too few programs to fill the GPU.
 
 weight and mask may have any strides (a broadcast one has stride 0 in its broadcast dims):
 element (o, r, i) sits at o * S0 + r * S1 + i * S2 in their own strides, while x, grad_x and
-grad_weight are contiguous. Offsets are int64 (O * R * I can pass 2^31). Optional tensors that
+grad_weight are contiguous. Offsets are int64 (O * R * I can pass 2^31); the column kernels
+keep an int64 scalar base per block of rows and int32 offsets inside the tile (int64 tiles of
+4096 elements took every register and spilled), int64 ones only when a tile itself spans 2^31
+elements. Optional tensors that
 are None reach the kernels as a dummy pointer (x) with zero strides and their HAS_* flag off;
 the bool mask is read as uint8 (a view).
 """
@@ -42,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _acc, _block_and_warps, _empty, _interpreting
+from ._common import _acc, _block_and_warps, _empty, _interpreting, launcher
 
 # ----------------------------------------------------------------------------- device helpers
 
@@ -52,9 +55,9 @@ def _load_elements(
     x_ptr,
     w_ptr,
     mask_ptr,
-    offs,  # int64 element offsets of x
-    w_offs,  # int64 element offsets of the weight
-    m_offs,  # int64 element offsets of the mask
+    offs,  # element offsets of x from x_ptr
+    w_offs,  # element offsets of the weight from w_ptr
+    m_offs,  # element offsets of the mask from mask_ptr
     valid,  # in bounds
     NEGATE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -167,6 +170,18 @@ def _grads(
 
 
 @triton.jit
+def _tile_offsets(
+    I, W_S1, W_S2, M_S1, M_S2, TILE_IDX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr
+):
+    """In-tile element offsets of a [BLOCK_R, BLOCK_I] tile of x, the weight and the mask,
+    relative to the tile's first element, in TILE_IDX: int32 (half the registers of int64
+    tiles), int64 only when a tile spans 2^31 elements (see _tile_idx)."""
+    rr = tl.arange(0, BLOCK_R)[:, None].to(TILE_IDX)
+    ci = tl.arange(0, BLOCK_I)[None, :].to(TILE_IDX)
+    return rr * I + ci, rr * W_S1 + ci * W_S2, rr * M_S1 + ci * M_S2
+
+
+@triton.jit
 def _partition_fwd_rows_kernel(
     x_ptr,  # (O, R) contiguous
     w_ptr,  # (O, R) weights (read only with HAS_WEIGHT)
@@ -252,61 +267,59 @@ def _partition_fwd_cols_kernel(
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    TILE_IDX: tl.constexpr,  # int32, or int64 when a tile spans 2^31 elements (_tile_idx)
 ):
     pid = tl.program_id(0).to(tl.int64)
     n_ib = tl.cdiv(I, BLOCK_I)
     o = pid // n_ib
-    cols = (pid % n_ib) * BLOCK_I + tl.arange(0, BLOCK_I)
-    col_ok = cols < I
-    j = o * I + cols  # int64
-    k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
-    rr = tl.arange(0, BLOCK_R)[:, None].to(tl.int64)
-    tile = rr * I + cols[None, :]  # offsets in a block of rows
-    w_tile = rr * W_S1 + cols[None, :] * W_S2
-    m_tile = rr * M_S1 + cols[None, :] * M_S2
-    step = tl.full((), BLOCK_R, tl.int64) * I
-    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
-    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
-    base0 = o * R * I
+    i0 = (pid % n_ib) * BLOCK_I  # first column of this program (int64)
+    ci = tl.arange(0, BLOCK_I)
+    col_ok = i0 + ci < I
+    j0 = o * I + i0  # first output of this program
+    k = tl.load(scale_ptr + (j0 + ci) * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
+    tile, w_tile, m_tile = _tile_offsets(I, W_S1, W_S2, M_S1, M_S2, TILE_IDX, BLOCK_R, BLOCK_I)
+    rr = tl.arange(0, BLOCK_R)[:, None]
     m = tl.full((BLOCK_I,), float("-inf"), ACC)
     d = tl.zeros((BLOCK_I,), ACC)
     s1 = tl.zeros((BLOCK_I,), ACC)
     s2 = tl.zeros((BLOCK_I,), ACC)
     flag = tl.zeros((BLOCK_I,), tl.int32)
-    base = base0
-    w_base = o * W_S0
-    m_base = o * M_S0
+    # Scalar int64 bases of the current block of rows; in-tile offsets stay int32.
+    step = tl.full((), BLOCK_R, tl.int64) * I
+    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
+    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
+    x_blk = x_ptr + (o * R * I + i0)
+    w_blk = w_ptr + (o * W_S0 + i0 * W_S2)
+    m_blk = mask_ptr + (o * M_S0 + i0 * M_S2)
     for r0 in range(0, R, BLOCK_R):
         valid = (r0 + rr < R) & col_ok[None, :]
         x, w, _, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, base + tile, w_base + w_tile, m_base + m_tile, valid,
-            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+            x_blk, w_blk, m_blk, tile, w_tile, m_tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
         )  # fmt: skip
         m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
-        base += step
-        w_base += w_step
-        m_base += m_step
+        x_blk += step
+        w_blk += w_step
+        m_blk += m_step
     winf = tl.zeros((BLOCK_I,), ACC)
     if tl.sum((flag == 1).to(tl.int32), axis=0) > 0:  # rare: a column with a +inf, no NaN
-        base = base0
-        w_base = o * W_S0
-        m_base = o * M_S0
+        x_blk = x_ptr + (o * R * I + i0)
+        w_blk = w_ptr + (o * W_S0 + i0 * W_S2)
+        m_blk = mask_ptr + (o * M_S0 + i0 * M_S2)
         for r0 in range(0, R, BLOCK_R):
             valid = (r0 + rr < R) & col_ok[None, :]
             x, w, _, inc = _load_elements(
-                x_ptr, w_ptr, mask_ptr, base + tile, w_base + w_tile, m_base + m_tile, valid,
-                NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
+                x_blk, w_blk, m_blk, tile, w_tile, m_tile, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
             )  # fmt: skip
             winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
-            base += step
-            w_base += w_step
-            m_base += m_step
+            x_blk += step
+            w_blk += w_step
+            m_blk += m_step
     shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
-    tl.store(shift_ptr + j, shift, mask=col_ok)
-    tl.store(sum_ptr + j, total, mask=col_ok)
+    tl.store(shift_ptr + j0 + ci, shift, mask=col_ok)
+    tl.store(sum_ptr + j0 + ci, total, mask=col_ok)
     if MOMENTS:
-        tl.store(m1_ptr + j, m1, mask=col_ok)
-        tl.store(m2_ptr + j, m2, mask=col_ok)
+        tl.store(m1_ptr + j0 + ci, m1, mask=col_ok)
+        tl.store(m2_ptr + j0 + ci, m2, mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- backward kernels
@@ -400,15 +413,17 @@ def _partition_bwd_cols_kernel(
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    TILE_IDX: tl.constexpr,  # int32, or int64 when a tile spans 2^31 elements (_tile_idx)
 ):
     pid = tl.program_id(0).to(tl.int64)
     r_start = tl.program_id(1) * CHUNK_R
     r_end = tl.minimum(r_start + CHUNK_R, R)
     n_ib = tl.cdiv(I, BLOCK_I)
     o = pid // n_ib
-    cols = (pid % n_ib) * BLOCK_I + tl.arange(0, BLOCK_I)
-    col_ok = cols < I
-    j = o * I + cols
+    i0 = (pid % n_ib) * BLOCK_I  # first column of this program (int64)
+    ci = tl.arange(0, BLOCK_I)
+    col_ok = i0 + ci < I
+    j = o * I + i0 + ci
     k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
     k_x = -k if NEGATE else k
     shift = tl.load(shift_ptr + j, mask=col_ok, other=0.0).to(ACC)
@@ -420,32 +435,30 @@ def _partition_bwd_cols_kernel(
         c1 = tl.load(coef_ptr + j * NCOEF + 1, mask=col_ok, other=0.0).to(ACC)
     if NCOEF >= 3:
         c2 = tl.load(coef_ptr + j * NCOEF + 2, mask=col_ok, other=0.0).to(ACC)
-    rr = tl.arange(0, BLOCK_R)[:, None].to(tl.int64)
-    tile = rr * I + cols[None, :]
-    w_tile = rr * W_S1 + cols[None, :] * W_S2
-    m_tile = rr * M_S1 + cols[None, :] * M_S2
+    tile, w_tile, m_tile = _tile_offsets(I, W_S1, W_S2, M_S1, M_S2, TILE_IDX, BLOCK_R, BLOCK_I)
+    rr = tl.arange(0, BLOCK_R)[:, None]
+    # Scalar int64 offsets of the first row of this chunk; in-tile offsets stay int32.
+    r_start64 = r_start.to(tl.int64)
+    x_off = o * R * I + r_start64 * I + i0  # x, grad_x and grad_weight share the layout
+    w_off = o * W_S0 + r_start64 * W_S1 + i0 * W_S2
+    m_off = o * M_S0 + r_start64 * M_S1 + i0 * M_S2
     step = tl.full((), BLOCK_R, tl.int64) * I
     w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
     m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
-    blocks = r_start // BLOCK_R
-    base = o * R * I + step * blocks
-    w_base = o * W_S0 + w_step * blocks
-    m_base = o * M_S0 + m_step * blocks
     out_t = gx_ptr.dtype.element_ty
     for r0 in range(r_start, r_end, BLOCK_R):
         valid = (r0 + rr < R) & col_ok[None, :]
-        offs = base + tile
         x, w, keep, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, offs, w_base + w_tile, m_base + m_tile, valid,
+            x_ptr + x_off, w_ptr + w_off, mask_ptr + m_off, tile, w_tile, m_tile, valid,
             NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
         )  # fmt: skip
         gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
-        tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
+        tl.store(gx_ptr + x_off + tile, gx.to(out_t), mask=valid)
         if WEIGHT_GRAD:
-            tl.store(gw_ptr + offs, g.to(out_t), mask=valid)
-        base += step
-        w_base += w_step
-        m_base += m_step
+            tl.store(gw_ptr + x_off + tile, g.to(out_t), mask=valid)
+        x_off += step
+        w_off += w_step
+        m_off += m_step
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -486,13 +499,22 @@ def _check_inputs(x, weight, mask, scale) -> tuple[int, int, int, torch.dtype, i
     return O, R, I, acc_t, 0 if scale.shape[0] == 1 else 1
 
 
-def _cols_blocks(O: int, R: int, I: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_I, num_warps) of the column kernels."""
+def _cols_tile(dtype: torch.dtype, backward: bool) -> int:
+    """Elements per column-kernel tile on a GPU. Sized so that no configuration spills
+    registers on sm_90 (tests/test_partition.py compiles them all): the backward keeps more
+    per element than the forward (with 4096 it needed all 255 registers per thread for a
+    weight and a mask), and float64 accumulates in register pairs."""
+    tile = 2048 if backward else 4096
+    return tile // 2 if dtype == torch.float64 else tile
+
+
+def _cols_blocks(O: int, R: int, I: int, tile: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_I, num_warps) of the column kernels for tiles of about ``tile``
+    elements on a GPU (see _cols_tile)."""
     if _interpreting():  # few, large programs: each one is a series of numpy calls
         tile = 16384
         block_i = min(triton.next_power_of_2(I), tile)
     else:
-        tile = 4096
         block_i = min(triton.next_power_of_2(I), 128)
         # Narrower column blocks when there would be too few programs to fill the GPU; 16
         # columns still read 64 contiguous bytes of float32 per row.
@@ -516,6 +538,17 @@ def _r_chunks(R: int, block_r: int, programs: int) -> tuple[int, int]:
     return chunk, triton.cdiv(R, chunk)
 
 
+def _tile_idx(I: int, w_s, m_s, block_r: int, block_i: int):
+    """The index type of a [block_r, block_i] tile's offsets (x, weight, mask): int32, or
+    int64 when they can reach 2^31."""
+    span = max(
+        block_r * I + block_i,
+        block_r * abs(w_s[1]) + block_i * abs(w_s[2]),
+        block_r * abs(m_s[1]) + block_i * abs(m_s[2]),
+    )
+    return tl.int64 if span >= 2**31 else tl.int32
+
+
 def _optional_args(x, weight, mask):
     """Kernel pointers (a dummy x when absent), their strides ((0, 0, 0) when absent) and the
     HAS_* flags of weight and mask."""
@@ -526,6 +559,7 @@ def _optional_args(x, weight, mask):
     return w_arg, m_arg, w_s, m_s, {"HAS_WEIGHT": weight is not None, "HAS_MASK": mask is not None}
 
 
+@launcher
 def partition_fwd(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -559,15 +593,17 @@ def partition_fwd(
             BLOCK_R=block_r, num_warps=warps, **meta,
         )  # fmt: skip
     else:
-        block_r, block_i, warps = _cols_blocks(O, R, I)
+        block_r, block_i, warps = _cols_blocks(O, R, I, _cols_tile(x.dtype, backward=False))
         grid = (O * triton.cdiv(I, block_i),)
         torch.library.wrap_triton(_partition_fwd_cols_kernel)[grid](
             x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, I, *w_s, *m_s,
-            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
+            BLOCK_R=block_r, BLOCK_I=block_i, TILE_IDX=_tile_idx(I, w_s, m_s, block_r, block_i),
+            num_warps=warps, **meta,
         )  # fmt: skip
     return shift, total, m1, m2
 
 
+@launcher
 def partition_bwd(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -622,11 +658,12 @@ def partition_bwd(
             BLOCK_R=block_r, num_warps=warps, **meta,
         )  # fmt: skip
     else:
-        block_r, block_i, warps = _cols_blocks(O, R, I)
+        block_r, block_i, warps = _cols_blocks(O, R, I, _cols_tile(x.dtype, backward=True))
         programs = O * triton.cdiv(I, block_i)
         chunk, splits = _r_chunks(R, block_r, programs)
         torch.library.wrap_triton(_partition_bwd_cols_kernel)[(programs, splits)](
             x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, I, *w_s, *m_s, chunk,
-            BLOCK_R=block_r, BLOCK_I=block_i, num_warps=warps, **meta,
+            BLOCK_R=block_r, BLOCK_I=block_i, TILE_IDX=_tile_idx(I, w_s, m_s, block_r, block_i),
+            num_warps=warps, **meta,
         )  # fmt: skip
     return grad_x, grad_w

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _interpreting
+from ._common import _interpreting, launcher
 from .langevin import _as_block, _f64_bits, _normal4, _param
 
 _TL_DTYPES = {
@@ -86,6 +86,7 @@ def _block_c(max_counters: int) -> tuple[int, int]:
     return 256, 4
 
 
+@launcher
 def sgld_step_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero
+from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero, launcher
 
 
 @triton.jit
@@ -68,6 +68,7 @@ def _softmax_entropy_bwd_kernel(
         tl.store(g_row + c0 + cols, g.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
+@launcher
 def softmax_entropy_fwd(
     logits: torch.Tensor, inv_t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,6 +87,7 @@ def softmax_entropy_fwd(
     return entropy, shift, log_norm
 
 
+@launcher
 def softmax_entropy_bwd(
     grad: torch.Tensor,
     logits: torch.Tensor,

@@ -489,32 +489,57 @@ def test_cpu_every_isa(cpu_isa):
 
 
 _PTX_CHECK = r"""
+import os, re, subprocess, tempfile
+import torch
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from thermokern.kernels import partition as tk
 
-i64 = "i64"
-for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+spills = []
+dtypes = (("*fp32", "*fp32", tl.float32, torch.float32), ("*bf16", "*fp32", tl.float32, torch.bfloat16),
+          ("*fp64", "*fp64", tl.float64, torch.float64))
+for ty, acc_ty, acc, dtype in dtypes:
+    # The launch configurations on a GPU: large R and I, tiles of _cols_tile elements.
+    fwd_r, fwd_i, fwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=False))
+    bwd_r, bwd_i, bwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=True))
     for extras in (False, True):  # weight and mask (strided), or neither
-        stats = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "sum_ptr": acc_ty, "m1_ptr": acc_ty, "m2_ptr": acc_ty}
-        grads = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "log_norm_ptr": acc_ty, "coef_ptr": acc_ty,
-                 "gx_ptr": ty, "gw_ptr": ty, "CHUNK_R": i64}
-        flags = {"HAS_WEIGHT": extras, "HAS_MASK": extras, "ACC": acc}
-        cases = (
-            (tk._partition_fwd_rows_kernel, stats, {"SCALE_STRIDE": 1, "NEGATE": True, "MOMENTS": True, "BLOCK_R": 1024}),
-            (tk._partition_fwd_cols_kernel, stats,
-             {"SCALE_STRIDE": 1, "NEGATE": False, "MOMENTS": True, "BLOCK_R": 32, "BLOCK_I": 128}),
-            (tk._partition_bwd_rows_kernel, grads,
-             {"SCALE_STRIDE": 1, "NEGATE": True, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": 1024}),
-            (tk._partition_bwd_cols_kernel, grads,
-             {"SCALE_STRIDE": 0, "NEGATE": False, "WEIGHT_GRAD": extras, "NCOEF": 2, "BLOCK_R": 32, "BLOCK_I": 128}),
-        )
-        for kernel, ptrs, consts in cases:
-            consts = consts | flags
-            types = {"x_ptr": ty, "w_ptr": ty, "mask_ptr": "*u8"} | ptrs
-            sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, i64) for p in kernel.params}
-            triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+        for idx in ("i64", "i32"):  # sizes as Triton passes them past 2^31, and below
+            stats = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "sum_ptr": acc_ty, "m1_ptr": acc_ty, "m2_ptr": acc_ty}
+            grads = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "log_norm_ptr": acc_ty, "coef_ptr": acc_ty,
+                     "gx_ptr": ty, "gw_ptr": ty}
+            flags = {"HAS_WEIGHT": extras, "HAS_MASK": extras, "ACC": acc}
+            tile_idx = tl.int64 if idx == "i64" else tl.int32
+            cases = (
+                (tk._partition_fwd_rows_kernel, stats,
+                 {"SCALE_STRIDE": 1, "NEGATE": True, "MOMENTS": True, "BLOCK_R": 1024}, 4),
+                (tk._partition_fwd_cols_kernel, stats,
+                 {"SCALE_STRIDE": 1, "NEGATE": False, "MOMENTS": True, "BLOCK_R": fwd_r, "BLOCK_I": fwd_i,
+                  "TILE_IDX": tile_idx}, fwd_w),
+                (tk._partition_bwd_rows_kernel, grads,
+                 {"SCALE_STRIDE": 1, "NEGATE": True, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": 1024}, 4),
+                (tk._partition_bwd_cols_kernel, grads,
+                 {"SCALE_STRIDE": 0, "NEGATE": False, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": bwd_r,
+                  "BLOCK_I": bwd_i, "TILE_IDX": tile_idx}, bwd_w),
+            )
+            for kernel, ptrs, consts, warps in cases:
+                consts = consts | flags
+                types = {"x_ptr": ty, "w_ptr": ty, "mask_ptr": "*u8"} | ptrs
+                sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, idx) for p in kernel.params}
+                k = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                                   options={"num_warps": warps})
+                if "cols" in kernel.fn.__name__ and os.path.exists(ptxas):
+                    with tempfile.TemporaryDirectory() as d:
+                        src = os.path.join(d, "k.ptx")
+                        with open(src, "w") as f:
+                            f.write(k.asm["ptx"])
+                        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                                           capture_output=True, text=True, check=True)
+                    n = int(re.search(r"(\d+) bytes spill stores", r.stdout + r.stderr).group(1))
+                    if n:
+                        spills.append(f"{kernel.fn.__name__} {ty} extras={extras} sizes {idx}: {n} bytes")
+assert not spills, "register spills: " + "; ".join(spills)
 print("ok")
 """
 
@@ -523,7 +548,8 @@ print("ok")
 def test_triton_partition_kernels_compile_for_sm90():
     """The partition kernels (strided weight and mask, moments, both layouts, fwd and bwd) lower
     to sm_90 code without a GPU: the interpreter runs them here, but does not type-check them
-    as the compiler does."""
+    as the compiler does. The column kernels, at the tiles they launch with, must not spill
+    registers (int64 offset tiles once took all 255 and spilled)."""
     run_offline_triton_compile(_PTX_CHECK)
 
 

@@ -290,6 +290,39 @@ def test_cpu_nan_and_inf_in_late_chunks():
     assert_close(out[2:], _ref(x[2:, :2048]), torch.float32)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_triton_launches_on_the_tensors_device():
+    """Triton launches on the current device: every launcher makes the tensor's device current
+    (kernels/_common.launcher), so cuda:1 tensors work while cuda:0 is current."""
+    if "triton" not in gpu_backends():
+        pytest.skip("triton cannot run on the GPU here")
+    torch.cuda.set_device(0)
+    x = torch.randn(8, 300, device="cuda:1")
+    t = torch.randint(0, 300, (8,), device="cuda:1")
+    assert_close(thermokern.softmax_entropy(x, backend="triton").cpu(), _ref(x.cpu()), torch.float32)
+    loss = thermokern.entropy_regularized_cross_entropy(x, t, reduction="none", backend="triton")
+    assert_close(
+        loss.cpu(),
+        reference.entropy_regularized_cross_entropy(x.cpu().double(), t.cpu(), reduction="none"),
+        torch.float32,
+    )
+    assert_close(
+        thermokern.logsumexp(x, 1, backend="triton").cpu(),
+        torch.logsumexp(x.cpu().double(), 1),
+        torch.float32,
+    )
+    y = thermokern.langevin_step(x, x, step_size=0.1, seed=1, backend="triton")
+    assert y.device == x.device
+    torch.testing.assert_close(
+        y.cpu(),
+        thermokern.langevin_step(x.cpu(), x.cpu(), step_size=0.1, seed=1, backend="cpu"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert torch.cuda.current_device() == 0
+
+
 _PTX_CHECK = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
