@@ -1,0 +1,67 @@
+"""Samplers for energy-based models: ``langevin_sample``, ``ReplayBuffer`` and schedules.
+
+The package's modules, each importing only those above it:
+
+* :mod:`~thermokern.sampling.schedules`: step-size and temperature schedules
+  (:func:`constant`, :func:`linear`, :func:`geometric`, :func:`cosine`, the tuple form,
+  callables) and :func:`schedule` / :func:`schedule_values`, which parse and evaluate them.
+* :mod:`~thermokern.sampling.streams`: the Philox noise streams: :func:`step_rng`,
+  :func:`counters_per_step`, the per-rank streams of sharded runs (:data:`STREAM_STRIDE`,
+  :func:`stream_seed`); its docstring states the random-number contract.
+* :mod:`~thermokern.sampling.graph`: the CUDA-graph runner of ``cuda_graph=True``.
+* :mod:`~thermokern.sampling.langevin`: :func:`langevin_sample` (ULA / MALA, the step loop)
+  and :class:`SampleStats`.
+* :mod:`~thermokern.sampling.replay`: :class:`ReplayBuffer`, the persistent chains of PCD.
+
+``_imports`` gathers the private names the package takes from the rest of thermokern. Every
+public name is re-exported here (``__all__``, plus ``MAX_STREAMS``, ``SCHEDULES`` and
+``ScheduleLike``): use ``thermokern.sampling.X``.
+"""
+
+from __future__ import annotations
+
+from thermokern.sampling.langevin import SampleStats, langevin_sample
+from thermokern.sampling.replay import ReplayBuffer
+from thermokern.sampling.schedules import (
+    SCHEDULES,  # noqa: F401 - public, outside __all__ (as in the single-module sampling.py)
+    Constant,
+    Cosine,
+    Geometric,
+    Linear,
+    Schedule,
+    ScheduleLike,  # noqa: F401 - public, outside __all__
+    constant,
+    cosine,
+    geometric,
+    linear,
+    schedule,
+    schedule_values,
+)
+from thermokern.sampling.streams import (
+    MAX_STREAMS,  # noqa: F401 - public, outside __all__
+    STREAM_STRIDE,
+    counters_per_step,
+    step_rng,
+    stream_seed,
+)
+
+__all__ = [
+    "STREAM_STRIDE",
+    "Constant",
+    "Cosine",
+    "Geometric",
+    "Linear",
+    "ReplayBuffer",
+    "SampleStats",
+    "Schedule",
+    "constant",
+    "cosine",
+    "counters_per_step",
+    "geometric",
+    "langevin_sample",
+    "linear",
+    "schedule",
+    "schedule_values",
+    "step_rng",
+    "stream_seed",
+]
