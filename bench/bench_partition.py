@@ -2,24 +2,32 @@
 padding mask, and thermo_stats):
 ``pytest bench/ --benchmark-only``.
 
-Same engine and ``extra_info`` as bench_entropy.py (GB/s, copy GB/s and its percentage, max abs
-error against float64, compile time), driven by the registry in ``thermokern.benchmark``.
+Same ``extra_info`` as bench_softmax_entropy.py (GB/s, copy GB/s and its percentage, max abs
+error against float64, compile time), driven by the registry in ``thermokern.bench``.
 """
 
 from __future__ import annotations
 
-import pytest
-from bench_entropy import DEVICE, DTYPES, SHAPES, _id, run_case
+import os
 
-from thermokern import benchmark as tb
+import pytest
+import torch
+
+from thermokern import bench
 
 FAMILY = ("logsumexp", "logsumexp_masked", "thermo_stats")
-CASES = [(tb.OPS[op], p) for op in FAMILY for p in tb.OPS[op].providers(DEVICE)[0]]
+DEVICE = os.environ.get("THERMOKERN_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+CASES = [(bench.OPS[op], p) for op in FAMILY for p in bench.OPS[op].providers(DEVICE)[0]]
+if DEVICE.startswith("cuda"):
+    SHAPES = [(4096, 32000), (1024, 131072)]
+else:
+    SHAPES = [(256, 4096), (32, 32000)]
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.mark.parametrize("mode", tb.MODES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-@pytest.mark.parametrize("case", CASES, ids=_id)
-def test_partition_family(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode):
-    run_case(benchmark, bench_device, bench_rounds, copy_gbps, case, shape, dtype, mode)
+@pytest.mark.parametrize("mode", bench.MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=bench.label)
+@pytest.mark.parametrize("shape", SHAPES, ids=bench.label)
+@pytest.mark.parametrize("case", CASES, ids=bench.label)
+def test_partition_family(op_benchmark, case, shape, dtype, mode):
+    op_benchmark(*case, shape, dtype, mode)

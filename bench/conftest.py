@@ -1,7 +1,7 @@
 """pytest-benchmark setup for ``pytest bench/ --benchmark-only``.
 
 Unlike tests/conftest.py this does NOT switch the Triton interpreter on: benchmarks measure
-the real paths (and ``thermokern.benchmark`` skips Triton on CPU anyway).
+the real paths (and ``thermokern.bench`` skips Triton on CPU anyway).
 
 Options:
   --bench-device cpu|cuda   default: cuda when a GPU is visible, else cpu
@@ -9,14 +9,20 @@ Options:
   --bench-rounds N          timed rounds per benchmark (default: 10 on CPU, 50 on CUDA)
   --bench-threads N         torch.set_num_threads(N) (default: torch's own choice); on a busy
                             machine 1 thread avoids waiting for a descheduled worker thread
+
+Fixtures: ``bench_device``, ``bench_rounds``, ``copy_gbps`` and ``op_benchmark``, which times
+one (op, provider, shape, dtype, mode) case of the ``thermokern.bench`` registry.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
+
+from thermokern import bench
 
 
 def _default_device() -> str:
@@ -31,7 +37,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    # bench_entropy.py builds its parameters at import (collection) time from the device.
+    # the bench_*.py suites build their parameters at import (collection) time from the device.
     device = config.getoption("--bench-device", default=None)
     if device:
         os.environ["THERMOKERN_BENCH_DEVICE"] = device
@@ -54,10 +60,9 @@ def pytest_collect_file(file_path, parent):
 
 def pytest_report_header(config):
     import thermokern
-    from thermokern import benchmark
 
     device = _default_device()
-    provs, notes = benchmark.OPS["softmax_entropy"].providers(device)
+    provs, notes = bench.OPS["softmax_entropy"].providers(device)
     lines = [
         (
             f"thermokern {thermokern.__version__} bench: device={device}, torch {torch.__version__}, "
@@ -86,14 +91,92 @@ def bench_rounds(request, bench_device) -> int:
 @pytest.fixture(scope="session")
 def copy_gbps(bench_device):
     """``copy_gbps(nbytes) -> GB/s`` of ``dst.copy_(src)`` (2 * nbytes / median time), cached;
-    buffers rotate as in ``thermokern.benchmark`` so that small sizes are not timed in cache."""
-    from thermokern import benchmark
-
+    buffers rotate as in ``thermokern bench`` so that small sizes are not timed in cache."""
     cache: dict[int, float] = {}
 
     def measure(nbytes: int) -> float:
         if nbytes not in cache:
-            cache[nbytes] = benchmark.measure_copy(nbytes, bench_device, quick=True)["gbps"]
+            cache[nbytes] = bench.measure_copy(nbytes, bench_device, quick=True)["gbps"]
         return cache[nbytes]
 
     return measure
+
+
+@pytest.fixture
+def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
+    """``op_benchmark(spec, provider, shape, dtype, mode, max_err=None) -> extra_info``.
+
+    Times one case with pytest-benchmark and fills ``benchmark.extra_info``: the case, the
+    number of rotated input copies, ``compile_s`` (first call of a compiled provider, outside
+    the timed rounds), ``max_abs_err`` against float64 (exact providers of ops with a
+    reference), and the effective bandwidth (minimal bytes / median time) next to the copy
+    bandwidth of the same byte count. A NaN error, or one above ``max_err``, fails the test
+    before timing. In-place providers get a fresh copy of the input before every round
+    (untimed).
+    """
+
+    def run_case(spec, provider, shape, dtype, mode, max_err=None):
+        gen = torch.Generator(device=bench_device).manual_seed(0)
+        # several input copies for small shapes, rotated so that rounds do not run from cache
+        k = bench.n_copies(spec.input_bytes(shape, dtype), bench_device)
+        xs = [spec.make_input(shape, dtype, bench_device, gen) for _ in range(k)]
+        x = xs[0]
+        grad = spec.make_grad(x, gen)
+        prepare, call, inputs = bench.make_calls(provider, mode, xs, grad)
+        cuda = x.is_cuda
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
+
+        extra = benchmark.extra_info
+        extra.update(
+            op=spec.name,
+            provider=provider.name,
+            shape=bench.label(shape),
+            dtype=bench.label(dtype),
+            mode=mode,
+            device=bench_device,
+            copies=k,
+        )
+        if provider.compiled:  # compile outside the timed rounds
+            prepare(0)
+            t0 = time.perf_counter()
+            call(0)
+            sync()
+            extra["compile_s"] = round(time.perf_counter() - t0, 3)
+
+        if provider.exact and spec.has_reference:
+            prepare(0)
+            value = bench.result_of_call(mode, call, inputs)
+            err = bench.max_abs_err(value, spec.reference(x, grad, mode))
+            extra["max_abs_err"] = err
+            del value
+            assert err == err, f"{provider.name} gave NaN on finite inputs"  # noqa: PLR0124
+            if max_err is not None:
+                assert err < max_err, f"{provider.name}: max abs error {err} against float64"
+
+        counter = iter(range(1 << 62))
+        rounds: list[int] = []
+
+        def setup():
+            i = next(counter)
+            rounds.append(i)
+            prepare(i)
+
+        def target():
+            call(rounds[-1])
+            sync()
+
+        benchmark.pedantic(target, setup=setup, rounds=bench_rounds, warmup_rounds=1, iterations=1)
+        prepare(0)
+
+        stats = getattr(benchmark, "stats", None)
+        median = getattr(getattr(stats, "stats", None), "median", None)
+        if median:
+            gbps = spec.min_bytes(shape, dtype, mode) / median / 1e9
+            copy = copy_gbps(spec.input_bytes(shape, dtype))
+            extra.update(gbps=round(gbps, 2), copy_gbps=round(copy, 2), pct_copy=round(100 * gbps / copy, 1))
+        return extra
+
+    return run_case

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from thermokern import benchmark, cli
+from thermokern import bench, cli
 
 
 def test_info_lists_every_backend():
@@ -20,15 +20,15 @@ def test_info_lists_every_backend():
 
 
 def test_parse_shape():
-    assert benchmark.parse_shape("4096x32000") == (4096, 32000)
+    assert bench.parse_shape("4096x32000") == (4096, 32000)
     for bad in ("4096x", "0x5", "ax3"):
         with pytest.raises(ValueError):
-            benchmark.parse_shape(bad)
+            bench.parse_shape(bad)
 
 
 def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     path = tmp_path / "r.json"
-    result = benchmark.run(
+    result = bench.run(
         shapes=["32x1000"],
         quick=True,
         progress=False,
@@ -42,12 +42,12 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
         assert r["median_ms"] > 0, r
-        if not benchmark.OPS[r["op"]].has_reference:
+        if not bench.OPS[r["op"]].has_reference:
             continue  # a sampler's output is random: no error column
         if r["op"] == "langevin_step" and r["provider"] == "eager":
             assert r["max_abs_err"] is None, r  # torch's own noise: not comparable
         else:
             assert r["max_abs_err"] < 1e-4, r
     assert {r["mode"] for r in rows if r["op"] == "langevin_step"} == {"fwd"}
-    table = benchmark.format_table(result)
+    table = bench.format_table(result)
     assert "softmax_entropy" in table and "langevin_step" in table and "32x1000" in table

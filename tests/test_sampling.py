@@ -721,15 +721,15 @@ def test_toy_data():
 
 
 def test_sampler_benchmark_runs():
-    from thermokern import benchmark
+    from thermokern import bench
 
-    result = benchmark.run(ops=["langevin_sample"], shapes=["32x4"], quick=True, progress=False, out=None)
+    result = bench.run(ops=["langevin_sample"], shapes=["32x4"], quick=True, progress=False, out=None)
     rows = result["rows"]
     assert {r["provider"] for r in rows} == {"thermokern", "eager"}
     assert {r["mode"] for r in rows} == {"fwd"}
     for r in rows:
         assert r["median_ms"] > 0 and r["max_abs_err"] is None, r
-    assert "langevin_sample" in benchmark.format_table(result)
+    assert "langevin_sample" in bench.format_table(result)
     assert _C is not None
 
 

@@ -83,7 +83,7 @@ def _add_bench(sub) -> None:
 
 
 def bench(args) -> int:
-    from thermokern import benchmark
+    from thermokern.bench import parse_shape, run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -92,11 +92,11 @@ def bench(args) -> int:
     shapes = None
     if args.shapes:
         try:
-            shapes = [benchmark.parse_shape(s) for s in args.shapes]
+            shapes = [parse_shape(s) for s in args.shapes]
         except ValueError as exc:
             print(f"thermokern bench: --shape: {exc}", file=sys.stderr)
             return 2
-    result = benchmark.run(
+    result = run(
         ops=args.ops,
         device=device,
         dtypes=args.dtypes,

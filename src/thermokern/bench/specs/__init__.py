@@ -1,0 +1,16 @@
+"""One module per benchmarked op; importing this package registers them all in
+:data:`thermokern.bench.OPS`, in the order ``thermokern bench`` runs them.
+
+Each module holds its op's eager baseline, providers, input and gradient makers, float64
+reference chunks, default shapes and dtypes, and the :func:`~thermokern.bench.register` call.
+``_rows`` has the helpers the row-reduction ops share.
+"""
+
+from . import (  # noqa: F401, I001  (registration order = run order, not alphabetical)
+    softmax_entropy,
+    cross_entropy,
+    logsumexp,
+    thermo_stats,
+    langevin_step,
+    langevin_sample,
+)

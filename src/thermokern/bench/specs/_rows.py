@@ -1,0 +1,85 @@
+"""Helpers shared by the row-reduction specs (softmax_entropy, cross entropy, logsumexp,
+thermo_stats): LM-like logits, a per-row upstream gradient, the minimal bytes of a row
+reduction, the float64 reference in row chunks, and the default shapes and dtypes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+LOGIT_SCALE = 2.0  # logits ~ N(0, 2^2): peaked enough to resemble LM logits, no underflow issues
+
+
+def logits(shape, dtype, device, gen) -> torch.Tensor:
+    """``randn(shape) * LOGIT_SCALE`` in ``dtype`` (drawn in float32)."""
+    x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * LOGIT_SCALE
+    return x.to(dtype)
+
+
+def row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """An upstream gradient ~ N(0, 1) of one value per row, in ``x``'s dtype."""
+    return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
+
+
+def row_min_bytes(shape, dtype, mode) -> int:
+    """Bytes a perfect row reduction moves: ``fwd`` reads the input once and writes one value
+    per row; ``fwd+bwd`` reads it twice and writes the gradient (row vectors ignored)."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    n_rows = math.prod(shape[:-1])
+    total = math.prod(shape)
+    if mode == "fwd":
+        return (total + n_rows) * elt  # read the logits once, write one value per row
+    # forward reads the logits; backward reads them again and writes the gradient
+    # (the per-row value, lse and upstream gradient are ignored: C times smaller).
+    return 3 * total * elt
+
+
+def row_reference_chunks(
+    x: torch.Tensor,
+    grad: torch.Tensor | None,
+    mode: str,
+    fn: Callable[[torch.Tensor, slice], torch.Tensor],
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """float64 output (``fwd``) or input gradient by autograd (``fwd+bwd``) of ``fn(chunk, rows)``
+    -> ``(r,)`` over chunks of the flattened rows; chunks bound the float64 temporaries."""
+    rows = x.detach().reshape(-1, x.shape[-1])
+    g_rows = grad.reshape(-1) if grad is not None else None
+    budget = (1 << 26) if rows.is_cuda else (1 << 23)  # float64 elements per chunk
+    step = max(1, budget // rows.shape[1])
+    for r0 in range(0, rows.shape[0], step):
+        sl = slice(r0, r0 + step)
+        chunk = rows[sl].to(torch.float64)
+        if mode == "fwd":
+            yield sl, fn(chunk, sl)
+        else:
+            chunk.requires_grad_(True)
+            fn(chunk, sl).backward(g_rows[sl].to(torch.float64))
+            yield sl, chunk.grad
+
+
+def logit_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    """(tokens, vocabulary) shapes of LM logits; a CPU run uses fewer tokens."""
+    if torch.device(device).type == "cuda":
+        if quick:
+            return [(16384, 32000), (4096, 131072)]
+        return [(16384, 32000), (4096, 131072), (16384, 131072)]
+    if quick:
+        return [(4096, 32000)]
+    return [(4096, 32000), (1024, 4096), (256, 131072)]
+
+
+def logit_dtypes(device: str, quick: bool) -> list[torch.dtype]:
+    """CUDA: bfloat16 (and float32 in full runs); CPU: float32."""
+    if torch.device(device).type == "cuda":
+        return [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
+    return [torch.float32]
+
+
+def partition_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    """:func:`logit_shapes`, with the issue's target shape 4096x32000 in full runs; --quick on a
+    CPU uses a quarter of it (the eager thermo_stats baseline alone takes seconds per call there)."""
+    if torch.device(device).type != "cuda" and quick:
+        return [(1024, 32000)]
+    return logit_shapes(device, quick)
