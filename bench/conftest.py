@@ -11,7 +11,9 @@ Options:
                             machine 1 thread avoids waiting for a descheduled worker thread
 
 Fixtures: ``bench_device``, ``bench_rounds``, ``copy_gbps`` and ``op_benchmark``, which times
-one (op, provider, shape, dtype, mode) case of the ``thermokern.bench`` registry.
+one (op, provider, shape, dtype, mode) case of the ``thermokern.bench`` registry. The row
+reduction suites (bench_softmax_entropy.py, bench_cross_entropy.py, bench_partition.py) take
+their parameters from :func:`row_op_cases`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,33 @@ from thermokern import bench
 
 def _default_device() -> str:
     return os.environ.get("THERMOKERN_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+ROW_SHAPES = {"cuda": [(4096, 32000), (1024, 131072)], "cpu": [(256, 4096), (32, 32000)]}
+ROW_DTYPES = [torch.float32, torch.bfloat16]
+
+
+def row_op_cases(*ops: str):
+    """The parametrisation of a row-reduction suite: (op spec, provider) cases of ``ops`` on
+    the benchmark device x its shapes x dtypes x modes (read at collection time, after
+    pytest_configure has set the device)."""
+    device = _default_device()
+    cases = [(bench.OPS[op], p) for op in ops for p in bench.OPS[op].providers(device)[0]]
+    marks = (
+        pytest.mark.parametrize("mode", bench.MODES),
+        pytest.mark.parametrize("dtype", ROW_DTYPES, ids=bench.label),
+        pytest.mark.parametrize(
+            "shape", ROW_SHAPES["cuda" if device.startswith("cuda") else "cpu"], ids=bench.label
+        ),
+        pytest.mark.parametrize("case", cases, ids=bench.label),
+    )
+
+    def parametrize(fn):
+        for mark in marks:
+            fn = mark(fn)
+        return fn
+
+    return parametrize
 
 
 def pytest_addoption(parser):

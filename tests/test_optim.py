@@ -505,9 +505,9 @@ def test_opcheck(dtype):
     args = (params, grads, torch.tensor(3), torch.tensor(12), [0, 9, 10], 0.1, 0.2, 0.01)
     torch.library.opcheck(torch.ops.thermokern.sgld_step_.default, args)
     if "triton" in cpu_backends():
-        from thermokern.ops.sgld import _triton_op
+        from thermokern.ops.sgld import sgld_step_kernel
 
-        torch.library.opcheck(_triton_op(), args)
+        torch.library.opcheck(sgld_step_kernel.triton, args)
 
 
 # ----------------------------------------------------------------------------- errors

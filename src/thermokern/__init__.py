@@ -10,10 +10,10 @@ from thermokern import distributed as distributed  # vocabulary-parallel ops (to
 from thermokern import nn, optim, sampling
 from thermokern._backend import BACKENDS, BackendInfo, available_backends
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
-from thermokern.ops.softmax_entropy import softmax_entropy
 from thermokern.ops.langevin import langevin_step, langevin_step_
 from thermokern.ops.mala import mala_counters, mala_step
 from thermokern.ops.partition import ThermoStats, free_energy, log_partition, logsumexp, thermo_stats
+from thermokern.ops.softmax_entropy import softmax_entropy
 
 __version__ = "0.1.0"
 

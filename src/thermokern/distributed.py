@@ -53,15 +53,20 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from thermokern import _backend, reference
-from thermokern.ops import cross_entropy as _ce
-from thermokern.ops import softmax_entropy as _entropy
-from thermokern.ops import partition as _partition
-from thermokern.ops._checks import FLOAT_DTYPES, check_float_tensor, check_temperature, inverse_temperature
+from thermokern import _backend
+from thermokern._checks import (
+    check_cross_entropy_args,
+    check_float_tensor,
+    check_target_values,
+    check_temperature,
+    inverse_temperature,
+)
+from thermokern._dtypes import FLOAT_DTYPES, acc_dtype
+from thermokern.ops.cross_entropy import cross_entropy_bwd, reduce_loss
+from thermokern.ops.partition import partition_bwd, partition_fwd
+from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 
 __all__ = ["entropy_regularized_cross_entropy", "gather_samples", "logsumexp", "softmax_entropy"]
-
-_ops = torch.ops.thermokern if _backend._C is not None else None
 _INF = math.inf
 # Integers (shard starts and widths) travel in float statistics as two base-2^20 digits, each
 # exact in float32: any value below 2^44.
@@ -69,8 +74,9 @@ _DIGIT = 1 << 20
 
 
 # ----------------------------------------------------------------------------- group and layout
-def _group_rank_world(group) -> tuple[int, int]:
-    """This process's rank in ``group`` and the group's size; errors name ``group``."""
+def group_rank_world(group) -> tuple[int, int]:
+    """This process's rank in ``group`` and the group's size; errors name ``group``. Shared
+    with thermokern.sampling (per-rank noise streams)."""
     if not dist.is_available():
         raise RuntimeError("group: torch.distributed is not available in this build of PyTorch")
     if not dist.is_initialized():
@@ -171,53 +177,11 @@ def _merge_lse(m: torch.Tensor, total: torch.Tensor):
 # ----------------------------------------------------------------------------- local statistics
 def _softmax_stats(rows: torch.Tensor, inv_t: torch.Tensor, name: str):
     """(entropy, shift, log_norm) of each row of the shard, in the accumulation dtype."""
-    acc = reference.acc_dtype(rows.dtype)
     n, c = rows.shape
     if c == 0:  # an empty shard: nothing to merge (the kernels need C >= 1)
-        full = rows.new_full((n,), -_INF, dtype=acc)
+        full = rows.new_full((n,), -_INF, dtype=acc_dtype(rows.dtype))
         return torch.full_like(full, math.nan), full, full.clone()
-    if name == "reference":
-        return _softmax_stats_reference(rows, inv_t)
-    if name == "triton":
-        return _entropy._triton_ops()(rows, inv_t)
-    return _ops.softmax_entropy_fwd(rows, inv_t)
-
-
-def _softmax_stats_reference(rows: torch.Tensor, inv_t: torch.Tensor):
-    acc = reference.acc_dtype(rows.dtype)
-    x = rows.to(acc)
-    k = inv_t.unsqueeze(1)
-    m = x.amax(dim=1)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    y = (x - m_safe.unsqueeze(1)) * k
-    e = torch.exp(y)
-    d = e.sum(dim=1)
-    s = torch.where(y == -_INF, torch.zeros_like(y), y * e).sum(dim=1)
-    log_d = torch.log(d)
-    h = log_d - s / d
-    nan = torch.full_like(m, math.nan)
-    bad = ~torch.isfinite(m)  # -inf: nothing (log d = -inf, H = NaN); +inf or NaN: NaN
-    log_d = torch.where(bad, torch.where(m == -_INF, m, nan), log_d)
-    return torch.where(bad, nan, h), m, log_d
-
-
-def _entropy_bwd(name: str):
-    if name == "reference":
-        return _softmax_affine_reference
-    if name == "triton":
-        _entropy._triton_ops()  # defines thermokern::softmax_entropy_bwd_triton on first use
-        return torch.ops.thermokern.softmax_entropy_bwd_triton
-    return _ops.softmax_entropy_bwd
-
-
-def _softmax_affine_reference(grad, rows, inv_t, entropy, shift, log_norm):
-    """-g k p (log p + H) with log p = k (x - shift) - log_norm (softmax_entropy_bwd)."""
-    acc = entropy.dtype
-    k = inv_t.unsqueeze(1)
-    log_p = (rows.to(acc) - shift.unsqueeze(1)) * k - log_norm.unsqueeze(1)
-    p = torch.exp(log_p)
-    term = torch.where(p == 0, torch.zeros_like(p), p * (log_p + entropy.unsqueeze(1)))
-    return (-(grad.to(acc).unsqueeze(1) * k) * term).to(rows.dtype)
+    return softmax_entropy_fwd(name, rows, inv_t)
 
 
 # ----------------------------------------------------------------------------- softmax_entropy
@@ -240,7 +204,7 @@ class _DistSoftmaxEntropy(torch.autograd.Function):
         if rows.shape[1] == 0:
             return torch.zeros_like(rows), None, None, None, None
         g = grad.to(h.dtype).contiguous()
-        return _entropy_bwd(ctx.name)(g, rows, inv_t, h, big, log_d), None, None, None, None
+        return softmax_entropy_bwd(ctx.name, g, rows, inv_t, h, big, log_d), None, None, None, None
 
 
 def softmax_entropy(
@@ -279,7 +243,7 @@ def softmax_entropy(
     if logits_shard.dim() == 0:
         raise ValueError("logits_shard: expected at least 1 dimension (vocabulary last), got a 0-d tensor")
     temperature = check_temperature(temperature)
-    _, world = _group_rank_world(group)
+    _, world = group_rank_world(group)
     name = _backend.resolve_backend(backend, logits_shard)
     rows, out_shape = _rows(logits_shard)
     inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
@@ -290,22 +254,12 @@ def softmax_entropy(
 # ----------------------------------------------------------------------------- logsumexp
 def _lse_stats(x3: torch.Tensor, name: str):
     """(shift, sum e^{x - shift}) per row of the (N, C_rank, 1) shard (partition_fwd's contract)."""
-    acc = reference.acc_dtype(x3.dtype)
+    acc = acc_dtype(x3.dtype)
     n, c = x3.shape[0], x3.shape[1]
     if c == 0:
         return x3.new_full((n,), -_INF, dtype=acc), x3.new_zeros((n,), dtype=acc)
-    if name == "reference":
-        x = x3.squeeze(2).to(acc)
-        m = x.amax(dim=1)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        total = torch.exp(x - m_safe.unsqueeze(1)).sum(dim=1)
-        total = torch.where(m == _INF, (x == _INF).sum(dim=1).to(acc), total)
-        return m, torch.where(torch.isnan(m), m, total)
     scale = torch.ones((1,), dtype=acc, device=x3.device)
-    if name == "triton":
-        shift, total, _, _ = _partition._triton_ops()(x3, None, None, scale, False, 0)
-    else:
-        shift, total, _, _ = _ops.partition_fwd(x3, None, None, scale, False, 0)
+    shift, total, _, _ = partition_fwd(name, x3, None, None, scale, False, 0)
     return shift, total
 
 
@@ -329,19 +283,10 @@ class _DistLogsumexp(torch.autograd.Function):
         if c == 0:
             return x3.new_zeros((n, 0)), None, None, None
         g = grad.to(shift.dtype)
-        if ctx.name == "reference":
-            p = torch.exp(x3.squeeze(2).to(shift.dtype) - shift.unsqueeze(1) - log_norm.unsqueeze(1))
-            gx = torch.where(p == 0, torch.zeros_like(p), g.unsqueeze(1) * p)
-            return gx.to(x3.dtype), None, None, None
         # partition_bwd with one coefficient per row: d lse / d x_j = p_j (k = 1, no weight).
         coef = g.reshape(n, 1).contiguous()
         scale = torch.ones((1,), dtype=shift.dtype, device=x3.device)
-        if ctx.name == "triton":
-            _partition._triton_ops()  # defines thermokern::partition_bwd_triton on first use
-            bwd = torch.ops.thermokern.partition_bwd_triton
-        else:
-            bwd = _ops.partition_bwd
-        gx, _ = bwd(x3, None, None, scale, False, shift, log_norm, coef, False)
+        gx, _ = partition_bwd(ctx.name, x3, None, None, scale, False, shift, log_norm, coef, False)
         return gx.view(n, c), None, None, None
 
 
@@ -379,7 +324,7 @@ def logsumexp(
     if input_shard.dim() == 0:
         raise ValueError("input_shard: expected at least 1 dimension (the split one last), got a 0-d tensor")
     x = input_shard if input_shard.dtype in FLOAT_DTYPES else input_shard.to(torch.get_default_dtype())
-    _, world = _group_rank_world(group)
+    _, world = group_rank_world(group)
     name = _backend.resolve_backend(backend, x)
     rows, out_shape = _rows(x)
     lse = _DistLogsumexp.apply(rows, group, world, name)
@@ -432,7 +377,7 @@ class _DistEntropyCE(torch.autograd.Function):
             widths = [hi * _DIGIT + lo for _, _, hi, lo in digits]
             total = _check_layout(starts, widths)
             stats = stats[:, :, :n]
-        _ce._check_target_values(tgt, total, ignore_index)  # the same error on every rank
+        check_target_values(tgt, total, ignore_index)  # the same error on every rank
 
         k = inv_t.double()
         big, log_d, h = _merge_softmax(stats[:, 0], stats[:, 1], stats[:, 2], k)
@@ -474,8 +419,6 @@ class _DistEntropyCE(torch.autograd.Function):
         bad = valid & ((tgt < 0) | (tgt >= total))
         owned = valid & (tgt >= start) & (tgt < start + width)
         live = valid & ~bad
-        if ctx.name == "reference":
-            return (_ce_grad_reference(g, rows, tgt, inv_t, h, big, log_d, ctx), *none)
         # [Note: cross-entropy backward on a shard]
         # dL/dx_j = g k [p_j (1 + beta H + 2 zw lse) + beta p_j log p_j - eps / C - (1 - eps) [j = y]]
         # with p, H, lse global. The fused cross_entropy_bwd kernel computes exactly this on the
@@ -492,11 +435,7 @@ class _DistEntropyCE(torch.autograd.Function):
         kernel_tgt = torch.where(bad, torch.full_like(col, width), kernel_tgt)
         eps_local = eps * width / total
         args = (g, rows, kernel_tgt, inv_t, h, big, log_d, beta, eps_local, -1, zw)
-        if ctx.name == "triton":
-            _ce._triton_ops()  # defines thermokern::cross_entropy_bwd_triton on first use
-            gx = torch.ops.thermokern.cross_entropy_bwd_triton(*args)
-        else:
-            gx = _ops.cross_entropy_bwd(*args)
+        gx = cross_entropy_bwd(ctx.name, *args)
         k = inv_t.double()
         x_t = rows.gather(1, col.unsqueeze(1)).squeeze(1).double()
         big64, log_d64 = big.double(), log_d.double()
@@ -511,29 +450,6 @@ class _DistEntropyCE(torch.autograd.Function):
         value = torch.where(live, exact.to(gx.dtype), current)
         gx.scatter_(1, col.unsqueeze(1), value.unsqueeze(1))
         return (gx, *none)
-
-
-def _ce_grad_reference(g, rows, tgt, inv_t, h, big, log_d, ctx):
-    """The cross-entropy gradient on the shard in plain torch (see the Note in backward)."""
-    start, width, total = ctx.layout
-    beta, eps, ignore_index, zw = ctx.params
-    acc = h.dtype
-    k = inv_t.unsqueeze(1)
-    log_p = (rows.to(acc) - big.unsqueeze(1)) * k - log_d.unsqueeze(1)
-    p = torch.exp(log_p)
-    p_log_p = torch.where(p == 0, torch.zeros_like(p), p * log_p)
-    lse = (big * inv_t + log_d).unsqueeze(1)
-    gk = g.unsqueeze(1) * k
-    out = gk * (p * (1.0 + beta * h.unsqueeze(1) + 2.0 * zw * lse) + beta * p_log_p - eps / total)
-    valid = tgt != ignore_index
-    owned = valid & (tgt >= start) & (tgt < start + width)
-    cols = torch.arange(width, device=rows.device)
-    hot = owned.unsqueeze(1) & (cols.unsqueeze(0) == (tgt - start).unsqueeze(1))
-    out = out - torch.where(hot, gk * (1.0 - eps), torch.zeros_like(out))
-    bad = valid & ((tgt < 0) | (tgt >= total))
-    out = torch.where(valid.unsqueeze(1), out, torch.zeros_like(out))
-    out = torch.where(bad.unsqueeze(1), torch.full_like(out, math.nan), out)
-    return out.to(rows.dtype)
 
 
 def entropy_regularized_cross_entropy(
@@ -586,7 +502,7 @@ def entropy_regularized_cross_entropy(
             after the collective, so every rank raises), ``vocab_start`` negative or shards
             that do not tile the vocabulary.
     """
-    entropy_weight, label_smoothing, ignore_index, z_loss_weight = _ce._check_ce_args(
+    entropy_weight, label_smoothing, ignore_index, z_loss_weight = check_cross_entropy_args(
         logits_shard, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
         name="logits_shard", classes="vocabulary last", class_dim="the vocabulary dim",
     )  # fmt: skip
@@ -597,7 +513,7 @@ def entropy_regularized_cross_entropy(
         if not 0 <= vocab_start < 2**44:
             raise ValueError(f"vocab_start: expected a value >= 0, got {vocab_start}")
     temperature = check_temperature(temperature)
-    rank, world = _group_rank_world(group)
+    rank, world = group_rank_world(group)
     name = _backend.resolve_backend(backend, logits_shard)
 
     rows, out_shape = _rows(logits_shard)
@@ -605,7 +521,7 @@ def entropy_regularized_cross_entropy(
     inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
     params = (entropy_weight, label_smoothing, ignore_index, z_loss_weight)
     loss = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name)
-    return _ce._reduce(loss, out_shape, tgt, ignore_index, reduction)
+    return reduce_loss(loss, out_shape, tgt, ignore_index, reduction)
 
 
 # ----------------------------------------------------------------------------- sharded sampling
@@ -639,7 +555,7 @@ def gather_samples(x: torch.Tensor, *, group=None) -> torch.Tensor:
         raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
     if not 1 <= x.dim() <= _MAX_DIMS:
         raise TypeError(f"x: expected 1 to {_MAX_DIMS} dimensions (dim 0 is gathered), got {x.dim()}")
-    _, world = _group_rank_world(group)
+    _, world = group_rank_world(group)
     x = x.detach()
     # One collective for every rank's (dtype, ndim, *shape), padded to a fixed width.
     meta = torch.full((2 + _MAX_DIMS,), -1, dtype=torch.int64)

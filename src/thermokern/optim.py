@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from thermokern import _backend
-from thermokern.ops._checks import FLOAT_DTYPES
+from thermokern._checks import check_int, check_nonnegative, check_positive
+from thermokern._dtypes import FLOAT_DTYPES
 from thermokern.ops.sgld import sgld_step_
 
 __all__ = ["SGLD"]
@@ -19,31 +19,18 @@ _U64 = 2**64
 _I63 = 2**63
 
 
-def _real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    return float(value)
-
-
 def _check_hparams(lr: object, temperature: object, weight_decay: object, where: str = "") -> tuple:
     """(lr, temperature, weight_decay) as floats; ValueError/TypeError naming the bad one."""
-    lr_f = _real(lr, where + "lr")
-    if not 0.0 < lr_f < math.inf:  # also NaN
-        raise ValueError(f"{where}lr: expected a finite value > 0, got {lr_f}")
-    t = _real(temperature, where + "temperature")
-    if not 0.0 < t < math.inf:
-        raise ValueError(f"{where}temperature: expected a finite value > 0, got {t}")
-    wd = _real(weight_decay, where + "weight_decay")
-    if not 0.0 <= wd < math.inf:
-        raise ValueError(f"{where}weight_decay: expected a finite value >= 0, got {wd}")
-    return lr_f, t, wd
+    return (
+        check_positive(lr, where + "lr"),
+        check_positive(temperature, where + "temperature"),
+        check_nonnegative(weight_decay, where + "weight_decay"),
+    )
 
 
 def _u64(value: object, name: str, low: int) -> int:
     """An int in [low, 2**64) as its 64-bit pattern in [0, 2**64)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    v = int(value)
+    v = check_int(value, name)
     if not low <= v < _U64:
         raise ValueError(f"{name}: expected an int in [{low}, 2**64), got {v}")
     return v % _U64

@@ -1,33 +1,41 @@
-"""Entropy-regularised cross-entropy: ``entropy_regularized_cross_entropy``.
+"""``entropy_regularized_cross_entropy``: its kernel declarations and the public function.
 
 One forward pass over the logits gives, per row, the loss and the three softmax statistics
-(entropy, shift, log-normaliser); one backward pass recomputes p from them. The schema is in
-csrc/thermokern.cpp; the CPU and CUDA kernels register under it; the Triton kernels are
-``triton_op``s defined here on first use.
+(entropy, shift, log-normaliser); one backward pass recomputes p from them. The schemas
+``cross_entropy_fwd`` / ``cross_entropy_bwd`` are in csrc/thermokern.cpp; the CPU and CUDA
+kernels register under them, the Triton launchers are in kernels/cross_entropy.py.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import (
-    _can_sync,
+from thermokern._checks import (
     as_rows,
-    check_float_tensor,
+    check_cross_entropy_args,
+    check_target_values,
     check_temperature,
     divide_by_temperature,
     inverse_temperature,
     temperature_needs_grad,
 )
+from thermokern._dispatch import KernelOp
+from thermokern._dtypes import acc_dtype
 
-__all__ = ["entropy_regularized_cross_entropy"]
+__all__ = ["entropy_regularized_cross_entropy", "reduce_loss"]
 
-_ops = torch.ops.thermokern if _backend._C is not None else None
-REDUCTIONS = ("none", "mean", "sum")
+
+# ----------------------------------------------------------------------------- kernels
+def _fwd_fake(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight):
+    torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
+    n = logits.shape[0]
+    acc = acc_dtype(logits.dtype)
+    return tuple(logits.new_empty((n,), dtype=acc) for _ in range(4))
+
+
+def _bwd_fake(grad, logits, target, inv_t, entropy, shift, log_norm, *params):
+    return logits.new_empty(logits.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -50,134 +58,20 @@ def _make_backward(bwd_op):
     return backward
 
 
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::cross_entropy_fwd")
-    def _fwd_fake(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight):
-        torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
-        n = logits.shape[0]
-        acc = reference.acc_dtype(logits.dtype)
-        return tuple(logits.new_empty((n,), dtype=acc) for _ in range(4))
-
-    @torch.library.register_fake("thermokern::cross_entropy_bwd")
-    def _bwd_fake(grad, logits, target, inv_t, entropy, shift, log_norm, *params):
-        return logits.new_empty(logits.shape)
-
-    torch.library.register_autograd(
-        "thermokern::cross_entropy_fwd", _make_backward(_ops.cross_entropy_bwd), setup_context=_setup_context
-    )
+cross_entropy_bwd = KernelOp("cross_entropy_bwd", fake=_bwd_fake, triton="cross_entropy:cross_entropy_bwd")
+cross_entropy_fwd = KernelOp(
+    "cross_entropy_fwd",
+    fake=_fwd_fake,
+    triton="cross_entropy:cross_entropy_fwd",
+    backward=cross_entropy_bwd,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
 
 
-_triton_fwd = None
-
-
-def _triton_ops():
-    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing)."""
-    global _triton_fwd
-    if _triton_fwd is not None:
-        return _triton_fwd
-    from thermokern.kernels import cross_entropy as tk
-
-    @torch.library.triton_op("thermokern::cross_entropy_fwd_triton", mutates_args=())
-    def fwd(
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        inv_t: torch.Tensor,
-        entropy_weight: float,
-        label_smoothing: float,
-        ignore_index: int,
-        z_loss_weight: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.cross_entropy_fwd(
-            logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight
-        )
-
-    @torch.library.triton_op("thermokern::cross_entropy_bwd_triton", mutates_args=())
-    def bwd(
-        grad: torch.Tensor,
-        logits: torch.Tensor,
-        target: torch.Tensor,
-        inv_t: torch.Tensor,
-        entropy: torch.Tensor,
-        shift: torch.Tensor,
-        log_norm: torch.Tensor,
-        entropy_weight: float,
-        label_smoothing: float,
-        ignore_index: int,
-        z_loss_weight: float,
-    ) -> torch.Tensor:
-        return tk.cross_entropy_bwd(
-            grad, logits, target, inv_t, entropy, shift, log_norm,
-            entropy_weight, label_smoothing, ignore_index, z_loss_weight,
-        )  # fmt: skip
-
-    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
-    _triton_fwd = fwd
-    return fwd
-
-
-def _check_real(value: object, name: str, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (low is not None and v < low) or (high is not None and v > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise ValueError(f"{name}: expected a finite value in [{lo}, {hi}], got {v}")
-    return v
-
-
-def _check_target_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Class indices outside [0, C) that are not ignore_index: a ValueError naming the row.
-
-    On CUDA this reads one flag back (a host synchronisation); it is skipped inside
-    torch.compile and CUDA-graph capture, where such rows get a NaN loss instead (the kernels
-    never read out of bounds)."""
-    if not _can_sync(target):
-        return
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"target: class index {int(target[i])} at row {i} is outside [0, {num_classes}) "
-            f"and is not ignore_index ({ignore_index})"
-        )
-
-
-def _check_ce_args(
-    logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
-    *, name: str = "logits", classes: str = "classes last", class_dim: str = "the class dim",
-):  # fmt: skip
-    """The checks of the cross-entropy's arguments (shared with thermokern.distributed, whose
-    logits are ``name="logits_shard"``); returns the checked (entropy_weight, label_smoothing,
-    ignore_index, z_loss_weight)."""
-    check_float_tensor(logits, name)
-    if logits.dim() == 0:
-        raise ValueError(f"{name}: expected at least 1 dimension ({classes}), got a 0-d tensor")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: expected an integer tensor of class indices, got {target.dtype}")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"target: expected shape {tuple(logits.shape[:-1])} ({name} without {class_dim}), "
-            f"got {tuple(target.shape)}"
-        )
-    if target.device != logits.device:
-        raise ValueError(f"target: expected device {logits.device}, got {target.device}")
-    entropy_weight = _check_real(entropy_weight, "entropy_weight")
-    label_smoothing = _check_real(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z_loss_weight = _check_real(z_loss_weight, "z_loss_weight", 0.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-    return entropy_weight, label_smoothing, int(ignore_index), z_loss_weight
-
-
-def _reduce(loss: torch.Tensor, out_shape, tgt: torch.Tensor, ignore_index: int, reduction: str):
+def reduce_loss(loss: torch.Tensor, out_shape, tgt: torch.Tensor, ignore_index: int, reduction: str):
     """Per-row losses to the requested reduction ("mean" counts the rows not ignored; the count
-    stays on the device)."""
+    stays on the device). Shared with thermokern.distributed."""
     if reduction == "none":
         return loss.reshape(out_shape)
     total = loss.sum()
@@ -241,7 +135,7 @@ def entropy_regularized_cross_entropy(
     check costs one host synchronisation; inside ``torch.compile`` or CUDA-graph capture it
     is skipped and such rows give a NaN loss instead (never a device-side assert).
     """
-    entropy_weight, label_smoothing, ignore_index, z_loss_weight = _check_ce_args(
+    entropy_weight, label_smoothing, ignore_index, z_loss_weight = check_cross_entropy_args(
         logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight
     )
     temperature = check_temperature(temperature, differentiable=True)
@@ -261,7 +155,7 @@ def entropy_regularized_cross_entropy(
     tgt = target.reshape(-1).long()
     inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates
     if name != "cpu":  # the CPU op checks its targets itself, without cost
-        _check_target_values(tgt, num_classes, ignore_index)
+        check_target_values(tgt, num_classes, ignore_index)
     if name == "reference":
         return reference.entropy_regularized_cross_entropy(
             logits, tgt.reshape(out_shape), entropy_weight=entropy_weight, temperature=temperature,
@@ -270,8 +164,5 @@ def entropy_regularized_cross_entropy(
         )  # fmt: skip
     rows, _ = as_rows(logits, -1)
     args = (rows, tgt, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight)
-    if name == "triton":
-        loss = _triton_ops()(*args)[0]
-    else:
-        loss = _ops.cross_entropy_fwd(*args)[0]
-    return _reduce(loss, out_shape, tgt, ignore_index, reduction)
+    loss = cross_entropy_fwd(name, *args)[0]
+    return reduce_loss(loss, out_shape, tgt, ignore_index, reduction)

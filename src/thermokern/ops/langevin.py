@@ -1,27 +1,29 @@
-"""Langevin dynamics: ``langevin_step`` and its in-place twin ``langevin_step_``.
+"""Langevin dynamics: ``langevin_step``, its in-place twin ``langevin_step_``, their kernel
+declarations, and the two functions the samplers share (:func:`langevin_args`,
+:func:`checked_step_`).
 
-Layers: the schemas are in csrc/thermokern.cpp ([Note: Langevin step]); the CPU and CUDA
-kernels register under them; this module adds the fake (meta) implementations, autograd, the
-Triton ops (``torch.library.triton_op``, defined on first use) and the public functions with
-their argument checks and dispatch.
+The schemas ``langevin_step``, ``langevin_step_`` and ``langevin_step_bwd`` are in
+csrc/thermokern.cpp ([Note: Langevin step]); the CPU and CUDA kernels register under them, the
+Triton launchers are in kernels/langevin.py.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import check_float_tensor
+from thermokern._checks import (
+    check_float_tensor,
+    check_nonnegative,
+    check_positive,
+    check_real,
+    rng_tensor,
+)
+from thermokern._dispatch import KernelOp
 
-__all__ = ["langevin_step", "langevin_step_"]
-
-_ops = torch.ops.thermokern if _backend._C is not None else None
-
-_U64 = 2**64
-_I63 = 2**63
+__all__ = ["checked_step_", "langevin_args", "langevin_step", "langevin_step_"]
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -63,130 +65,37 @@ def _make_backward(bwd_op):
     return backward
 
 
-# ----------------------------------------------------------------------------- C++ ops
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::langevin_step")
-    def _fwd_fake(x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None):
-        torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
-        return x.new_empty(x.shape)
-
-    @torch.library.register_fake("thermokern::langevin_step_")
-    def _fwd_inplace_fake(
-        x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
-    ):
-        torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
-
-    @torch.library.register_fake("thermokern::langevin_step_bwd")
-    def _bwd_fake(
-        grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
-    ):
-        return x.new_empty(x.shape), x.new_empty(x.shape)
-
-    torch.library.register_autograd(
-        "thermokern::langevin_step", _make_backward(_ops.langevin_step_bwd), setup_context=_setup_context
-    )
+# ----------------------------------------------------------------------------- kernels
+def _fwd_fake(x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None):
+    torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
+    return x.new_empty(x.shape)
 
 
-# ----------------------------------------------------------------------------- Triton ops
-_triton = None
+def _fwd_inplace_fake(
+    x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
+):
+    torch._check(grad.shape == x.shape, lambda: "grad: expected x's shape")
 
 
-def _triton_ops():
-    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing).
+def _bwd_fake(
+    grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
+):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
 
-    Returns (langevin_step, langevin_step_) ops.
-    """
-    global _triton
-    if _triton is not None:
-        return _triton
-    from thermokern.kernels import langevin as tk
 
-    @torch.library.triton_op("thermokern::langevin_step_triton", mutates_args=())
-    def fwd(
-        x: torch.Tensor,
-        grad: torch.Tensor,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
-        step_size: float,
-        noise_std: float,
-        grad_clip: float | None = None,
-        clamp_lo: float | None = None,
-        clamp_hi: float | None = None,
-    ) -> torch.Tensor:
-        return tk.langevin_step(x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi)
-
-    @torch.library.triton_op("thermokern::langevin_step_triton_", mutates_args={"x"})
-    def fwd_(
-        x: torch.Tensor,
-        grad: torch.Tensor,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
-        step_size: float,
-        noise_std: float,
-        grad_clip: float | None = None,
-        clamp_lo: float | None = None,
-        clamp_hi: float | None = None,
-    ) -> None:
-        tk.langevin_step_(x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi)
-
-    @torch.library.triton_op("thermokern::langevin_step_bwd_triton", mutates_args=())
-    def bwd(
-        grad_out: torch.Tensor,
-        x: torch.Tensor,
-        grad: torch.Tensor,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
-        step_size: float,
-        noise_std: float,
-        grad_clip: float | None = None,
-        clamp_lo: float | None = None,
-        clamp_hi: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return tk.langevin_step_bwd(
-            grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip, clamp_lo, clamp_hi
-        )
-
-    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
-    _triton = (fwd, fwd_)
-    return _triton
+langevin_step_bwd = KernelOp("langevin_step_bwd", fake=_bwd_fake, triton="langevin:langevin_step_bwd")
+langevin_step_fwd = KernelOp(
+    "langevin_step",
+    fake=_fwd_fake,
+    triton="langevin:langevin_step",
+    backward=langevin_step_bwd,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
+langevin_step_inplace = KernelOp("langevin_step_", fake=_fwd_inplace_fake, triton="langevin:langevin_step_")
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _rng_tensor(value: object, name: str, device: torch.device) -> torch.Tensor:
-    """``seed`` or ``offset`` as the 0-dim int64 tensor on x's device that the kernels read."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype != torch.int64:
-            raise TypeError(f"{name}: expected an int or a 0-dim int64 tensor, got a {value.dtype} tensor")
-        if value.dim() != 0:
-            raise ValueError(f"{name}: expected a 0-dim int64 tensor, got shape {tuple(value.shape)}")
-        if value.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (x's device), got {value.device}")
-        # A CPU offset is checked for free; a CUDA one would cost a host synchronisation per
-        # step (and cannot be read while a CUDA graph is captured): its bits count as uint64.
-        checkable = name == "offset" and value.device.type == "cpu" and not torch.compiler.is_compiling()
-        if checkable and int(value) < 0:
-            raise ValueError(f"offset: expected a value >= 0, got {int(value)}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int or a 0-dim int64 tensor, got {type(value).__name__}")
-    v = int(value)
-    if name == "offset":
-        if not 0 <= v < _I63:
-            raise ValueError(f"offset: expected an int in [0, 2**63), got {v}")
-    elif not -_I63 <= v < _U64:
-        raise ValueError(f"seed: expected an int in [-2**63, 2**64) (a 64-bit key), got {v}")
-    if v >= _I63:
-        v -= _U64  # the same 64 bits as an int64
-    return torch.tensor(v, dtype=torch.int64, device=device)
-
-
 def _overlaps_partially(x: torch.Tensor, g: torch.Tensor) -> bool:
     """Whether g shares memory with x other than as the very same view (conservative: the
     address ranges of two views of one storage intersect)."""
@@ -203,8 +112,10 @@ def _overlaps_partially(x: torch.Tensor, g: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
-def _parse(x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset):
-    """Checked arguments: (grad, sigma, grad_clip, lo, hi, seed tensor, offset tensor)."""
+def langevin_args(x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset):
+    """The checked arguments of a Langevin step as its kernels take them: (grad in x's dtype,
+    noise_std, grad_clip, clamp_lo, clamp_hi, seed tensor, offset tensor). Shared with
+    thermokern.sampling, which checks a run's arguments once."""
     check_float_tensor(x, "x")
     check_float_tensor(grad, "grad")
     if grad.shape != x.shape:
@@ -213,33 +124,27 @@ def _parse(x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed,
         raise ValueError(f"grad: expected a tensor on {x.device} (x's device), got {grad.device}")
     if grad.dtype != x.dtype:
         grad = grad.to(x.dtype)
-    step = _check_real(step_size, "step_size")
-    if not 0.0 < step < math.inf:
-        raise ValueError(f"step_size: expected a finite value > 0, got {step}")
-    t = _check_real(temperature, "temperature")
-    if not 0.0 < t < math.inf:
-        raise ValueError(f"temperature: expected a finite value > 0, got {t}")
+    step = check_positive(step_size, "step_size")
+    t = check_positive(temperature, "temperature")
     if noise_scale is not None:
-        noise_scale = _check_real(noise_scale, "noise_scale")
-        if not 0.0 <= noise_scale < math.inf:
-            raise ValueError(f"noise_scale: expected a finite value >= 0 (or None), got {noise_scale}")
+        noise_scale = check_nonnegative(noise_scale, "noise_scale")
     sigma = reference.langevin_noise_std(step, t, noise_scale)
     if grad_clip is not None:
-        grad_clip = _check_real(grad_clip, "grad_clip")
+        grad_clip = check_real(grad_clip, "grad_clip")
         if not grad_clip > 0.0:  # also NaN; +inf means no clipping
             raise ValueError(f"grad_clip: expected a value > 0 (or None), got {grad_clip}")
     lo = hi = None
     if clamp is not None:
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
             raise TypeError(f"clamp: expected a (lo, hi) tuple (either may be None), got {clamp!r}")
-        lo = None if clamp[0] is None else _check_real(clamp[0], "clamp")
-        hi = None if clamp[1] is None else _check_real(clamp[1], "clamp")
+        lo = None if clamp[0] is None else check_real(clamp[0], "clamp")
+        hi = None if clamp[1] is None else check_real(clamp[1], "clamp")
         if (lo is not None and math.isnan(lo)) or (hi is not None and math.isnan(hi)):
             raise ValueError(f"clamp: the bounds must not be NaN, got {clamp!r}")
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"clamp: expected lo <= hi, got ({lo}, {hi})")
-    seed_t = _rng_tensor(seed, "seed", x.device)
-    offset_t = _rng_tensor(offset, "offset", x.device)
+    seed_t = rng_tensor(seed, "seed", x.device)
+    offset_t = rng_tensor(offset, "offset", x.device)
     return grad, sigma, grad_clip, lo, hi, seed_t, offset_t
 
 
@@ -320,7 +225,7 @@ def langevin_step(
         >>> y.shape
         torch.Size([4])
     """
-    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = _parse(
+    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = langevin_args(
         x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset
     )
     step = float(step_size)
@@ -336,9 +241,7 @@ def langevin_step(
             seed=seed_t,
             offset=offset_t,
         )
-    if name == "triton":
-        return _triton_ops()[0](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
-    return _ops.langevin_step(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+    return langevin_step_fwd(name, x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
 
 
 def langevin_step_(
@@ -365,7 +268,7 @@ def langevin_step_(
         RuntimeError: ``x`` or ``grad`` requires grad while grad mode is on; and as
             :func:`langevin_step`.
     """
-    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = _parse(
+    grad, sigma, grad_clip, lo, hi, seed_t, offset_t = langevin_args(
         x, grad, step_size, temperature, noise_scale, grad_clip, clamp, seed, offset
     )
     if torch.is_grad_enabled() and (x.requires_grad or grad.requires_grad):
@@ -381,21 +284,12 @@ def langevin_step_(
             "langevin_step_: grad overlaps x in memory (other than being x itself); "
             "pass grad.clone() or use langevin_step"
         )
-    return _checked_step_(x, grad, seed_t, offset_t, float(step_size), sigma, grad_clip, lo, hi, name)
+    return checked_step_(x, grad, seed_t, offset_t, float(step_size), sigma, grad_clip, lo, hi, name)
 
 
-def _checked_step_(x, grad, seed_t, offset_t, step: float, sigma: float, grad_clip, lo, hi, name: str):
-    """The in-place step with every argument already checked and the backend resolved: what
-    :func:`langevin_step_` ends with, and what a sampler's loop calls directly (its arguments
-    are checked once per run, not once per step)."""
-    if name == "reference":
-        out = reference.langevin_step(
-            x, grad, step_size=step, noise_scale=sigma, grad_clip=grad_clip, clamp=(lo, hi),
-            seed=seed_t, offset=offset_t,
-        )  # fmt: skip
-        return x.copy_(out)
-    if name == "triton":
-        _triton_ops()[1](x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
-    else:
-        _ops.langevin_step_(x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
+def checked_step_(x, grad, seed_t, offset_t, step: float, sigma: float, grad_clip, lo, hi, name: str):
+    """The in-place step with every argument already checked (by :func:`langevin_args`) and
+    the backend resolved: what :func:`langevin_step_` ends with, and what a sampler's loop calls
+    directly (its arguments are checked once per run, not once per step)."""
+    langevin_step_inplace(name, x, grad, seed_t, offset_t, step, sigma, grad_clip, lo, hi)
     return x

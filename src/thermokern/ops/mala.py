@@ -1,75 +1,41 @@
-"""Metropolis-adjusted Langevin: ``mala_step`` and its fused accept/reject ``mala_accept``.
+"""Metropolis-adjusted Langevin: ``mala_step``, its fused accept/reject ``mala_accept`` and
+the kernel declaration.
 
-Layers: the schema of ``mala_accept`` is in csrc/thermokern.cpp ([Note: MALA acceptance] in
-csrc/include/thermokern/mala.h); the CPU and CUDA kernels register under it; this module adds
-the fake (meta) implementation, the Triton op (``torch.library.triton_op``, defined on first
-use) and the public functions. The proposal is :func:`thermokern.langevin_step`; the energy
+The schema of ``mala_accept`` is in csrc/thermokern.cpp ([Note: MALA acceptance] in
+csrc/include/thermokern/mala.h); the CPU and CUDA kernels register under it, the Triton
+launcher is in kernels/mala.py. The proposal is :func:`thermokern.langevin_step`; the energy
 gradients come from ``torch.autograd.grad``. Nothing here is differentiable: a MALA step is a
 sampler update (its outputs never require grad).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import check_float_tensor
-from thermokern.ops.langevin import _check_real, _rng_tensor, langevin_step
+from thermokern._checks import check_chains, check_float_tensor, check_positive, rng_tensor
+from thermokern._dispatch import KernelOp
+from thermokern._dtypes import acc_dtype
+from thermokern.ops.langevin import langevin_step
 
 __all__ = ["energy_and_grad", "mala_accept", "mala_counters", "mala_step"]
 
-_ops = torch.ops.thermokern if _backend._C is not None else None
+
+# ----------------------------------------------------------------------------- kernel
+def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature):
+    torch._check(x.dim() >= 1, lambda: "x: expected at least 1 dimension (dim 0 indexes chains)")
+    chains = x.shape[0]
+    return (
+        x.new_empty(x.shape),
+        x.new_empty((chains,), dtype=torch.bool),
+        x.new_empty((chains,), dtype=acc_dtype(x.dtype)),
+    )
 
 
-# ----------------------------------------------------------------------------- C++ op
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::mala_accept")
-    def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature):
-        torch._check(x.dim() >= 1, lambda: "x: expected at least 1 dimension (dim 0 indexes chains)")
-        chains = x.shape[0]
-        acc = reference.acc_dtype(x.dtype)
-        return (
-            x.new_empty(x.shape),
-            x.new_empty((chains,), dtype=torch.bool),
-            x.new_empty((chains,), dtype=acc),
-        )
-
-
-# ----------------------------------------------------------------------------- Triton op
-_triton = None
-
-
-def _triton_op():
-    """Define the Triton op on first use (importing triton costs ~1 s and may be missing)."""
-    global _triton
-    if _triton is not None:
-        return _triton
-    from thermokern.kernels import mala as tk
-
-    @torch.library.triton_op("thermokern::mala_accept_triton", mutates_args=())
-    def accept(
-        x: torch.Tensor,
-        x_prop: torch.Tensor,
-        grad: torch.Tensor,
-        grad_prop: torch.Tensor,
-        energy: torch.Tensor,
-        energy_prop: torch.Tensor,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
-        step_size: float,
-        temperature: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.mala_accept(
-            x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature
-        )
-
-    _triton = accept
-    return accept
+mala_accept_kernel = KernelOp("mala_accept", fake=_accept_fake, triton="mala:mala_accept")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -128,37 +94,7 @@ def energy_and_grad(
         (g,) = torch.autograd.grad(e.sum(), xr, allow_unused=True)
     if g is None:  # depends on parameters only: a flat energy in x
         g = torch.zeros_like(x)
-    return e.detach().to(reference.acc_dtype(x.dtype)), g.detach().to(x.dtype)
-
-
-@functools.cache
-def _has_cuda_kernel(op: str) -> bool:
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
-
-
-def _proposal_backend(name: str) -> str:
-    """The langevin_step backend for a MALA step on ``name``: the same, except while this
-    build has no CUDA kernel for langevin_step (it lands separately), where Triton stands in."""
-    if name == "cuda" and not _has_cuda_kernel("thermokern::langevin_step"):
-        return "triton" if _backend._TRITON_FINDABLE else "reference"
-    return name
-
-
-def _check_chains(x: object) -> torch.Tensor:
-    check_float_tensor(x, "x")
-    if x.dim() == 0:
-        raise ValueError("x: expected at least 1 dimension (dim 0 indexes chains), got a 0-dim tensor")
-    return x
-
-
-def _check_eta_t(step_size: object, temperature: object) -> tuple[float, float]:
-    eta = _check_real(step_size, "step_size")
-    if not 0.0 < eta < math.inf:
-        raise ValueError(f"step_size: expected a finite value > 0, got {eta}")
-    t = _check_real(temperature, "temperature")
-    if not 0.0 < t < math.inf:
-        raise ValueError(f"temperature: expected a finite value > 0, got {t}")
-    return eta, t
+    return e.detach().to(acc_dtype(x.dtype)), g.detach().to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -200,7 +136,7 @@ def mala_accept(
         ``(x_new, accepted, log_alpha)``: x_new contiguous (x's shape and dtype), accepted
         (chains,) bool, log_alpha (chains,) in the accumulation dtype. A NaN log alpha rejects.
     """
-    _check_chains(x)
+    check_chains(x)
     chains = x.shape[0]
     ts = {"x_prop": x_prop, "grad": grad, "grad_prop": grad_prop}
     for name, t in ts.items():
@@ -209,7 +145,7 @@ def mala_accept(
             raise ValueError(f"{name}: expected x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
         if t.device != x.device:
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
-    acc = reference.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     es = {"energy": energy, "energy_prop": energy_prop}
     for name, t in es.items():
         check_float_tensor(t, name)
@@ -219,29 +155,18 @@ def mala_accept(
             )
         if t.device != x.device:
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
-    eta, t = _check_eta_t(step_size, temperature)
-    seed_t = _rng_tensor(seed, "seed", x.device)
-    offset_t = _rng_tensor(offset, "offset", x.device)
+    eta = check_positive(step_size, "step_size")
+    t = check_positive(temperature, "temperature")
+    seed_t = rng_tensor(seed, "seed", x.device)
+    offset_t = rng_tensor(offset, "offset", x.device)
     x, x_prop, grad, grad_prop = (v.detach() for v in (x, x_prop, grad, grad_prop))
     x_prop, grad, grad_prop = (v.to(x.dtype) for v in (x_prop, grad, grad_prop))
     energy, energy_prop = energy.detach().to(acc), energy_prop.detach().to(acc)
     name = _backend.resolve_backend(backend, x)
     with torch.no_grad():
-        if name == "reference":
-            return reference.mala_accept(
-                x,
-                x_prop,
-                grad,
-                grad_prop,
-                energy,
-                energy_prop,
-                step_size=eta,
-                temperature=t,
-                seed=seed_t,
-                offset=offset_t,
-            )
-        op = _triton_op() if name == "triton" else _ops.mala_accept
-        return op(x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t)
+        return mala_accept_kernel(
+            name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t
+        )
 
 
 def mala_step(
@@ -313,10 +238,11 @@ def mala_step(
         >>> x.shape, acc.dtype
         (torch.Size([4096, 2]), torch.bool)
     """
-    _check_chains(x)
-    eta, t = _check_eta_t(step_size, temperature)
-    seed_t = _rng_tensor(seed, "seed", x.device)
-    offset_t = _rng_tensor(offset, "offset", x.device)
+    check_chains(x)
+    eta = check_positive(step_size, "step_size")
+    t = check_positive(temperature, "temperature")
+    seed_t = rng_tensor(seed, "seed", x.device)
+    offset_t = rng_tensor(offset, "offset", x.device)
     name = _backend.resolve_backend(backend, x)
     x = x.detach()
     energy, grad = energy_and_grad(energy_fn, x)
@@ -328,7 +254,7 @@ def mala_step(
             temperature=t,
             seed=seed_t,
             offset=offset_t,
-            backend=_proposal_backend(name),
+            backend=name,
         )
     energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
     x_new, accepted, _ = mala_accept(

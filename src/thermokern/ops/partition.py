@@ -16,25 +16,24 @@ non-contiguous input, are first copied.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import (
-    FLOAT_DTYPES,
+from thermokern._checks import (
     DimError,
+    check_dims,
     check_float_tensor,
     check_temperature,
     divide_by_temperature,
     inverse_temperature,
     temperature_needs_grad,
 )
+from thermokern._dispatch import KernelOp
+from thermokern._dtypes import FLOAT_DTYPES, acc_dtype
 
 __all__ = ["ThermoStats", "free_energy", "log_partition", "logsumexp", "thermo_stats"]
-
-_ops = torch.ops.thermokern if _backend._C is not None else None
 
 
 class ThermoStats(NamedTuple):
@@ -109,95 +108,36 @@ def _make_backward(bwd_op):
     return backward
 
 
-# ----------------------------------------------------------------------------- C++ ops
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::partition_fwd")
-    def _fwd_fake(x, weight, mask, scale, negate, moments):
-        torch._check(x.dim() == 3, lambda: "input: expected a 3-D (outer, reduced, inner) tensor")
-        n = x.shape[0] * x.shape[2]
-        acc = reference.acc_dtype(x.dtype)
-        m = n if moments else 0
-        return (
-            x.new_empty((n,), dtype=acc),
-            x.new_empty((n,), dtype=acc),
-            x.new_empty((m,), dtype=acc),
-            x.new_empty((m,), dtype=acc),
-        )
-
-    @torch.library.register_fake("thermokern::partition_bwd")
-    def _bwd_fake(x, weight, mask, scale, negate, shift, log_norm, coef, weight_grad):
-        return x.new_empty(x.shape), x.new_empty(x.shape if weight_grad else (0,))
-
-    torch.library.register_autograd(
-        "thermokern::partition_fwd", _make_backward(_ops.partition_bwd), setup_context=_setup_context
+# ----------------------------------------------------------------------------- kernels
+def _fwd_fake(x, weight, mask, scale, negate, moments):
+    torch._check(x.dim() == 3, lambda: "input: expected a 3-D (outer, reduced, inner) tensor")
+    n = x.shape[0] * x.shape[2]
+    acc = acc_dtype(x.dtype)
+    m = n if moments else 0
+    return (
+        x.new_empty((n,), dtype=acc),
+        x.new_empty((n,), dtype=acc),
+        x.new_empty((m,), dtype=acc),
+        x.new_empty((m,), dtype=acc),
     )
 
 
-# ----------------------------------------------------------------------------- Triton ops
-_triton_fwd = None
+def _bwd_fake(x, weight, mask, scale, negate, shift, log_norm, coef, weight_grad):
+    return x.new_empty(x.shape), x.new_empty(x.shape if weight_grad else (0,))
 
 
-def _triton_ops():
-    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing)."""
-    global _triton_fwd
-    if _triton_fwd is not None:
-        return _triton_fwd
-    from thermokern.kernels import partition as tk
-
-    @torch.library.triton_op("thermokern::partition_fwd_triton", mutates_args=())
-    def fwd(
-        x: torch.Tensor,
-        weight: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        scale: torch.Tensor,
-        negate: bool,
-        moments: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.partition_fwd(x, weight, mask, scale, negate, moments)
-
-    @torch.library.triton_op("thermokern::partition_bwd_triton", mutates_args=())
-    def bwd(
-        x: torch.Tensor,
-        weight: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        scale: torch.Tensor,
-        negate: bool,
-        shift: torch.Tensor,
-        log_norm: torch.Tensor,
-        coef: torch.Tensor,
-        weight_grad: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return tk.partition_bwd(x, weight, mask, scale, negate, shift, log_norm, coef, weight_grad)
-
-    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
-    _triton_fwd = fwd
-    return fwd
+partition_bwd = KernelOp("partition_bwd", fake=_bwd_fake, triton="partition:partition_bwd")
+partition_fwd = KernelOp(
+    "partition_fwd",
+    fake=_fwd_fake,
+    triton="partition:partition_fwd",
+    backward=partition_bwd,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
 
 
 # ----------------------------------------------------------------------------- layout
-def _check_dims(dim, ndim: int, name: str = "dim") -> tuple[int, ...]:
-    """``dim`` (int or sequence of ints) as sorted non-negative dims; errors name ``dim``."""
-    if isinstance(dim, (list, tuple)):
-        items = list(dim)
-    else:
-        items = [dim]
-    if not items:
-        raise ValueError(f"{name}: expected at least one dimension to reduce, got {dim!r}")
-    n = max(ndim, 1)
-    out = []
-    for d in items:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-            raise TypeError(f"{name}: expected an int or a sequence of ints, got {type(d).__name__}")
-        d = int(d)
-        if not -n <= d < n:
-            raise DimError(f"{name}: expected values in [{-n}, {n - 1}] for a {ndim}-d input, got {d}")
-        out.append(d % n)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name}: dimension {dim!r} lists a dimension more than once")
-    return tuple(sorted(out))
-
-
 def _layout(x: torch.Tensor, dims: tuple[int, ...]):
     """(view function, out_shape, keepdim_shape, R): the function maps a tensor shaped like x to
     the contiguous (O, R, I) tensor the kernels take (a view for a contiguous x whose reduced
@@ -264,13 +204,6 @@ def _unit_scale(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         with torch.inference_mode(False):  # a normal tensor, which autograd may save
             t = _UNIT_SCALES[key] = torch.ones((1,), dtype=dtype, device=device)
     return t
-
-
-def _stats(x3, weight3, mask3, scale, negate: bool, moments: int, name: str):
-    """partition_fwd on the chosen backend (autograd included)."""
-    if name == "triton":
-        return _triton_ops()(x3, weight3, mask3, scale, negate, moments)
-    return _ops.partition_fwd(x3, weight3, mask3, scale, negate, moments)
 
 
 def _finish(v: torch.Tensor, out_shape, keep_shape, keepdim: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -350,7 +283,7 @@ def logsumexp(
     if input.is_complex():
         raise TypeError(f"input: complex tensors are not supported, got {input.dtype}")
     x = input if input.dtype in FLOAT_DTYPES else input.to(torch.get_default_dtype())
-    dims = _check_dims(dim, x.dim())
+    dims = check_dims(dim, x.dim())
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -378,16 +311,16 @@ def logsumexp(
         if scalar:
             res = tuple(v.reshape(()) for v in res) if return_sign else res.reshape(())
         return res
-    acc = reference.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     scale = _unit_scale(acc, x.device)
-    shift, total, _, _ = _stats(
+    shift, total, _, _ = partition_fwd(
+        name,
         to_3d(x),
         None if wt is None else to_3d(wt, contiguous=False),
         None if mask is None else to_3d(mask, contiguous=False),
         scale,
         False,
         0,
-        name,
     )
     lse = _log_abs_sum(shift, total, signed=wt is not None)
     if return_sign:
@@ -407,7 +340,7 @@ def _energy_setup(energy, dim, temperature, backend):
     check_float_tensor(energy, "energy")
     if energy.dim() == 0:
         raise DimError("energy: the input is 0-dimensional; it needs at least one dimension to reduce")
-    dims = _check_dims(dim, energy.dim())
+    dims = check_dims(dim, energy.dim())
     temperature = check_temperature(temperature, differentiable=True)
     name = _backend.resolve_backend(backend, energy)
     to_3d, out_shape, keep_shape, r = _layout(energy, dims)
@@ -424,7 +357,7 @@ def _scaled_energy(energy, dim, temperature):
     temperature = check_temperature(temperature, differentiable=True)
     if not temperature_needs_grad(temperature) or energy.dim() == 0:
         return None
-    dims = _check_dims(dim, energy.dim())
+    dims = check_dims(dim, energy.dim())
     z, t_out = divide_by_temperature(energy, temperature, dims)
     return z, t_out, dims
 
@@ -436,7 +369,7 @@ def _energy_lz(energy, dim, temperature, backend, moments: int):
     )
     if name == "reference" or r == 0 or energy.numel() == 0:
         return None, (dims, temperature, out_shape, keep_shape)
-    shift, total, m1, m2 = _stats(to_3d(energy), None, None, k, True, moments, name)
+    shift, total, m1, m2 = partition_fwd(name, to_3d(energy), None, None, k, True, moments)
     lz = _log_abs_sum(k * shift, total, signed=False)
     return (lz, shift, total, m1, m2, k), (dims, temperature, out_shape, keep_shape)
 

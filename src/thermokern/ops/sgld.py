@@ -1,110 +1,33 @@
-"""The multi-tensor SGLD step behind :class:`thermokern.optim.SGLD`.
+"""The multi-tensor SGLD step behind :class:`thermokern.optim.SGLD`: its kernel declaration and
+:func:`sgld_step_`, which runs one call (one dtype, one device) on a backend.
 
-Layers: the schema of ``thermokern::sgld_step_`` is in csrc/thermokern.cpp ([Note: SGLD step]);
-its CPU and CUDA kernels register under it. This module adds its fake (meta) implementation,
-the Triton op (an opaque ``torch.library.custom_op``, defined on first use; see [Note: the SGLD
-Triton launch] in kernels/sgld.py), the per-tensor reference path, and :func:`sgld_step_`, which
-dispatches one call (one dtype, one device) to a backend.
+The schema of ``thermokern::sgld_step_`` is in csrc/thermokern.cpp ([Note: SGLD step]); its CPU
+and CUDA kernels register under it and check their arguments themselves. The Triton launcher
+(kernels/sgld.py) is an opaque ``custom_op``: it writes through addresses read from a table,
+which torch.compile's analysis of a traced ``triton_op`` cannot see ([Note: the SGLD Triton
+launch]).
 """
 
 from __future__ import annotations
 
 import torch
 
-from thermokern import _backend, reference
-from thermokern.ops._checks import FLOAT_DTYPES
+from thermokern import _backend
+from thermokern._checks import check_sgld_lists
+from thermokern._dispatch import KernelOp
 
 __all__ = ["sgld_step_"]
 
-_ops = torch.ops.thermokern if _backend._C is not None else None
+
+# ----------------------------------------------------------------------------- kernel
+def _sgld_fake(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay=0.0):
+    torch._check(len(grads) == len(params), lambda: "grads: expected one per param")
+    torch._check(len(counter_starts) == len(params), lambda: "counter_starts: expected one per param")
+    for p, g in zip(params, grads, strict=True):
+        torch._check(g.shape == p.shape, lambda: "grads: expected each param's shape")
 
 
-def _check_lists(params, grads, counter_starts) -> None:
-    """The list checks of the C++ op, for the Triton and reference paths."""
-    if not len(params) == len(grads) == len(counter_starts):
-        raise ValueError(
-            f"grads, counter_starts: expected one per param ({len(params)}), "
-            f"got {len(grads)} and {len(counter_starts)}"
-        )
-    for i, (p, g, s) in enumerate(zip(params, grads, counter_starts, strict=True)):
-        if p.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"params[{i}]: expected a floating-point tensor, got {p.dtype}")
-        if p.dtype != params[0].dtype or p.device != params[0].device:
-            raise ValueError(
-                f"params[{i}]: expected {params[0].dtype} on {params[0].device} (params[0]'s), "
-                f"got {p.dtype} on {p.device}"
-            )
-        if g.layout != torch.strided:
-            raise ValueError(f"grads[{i}]: expected a dense gradient, got {g.layout}")
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            raise ValueError(
-                f"grads[{i}]: expected shape {tuple(p.shape)}, {p.dtype} on {p.device} (its param's), "
-                f"got {tuple(g.shape)}, {g.dtype} on {g.device}"
-            )
-        if s < 0:
-            raise ValueError(f"counter_starts[{i}]: expected a value >= 0, got {s}")
-
-
-# ----------------------------------------------------------------------------- C++ op
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::sgld_step_")
-    def _sgld_fake(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay=0.0):
-        torch._check(len(grads) == len(params), lambda: "grads: expected one per param")
-        torch._check(len(counter_starts) == len(params), lambda: "counter_starts: expected one per param")
-        for p, g in zip(params, grads, strict=True):
-            torch._check(g.shape == p.shape, lambda: "grads: expected each param's shape")
-
-
-# ----------------------------------------------------------------------------- Triton op
-_triton = None
-
-
-def _triton_op():
-    """Define the Triton op on first use (importing triton costs ~1 s and may be missing)."""
-    global _triton
-    if _triton is not None:
-        return _triton
-    from thermokern.kernels import sgld as tk
-
-    # An opaque custom op, not a triton_op: the kernel writes through addresses read from a
-    # table, which torch.compile's analysis of a traced triton_op cannot see.
-    @torch.library.custom_op("thermokern::sgld_step_triton_", mutates_args={"params"})
-    def op(
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        seed: torch.Tensor,
-        offset: torch.Tensor,
-        counter_starts: list[int],
-        lr: float,
-        noise_std: float,
-        weight_decay: float,
-    ) -> None:
-        _check_lists(params, grads, counter_starts)
-        tk.sgld_step_(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay)
-
-    @op.register_fake
-    def _(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay):
-        return None
-
-    _triton = op
-    return op
-
-
-# ----------------------------------------------------------------------------- reference
-def _reference_(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay) -> None:
-    """Per-tensor :func:`thermokern.reference.langevin_step` with grad' = grad + wd * param (in
-    the accumulation dtype) at offset + counter_starts[i]: the specification of the op."""
-    _check_lists(params, grads, counter_starts)
-    for p, g, start in zip(params, grads, counter_starts, strict=True):
-        acc = reference.acc_dtype(p.dtype)
-        gd = g.to(acc)
-        if weight_decay != 0.0:
-            gd = gd + weight_decay * p.to(acc)
-        out = reference.langevin_step(
-            p, gd, step_size=lr, noise_scale=noise_std, seed=seed, offset=offset + start
-        )
-        p.copy_(out)
+sgld_step_kernel = KernelOp("sgld_step_", fake=_sgld_fake, triton="sgld:sgld_step_", traceable=False)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -143,9 +66,6 @@ def sgld_step_(
     if not params:
         return
     name = _backend.resolve_backend(backend, params[0])
-    if name == "reference":
-        _reference_(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay)
-    elif name == "triton":
-        _triton_op()(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay)
-    else:
-        _ops.sgld_step_(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay)
+    if name in ("triton", "reference"):  # the C++ op checks its lists itself
+        check_sgld_lists(params, grads, counter_starts)
+    sgld_step_kernel(name, params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay)

@@ -1,9 +1,9 @@
-"""Entropy ops: ``softmax_entropy``.
+"""``softmax_entropy``: its kernel declarations and the public function.
 
-Layers (one per concern): the schema lives in csrc/thermokern.cpp; the CPU and CUDA kernels
-register under it; this module adds the fake (meta) implementations, autograd, the Triton
-ops (``torch.library.triton_op``, so they trace under torch.compile) and the public function
-with its argument checks and dispatch.
+The schemas ``softmax_entropy_fwd`` / ``softmax_entropy_bwd`` are in csrc/thermokern.cpp; the
+CPU and CUDA kernels register under them, the Triton launchers are in
+kernels/softmax_entropy.py, the contract in thermokern.reference.kernels. This module declares
+the pair (fake, autograd, backends: thermokern._dispatch) and the public function.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from thermokern import _backend, reference
-from thermokern.ops._checks import (
+from thermokern._checks import (
     as_rows,
     check_dim,
     check_float_tensor,
@@ -20,10 +20,23 @@ from thermokern.ops._checks import (
     inverse_temperature,
     temperature_needs_grad,
 )
+from thermokern._dispatch import KernelOp
+from thermokern._dtypes import acc_dtype
 
 __all__ = ["softmax_entropy"]
 
-_ops = torch.ops.thermokern if _backend._C is not None else None
+
+# ----------------------------------------------------------------------------- kernels
+def _fwd_fake(logits: torch.Tensor, inv_t: torch.Tensor):
+    torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
+    n = logits.shape[0]
+    acc = acc_dtype(logits.dtype)
+    return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
+
+
+def _bwd_fake(grad, logits, inv_t, entropy, shift, log_norm):
+    torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
+    return logits.new_empty(logits.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -46,57 +59,17 @@ def _make_backward(bwd_op):
     return backward
 
 
-# ----------------------------------------------------------------------------- C++ ops
-if _ops is not None:
-
-    @torch.library.register_fake("thermokern::softmax_entropy_fwd")
-    def _fwd_fake(logits: torch.Tensor, inv_t: torch.Tensor):
-        torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
-        n = logits.shape[0]
-        acc = reference.acc_dtype(logits.dtype)
-        return tuple(logits.new_empty((n,), dtype=acc) for _ in range(3))
-
-    @torch.library.register_fake("thermokern::softmax_entropy_bwd")
-    def _bwd_fake(grad, logits, inv_t, entropy, shift, log_norm):
-        torch._check(logits.dim() == 2, lambda: "logits: expected a 2-D (rows, classes) tensor")
-        return logits.new_empty(logits.shape)
-
-    torch.library.register_autograd(
-        "thermokern::softmax_entropy_fwd",
-        _make_backward(_ops.softmax_entropy_bwd),
-        setup_context=_setup_context,
-    )
-
-
-# ----------------------------------------------------------------------------- Triton ops
-_triton_fwd = None
-
-
-def _triton_ops():
-    """Define the Triton ops on first use (importing triton costs ~1 s and may be missing)."""
-    global _triton_fwd
-    if _triton_fwd is not None:
-        return _triton_fwd
-    from thermokern.kernels import softmax_entropy as tk
-
-    @torch.library.triton_op("thermokern::softmax_entropy_fwd_triton", mutates_args=())
-    def fwd(logits: torch.Tensor, inv_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.softmax_entropy_fwd(logits, inv_t)
-
-    @torch.library.triton_op("thermokern::softmax_entropy_bwd_triton", mutates_args=())
-    def bwd(
-        grad: torch.Tensor,
-        logits: torch.Tensor,
-        inv_t: torch.Tensor,
-        entropy: torch.Tensor,
-        shift: torch.Tensor,
-        log_norm: torch.Tensor,
-    ) -> torch.Tensor:
-        return tk.softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm)
-
-    fwd.register_autograd(_make_backward(bwd), setup_context=_setup_context)
-    _triton_fwd = fwd
-    return fwd
+softmax_entropy_bwd = KernelOp(
+    "softmax_entropy_bwd", fake=_bwd_fake, triton="softmax_entropy:softmax_entropy_bwd"
+)
+softmax_entropy_fwd = KernelOp(
+    "softmax_entropy_fwd",
+    fake=_fwd_fake,
+    triton="softmax_entropy:softmax_entropy_fwd",
+    backward=softmax_entropy_bwd,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -158,8 +131,5 @@ def softmax_entropy(
     if name == "reference":
         return reference.softmax_entropy(logits, dim, temperature=temperature)
     rows, _ = as_rows(logits, dim)
-    if name == "triton":
-        entropy = _triton_ops()(rows, inv_t)[0]
-    else:
-        entropy = _ops.softmax_entropy_fwd(rows, inv_t)[0]
+    entropy = softmax_entropy_fwd(name, rows, inv_t)[0]
     return entropy.to(logits.dtype).reshape(out_shape)

@@ -13,8 +13,9 @@ The package's modules, each importing only those above it:
   and :class:`SampleStats`.
 * :mod:`~thermokern.sampling.replay`: :class:`ReplayBuffer`, the persistent chains of PCD.
 
-``_imports`` gathers the private names the package takes from the rest of thermokern. Every
-public name is re-exported here (``__all__``, plus ``MAX_STREAMS``, ``SCHEDULES`` and
+From the rest of thermokern the package uses the public ops and the functions their modules
+share on purpose (``ops.langevin.langevin_args`` / ``checked_step_``, ``_checks``,
+``_backend.resolve_backend``, ``distributed.group_rank_world``). Every public name is re-exported here (``__all__``, plus ``MAX_STREAMS``, ``SCHEDULES`` and
 ``ScheduleLike``): use ``thermokern.sampling.X``.
 """
 

@@ -19,16 +19,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from thermokern import reference
-from thermokern.ops.langevin import langevin_step
+from thermokern import _backend, reference
+from thermokern._checks import check_float_tensor, check_int
+from thermokern._dtypes import acc_dtype
+from thermokern.ops.langevin import checked_step_, langevin_args, langevin_step
 from thermokern.ops.mala import energy_and_grad, mala_accept
-from thermokern.sampling._imports import (
-    _backend,
-    _checked_step_,
-    _parse,
-    _proposal_backend,
-    check_float_tensor,
-)
 from thermokern.sampling.graph import _check_capturable, _run_graphed
 from thermokern.sampling.schedules import ScheduleLike, schedule_values
 from thermokern.sampling.streams import _resolve_stream, counters_per_step, step_rng
@@ -90,13 +85,11 @@ class _Sampler:
         self.energy_fn = energy_fn
         self.x = x
         self.chains = x.shape[0]
-        self.backend = backend  # the accept/reject's
-        # langevin_step's: the same, until this build has its CUDA kernel (Triton meanwhile)
-        self.prop_backend = _proposal_backend(backend)
+        self.backend = backend  # the proposal's and the accept/reject's
         self.metropolis = metropolis
         self.noise_scale = noise_scale
-        # Checked once here; every step then calls the op directly (_checked_step_).
-        _, _, self.grad_clip, self.lo, self.hi, _, _ = _parse(
+        # Checked once here; every step then calls the op directly (checked_step_).
+        _, _, self.grad_clip, self.lo, self.hi, _, _ = langevin_args(
             x, x, 1.0, 1.0, noise_scale, grad_clip, clamp, 0, 0
         )
         self.want_stats = want_stats
@@ -108,7 +101,7 @@ class _Sampler:
 
     def _grad_norm(self, g: torch.Tensor) -> torch.Tensor:
         row = math.prod(g.shape[1:])
-        return g.reshape(self.chains, row).to(reference.acc_dtype(g.dtype)).norm(dim=1).mean()
+        return g.reshape(self.chains, row).to(acc_dtype(g.dtype)).norm(dim=1).mean()
 
     def step(self, eta: float, temperature: float) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
@@ -120,9 +113,9 @@ class _Sampler:
                 stats["grad_norm"] = self._grad_norm(grad)
             sigma = reference.langevin_noise_std(eta, temperature, self.noise_scale)
             with torch.no_grad():
-                _checked_step_(
+                checked_step_(
                     x, grad.to(x.dtype), self.seed, self.offset, float(eta), sigma, self.grad_clip,
-                    self.lo, self.hi, self.prop_backend,
+                    self.lo, self.hi, self.backend,
                 )  # fmt: skip
             return stats
         energy, grad = self.energy, self.grad
@@ -137,7 +130,7 @@ class _Sampler:
                 temperature=temperature,
                 seed=self.seed,
                 offset=self.offset,
-                backend=self.prop_backend,
+                backend=self.backend,
             )
         energy_prop, grad_prop = energy_and_grad(self.energy_fn, x_prop)
         with torch.no_grad():
@@ -276,8 +269,7 @@ def langevin_sample(
     if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 0:
         raise ValueError(f"n_steps: expected an int >= 0, got {n_steps!r}")
     n_steps = int(n_steps)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    check_int(seed, "seed")
     stream = _resolve_stream(stream, group)
     etas = schedule_values(step_size, n_steps, "step_size")
     temps = schedule_values(temperature, n_steps, "temperature")
@@ -297,7 +289,7 @@ def langevin_sample(
     counters = counters_per_step(x, metropolis)
     sampler = _Sampler(energy_fn, x, name, metropolis, noise_scale, grad_clip, clamp, want_stats)
     keys = ("energy", "grad_norm") + (("acceptance_rate", "accept_prob") if metropolis else ())
-    acc = reference.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     bufs = {k: torch.zeros(n_steps, dtype=acc, device=x.device) for k in keys} if want_stats else {}
     every = max(1, n_steps // 20)
 

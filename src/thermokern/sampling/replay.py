@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from thermokern.sampling.schedules import _real
+from thermokern._checks import check_int, check_real
 from thermokern.sampling.streams import _resolve_stream, stream_seed
 
 __all__ = ["ReplayBuffer"]
@@ -86,14 +86,13 @@ class ReplayBuffer:
             ) from None
         if any(d < 0 for d in shape):
             raise ValueError(f"sample_shape: expected non-negative sizes, got {shape}")
-        p = _real(reinit_prob, "reinit_prob")
+        p = check_real(reinit_prob, "reinit_prob")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"reinit_prob: expected a probability in [0, 1], got {p}")
-        lo, hi = _real(low, "low"), _real(high, "high")
+        lo, hi = check_real(low, "low"), check_real(high, "high")
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"low, high: expected finite bounds with low < high, got ({lo}, {hi})")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+        check_int(seed, "seed")
         self.capacity = int(capacity)
         self.sample_shape = torch.Size(shape)
         self.reinit_prob, self.low, self.high = p, lo, hi

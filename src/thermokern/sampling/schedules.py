@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from thermokern._checks import check_real
+
 __all__ = [
     "SCHEDULES",
     "Constant",
@@ -116,30 +118,24 @@ class Cosine(Schedule):
         return self.start == self.end
 
 
-def _real(v: object, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    return float(v)
-
-
 def constant(value: float) -> Constant:
     """The schedule ``value`` at every step."""
-    return Constant(_real(value, "constant"))
+    return Constant(check_real(value, "constant"))
 
 
 def linear(start: float, end: float) -> Linear:
     """The schedule ``start + (end - start) * step / (n_steps - 1)``."""
-    return Linear(_real(start, "linear"), _real(end, "linear"))
+    return Linear(check_real(start, "linear"), check_real(end, "linear"))
 
 
 def geometric(start: float, end: float) -> Geometric:
     """The schedule ``start * (end / start) ** (step / (n_steps - 1))`` (start, end > 0)."""
-    return Geometric(_real(start, "geometric"), _real(end, "geometric"))
+    return Geometric(check_real(start, "geometric"), check_real(end, "geometric"))
 
 
 def cosine(start: float, end: float) -> Cosine:
     """The schedule ``end + (start - end) * (1 + cos(pi * step / (n_steps - 1))) / 2``."""
-    return Cosine(_real(start, "cosine"), _real(end, "cosine"))
+    return Cosine(check_real(start, "cosine"), check_real(end, "cosine"))
 
 
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
@@ -202,7 +198,7 @@ def schedule_values(spec: ScheduleLike, n_steps: int, name: str = "schedule") ->
     values = []
     for k in range(n_steps):
         v = sched(k, n_steps) if isinstance(sched, Schedule) else sched(k)
-        v = _real(v, name) if not isinstance(v, torch.Tensor) else float(v)
+        v = check_real(v, name) if not isinstance(v, torch.Tensor) else float(v)
         if not 0.0 < v < math.inf:
             raise ValueError(f"{name}: expected finite values > 0, got {v} at step {k}")
         values.append(v)

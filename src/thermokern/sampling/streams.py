@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from thermokern import reference
-from thermokern.sampling._imports import _group_rank_world
+from thermokern.distributed import group_rank_world
 
 __all__ = ["MAX_STREAMS", "STREAM_STRIDE", "counters_per_step", "step_rng", "stream_seed"]
 
@@ -109,7 +109,7 @@ def _resolve_stream(stream: int | None, group) -> int | None:
                 "torch.distributed.init_process_group(...) first, or pass group=None"
             )
         return None
-    rank, _ = _group_rank_world(group)
+    rank, _ = group_rank_world(group)
     if rank >= MAX_STREAMS:
         raise ValueError(f"stream: rank {rank} >= {MAX_STREAMS} streams")
     return rank

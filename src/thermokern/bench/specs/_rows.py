@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..registry import OpSpec, tensor_bytes
+
 LOGIT_SCALE = 2.0  # logits ~ N(0, 2^2): peaked enough to resemble LM logits, no underflow issues
 
 
@@ -83,3 +85,23 @@ def partition_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     if torch.device(device).type != "cuda" and quick:
         return [(1024, 32000)]
     return logit_shapes(device, quick)
+
+
+def row_spec(name: str, providers, reference_chunks, default_shapes, params: dict, **fields) -> OpSpec:
+    """The OpSpec of a row reduction: LM-like logits in, one value per row out (the fields the
+    row ops share; ``fields`` overrides any of them, e.g. ``make_input``)."""
+    base = {
+        "make_input": logits,
+        "make_grad": row_grad,
+        "min_bytes": row_min_bytes,
+        "input_bytes": tensor_bytes,
+        "default_dtypes": logit_dtypes,
+    }
+    return OpSpec(
+        name=name,
+        providers=providers,
+        reference_chunks=reference_chunks,
+        default_shapes=default_shapes,
+        params=params,
+        **(base | fields),
+    )

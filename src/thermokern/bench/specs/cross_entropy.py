@@ -11,8 +11,8 @@ import thermokern
 from thermokern import reference
 
 from ..providers import Provider, standard_providers
-from ..registry import OpSpec, register, tensor_bytes
-from ._rows import logit_dtypes, logits, row_min_bytes, row_reference_chunks
+from ..registry import register
+from ._rows import logits, row_reference_chunks, row_spec
 
 ENTROPY_WEIGHT = 0.1
 _TARGETS: dict[tuple, torch.Tensor] = {}  # (shape, device) -> targets, made with the input
@@ -77,16 +77,13 @@ def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
 
 
 SPEC = register(
-    OpSpec(
-        name="entropy_regularized_cross_entropy",
-        providers=providers,
+    row_spec(
+        "entropy_regularized_cross_entropy",
+        providers,
+        reference_chunks,
+        shapes,
+        {"entropy_weight": ENTROPY_WEIGHT, "reduction": "none", "target": "uniform random"},
         make_input=make_input,
         make_grad=make_grad,
-        min_bytes=row_min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=reference_chunks,
-        default_shapes=shapes,
-        default_dtypes=logit_dtypes,
-        params={"entropy_weight": ENTROPY_WEIGHT, "reduction": "none", "target": "uniform random"},
     )
 )

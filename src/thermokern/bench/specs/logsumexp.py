@@ -8,15 +8,12 @@ import torch
 import thermokern
 
 from ..providers import Provider, standard_providers
-from ..registry import OpSpec, register, tensor_bytes
+from ..registry import register
 from ._rows import (
     LOGIT_SCALE,
-    logit_dtypes,
-    logits,
     partition_shapes,
-    row_grad,
-    row_min_bytes,
     row_reference_chunks,
+    row_spec,
 )
 
 
@@ -38,17 +35,12 @@ def reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
 
 
 SPEC = register(
-    OpSpec(
-        name="logsumexp",
-        providers=providers,
-        make_input=logits,
-        make_grad=row_grad,
-        min_bytes=row_min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=reference_chunks,
-        default_shapes=partition_shapes,
-        default_dtypes=logit_dtypes,
-        params={"dim": -1, "input": f"randn * {LOGIT_SCALE}"},
+    row_spec(
+        "logsumexp",
+        providers,
+        reference_chunks,
+        partition_shapes,
+        {"dim": -1, "input": f"randn * {LOGIT_SCALE}"},
     )
 )
 
@@ -90,16 +82,11 @@ def masked_reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: st
 
 
 MASKED_SPEC = register(
-    OpSpec(
-        name="logsumexp_masked",
-        providers=masked_providers,
-        make_input=logits,
-        make_grad=row_grad,
-        min_bytes=row_min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=masked_reference_chunks,
-        default_shapes=partition_shapes,
-        default_dtypes=logit_dtypes,
-        params={"dim": -1, "input": f"randn * {LOGIT_SCALE}", "mask": f"(C,), first {PAD_KEEP:.0%} kept"},
+    row_spec(
+        "logsumexp_masked",
+        masked_providers,
+        masked_reference_chunks,
+        partition_shapes,
+        {"dim": -1, "input": f"randn * {LOGIT_SCALE}", "mask": f"(C,), first {PAD_KEEP:.0%} kept"},
     )
 )

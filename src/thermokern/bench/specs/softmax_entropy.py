@@ -8,15 +8,12 @@ import thermokern
 from thermokern import reference
 
 from ..providers import Fn, Provider, peer_softmax_providers, standard_providers
-from ..registry import OpSpec, register, tensor_bytes
+from ..registry import register
 from ._rows import (
     LOGIT_SCALE,
-    logit_dtypes,
     logit_shapes,
-    logits,
-    row_grad,
-    row_min_bytes,
     row_reference_chunks,
+    row_spec,
 )
 
 TEMPERATURE = 1.0
@@ -56,16 +53,11 @@ def reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
 
 
 SPEC = register(
-    OpSpec(
-        name="softmax_entropy",
-        providers=providers,
-        make_input=logits,
-        make_grad=row_grad,
-        min_bytes=row_min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=reference_chunks,
-        default_shapes=logit_shapes,
-        default_dtypes=logit_dtypes,
-        params={"dim": -1, "temperature": TEMPERATURE, "logits": f"randn * {LOGIT_SCALE}"},
+    row_spec(
+        "softmax_entropy",
+        providers,
+        reference_chunks,
+        logit_shapes,
+        {"dim": -1, "temperature": TEMPERATURE, "logits": f"randn * {LOGIT_SCALE}"},
     )
 )

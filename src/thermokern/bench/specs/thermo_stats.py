@@ -9,15 +9,12 @@ import thermokern
 from thermokern import reference
 
 from ..providers import Provider, standard_providers
-from ..registry import OpSpec, register, tensor_bytes
+from ..registry import register
 from ._rows import (
     LOGIT_SCALE,
-    logit_dtypes,
-    logits,
     partition_shapes,
-    row_grad,
-    row_min_bytes,
     row_reference_chunks,
+    row_spec,
 )
 
 TEMPERATURE = 1.0
@@ -56,17 +53,12 @@ def reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
 
 
 SPEC = register(
-    OpSpec(
-        name="thermo_stats",
-        providers=providers,
-        make_input=logits,
-        make_grad=row_grad,
-        min_bytes=row_min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=reference_chunks,
-        default_shapes=partition_shapes,
-        default_dtypes=logit_dtypes,
-        params={
+    row_spec(
+        "thermo_stats",
+        providers,
+        reference_chunks,
+        partition_shapes,
+        {
             "dim": -1,
             "temperature": TEMPERATURE,
             "energy": f"randn * {LOGIT_SCALE}",

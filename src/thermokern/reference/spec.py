@@ -1,8 +1,8 @@
-"""Pure-PyTorch implementations of every thermokern op: the specification.
+"""The public-level specification: every thermokern op in plain PyTorch.
 
-These are what the tests compare the kernels against (in float64), and the ``reference``
-backend. They favour clarity and numerical safety over speed, but stay differentiable with
-PyTorch's own autograd.
+These are what the tests compare the ops against (in float64), and what a public function
+runs with ``backend="reference"``. They favour clarity and numerical safety over speed, but
+stay differentiable with PyTorch's own autograd.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import math
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from thermokern._dtypes import acc_dtype
 
 
 def _temperature_along(temperature, logits: torch.Tensor, dim: int):

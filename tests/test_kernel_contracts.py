@@ -1,0 +1,143 @@
+"""Every kernel against its contract (thermokern.reference.kernels), through its KernelOp.
+
+The public-level tests compare the ops with the specification; these check the level below,
+which thermokern.distributed relies on: the statistics each forward kernel returns and the
+gradient each backward kernel computes from given statistics, on every backend that runs
+here. Where the contract leaves a choice (the shift of a row), shift-invariant combinations
+are compared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _util import assert_close
+from conftest import cpu_backends
+
+from thermokern._dtypes import acc_dtype
+from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
+from thermokern.ops.langevin import langevin_step_bwd, langevin_step_fwd, langevin_step_inplace
+from thermokern.ops.mala import mala_accept_kernel
+from thermokern.ops.partition import partition_bwd, partition_fwd
+from thermokern.ops.sgld import sgld_step_kernel
+from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
+
+BACKENDS = [b for b in cpu_backends() if b != "reference"]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(n, c, dtype=torch.float64) * 3
+    x[0, 1 % c] = -math.inf  # a masked logit
+    return x.to(dtype)
+
+
+def _lse(shift, log_norm, inv_t):
+    return shift * inv_t + log_norm
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_entropy_kernels(backend, dtype):
+    x = _logits(6, 37, dtype)
+    inv_t = torch.rand(6, dtype=acc_dtype(dtype)) + 0.5
+    got = softmax_entropy_fwd(backend, x, inv_t)
+    want = softmax_entropy_fwd("reference", x, inv_t)
+    assert_close(got[0], want[0], dtype)
+    assert_close(_lse(got[1], got[2], inv_t), _lse(want[1], want[2], inv_t), dtype)
+    g = torch.randn(6, dtype=acc_dtype(dtype))
+    gx = softmax_entropy_bwd(backend, g, x, inv_t, *got)
+    assert_close(gx, softmax_entropy_bwd("reference", g, x, inv_t, *got), dtype, grad=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_kernels(backend, dtype):
+    x = _logits(6, 37, dtype)
+    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    inv_t = torch.rand(1, dtype=acc_dtype(dtype)) + 0.5
+    params = (0.3, 0.1, -100, 1e-3)  # entropy_weight, label_smoothing, ignore_index, z_loss_weight
+    got = cross_entropy_fwd(backend, x, target, inv_t, *params)
+    want = cross_entropy_fwd("reference", x, target, inv_t, *params)
+    assert_close(got[0], want[0], dtype)
+    assert_close(got[1], want[1], dtype)
+    assert_close(_lse(got[2], got[3], inv_t), _lse(want[2], want[3], inv_t), dtype)
+    g = torch.randn(6, dtype=acc_dtype(dtype))
+    gx = cross_entropy_bwd(backend, g, x, target, inv_t, *got[1:], *params)
+    want_gx = cross_entropy_bwd("reference", g, x, target, inv_t, *got[1:], *params)
+    assert_close(gx, want_gx, dtype, grad=True)
+    assert (gx[1] == 0).all()  # the ignored row
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(5, 40, 1), (3, 20, 6)], ids=str)
+def test_partition_kernels(backend, dtype, shape):
+    o, r, i = shape
+    x = (torch.randn(shape, dtype=torch.float64) * 2).to(dtype)
+    x[0, 3, 0] = math.inf  # an output holding +inf
+    x[1, :, 0] = -math.inf  # an output with nothing finite
+    w = (torch.rand((1, r, i), dtype=torch.float64) * 2 - 0.5).to(dtype).expand(shape)  # stride 0
+    m = torch.rand(shape) > 0.2
+    k = torch.rand(o * i, dtype=acc_dtype(dtype)) + 0.5
+    got = partition_fwd(backend, x, w, m, k, True, 2)
+    want = partition_fwd("reference", x, w, m, k, True, 2)
+
+    def invariant(shift, total, m1, m2):
+        safe = torch.where(total == 0, torch.ones_like(total), total)
+        mean_u = m1 / safe
+        return k * shift + torch.log(total.abs()), mean_u + k * shift, m2 / safe - mean_u * mean_u
+
+    for a, b in zip(invariant(*got), invariant(*want), strict=True):
+        assert_close(a, b, dtype)
+    assert torch.equal(torch.sign(got[1]), torch.sign(want[1]))
+    shift, total = got[0], got[1]
+    finite = torch.isfinite(shift) & (total != 0)
+    shift_b = torch.where(finite, shift, torch.zeros_like(shift))
+    log_norm = torch.where(finite, torch.log(total.abs()), torch.full_like(total, math.inf))
+    coef = torch.randn(o * i, 3, dtype=acc_dtype(dtype))
+    gx, gw = partition_bwd(backend, x, w, m, k, True, shift_b, log_norm, coef, True)
+    rx, rw = partition_bwd("reference", x, w, m, k, True, shift_b, log_norm, coef, True)
+    assert_close(gx, rx, dtype, grad=True)
+    assert_close(gw, rw, dtype, grad=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_langevin_kernels(backend, dtype):
+    x = torch.randn(1001, dtype=dtype)
+    g = torch.randn(1001, dtype=dtype) * 3
+    seed, offset = torch.tensor(7), torch.tensor(12)
+    args = (seed, offset, 0.1, 0.3, 2.0, -1.5, 1.2)  # step, sigma, grad_clip, clamp lo/hi
+    want = langevin_step_fwd("reference", x, g, *args)
+    assert_close(langevin_step_fwd(backend, x, g, *args), want, dtype)
+    y = x.clone()
+    langevin_step_inplace(backend, y, g, *args)
+    assert_close(y, want, dtype)
+    up = torch.randn(1001, dtype=dtype)
+    got = langevin_step_bwd(backend, up, x, g, *args)
+    ref = langevin_step_bwd("reference", up, x, g, *args)
+    for a, b in zip(got, ref, strict=True):
+        assert_close(a, b, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mala_and_sgld_kernels(backend):
+    x, xp, g, gp = (torch.randn(9, 33) * 0.3 for _ in range(4))
+    e, ep = torch.randn(9), torch.randn(9)
+    args = (torch.tensor(5), torch.tensor(11), 0.05, 0.9)
+    got = mala_accept_kernel(backend, x, xp, g, gp, e, ep, *args)
+    want = mala_accept_kernel("reference", x, xp, g, gp, e, ep, *args)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert_close(got[2], want[2], torch.float32)
+    params = [torch.randn(5, 7), torch.randn(300)]
+    ref_params = [p.clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    sgld = (torch.tensor(3), torch.tensor(100), [0, 9], 0.01, 0.2, 0.1)
+    seed, offset, starts, lr, sigma, wd = sgld
+    sgld_step_kernel(backend, params, grads, seed, offset, starts, lr, sigma, wd)
+    sgld_step_kernel("reference", ref_params, grads, seed, offset, starts, lr, sigma, wd)
+    for a, b in zip(params, ref_params, strict=True):
+        assert_close(a, b, torch.float32)
