@@ -28,6 +28,7 @@ export PATH := $(CCACHE_PATH)$(PATH)
 export CCACHE_NOHASHDIR := 1
 
 CMAKE_BUILD ?= build/cmake
+CMAKE_ARGS ?=
 
 .PHONY: all setup build test test-py test-cpp bench bench-quick lint format clean info
 
@@ -55,10 +56,11 @@ test: build test-py test-cpp
 test-py:
 	$(PY) -m pytest tests -q
 
-# C++ unit tests of csrc/include (Philox known answers, row statistics) and the CMake
-# compile check of the CPU and CUDA sources.
+# C++ unit tests (ctest) of csrc/include: Philox known answers, row statistics, MALA, the
+# headers in device code (nvcc). They compile nothing of the extension (`make build` did that);
+# CMAKE_ARGS=-DTHERMOKERN_CMAKE_EXTENSION=ON adds CMake's compile of the extension's sources.
 test-cpp: setup
-	PATH=$(BIN):$$PATH cmake -S . -B $(CMAKE_BUILD) -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	PATH=$(BIN):$$PATH cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
 	PATH=$(BIN):$$PATH cmake --build $(CMAKE_BUILD)
 	PATH=$(BIN):$$PATH ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 

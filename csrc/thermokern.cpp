@@ -10,14 +10,15 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
-#include "thermokern/checks.h"
+#include "cpu/langevin_args.h"
 #include "thermokern/philox.h"
+#include "thermokern/plan.h"
 
 TORCH_LIBRARY(thermokern, m) {
   // softmax_entropy over the last dim of a (rows, C) tensor with unit inner stride.
   // Returns per-row (entropy, shift, log_norm) in the accumulation dtype (float32; float64
   // for float64), with log p = (x - shift) / T - log_norm (row_stats.h). The shift is the
-  // row maximum, or on CPU possibly a value up to 8 T ln 2 below it (see entropy_kernel.h);
+  // row maximum, or on CPU possibly a value up to 8 T ln 2 below it (see row_stats_kernel.h);
   // any shift gives the same p. These three numbers are all the backward needs: no (rows, C)
   // tensor is saved.
   // inv_t: 1-D tensor of the accumulation dtype holding 1/T, with 1 element (every row) or

@@ -1,4 +1,5 @@
-// Macros shared by the per-ISA kernel headers (entropy, partition, langevin, mala, sgld).
+// Macros shared by the per-ISA kernel headers (softmax_entropy, cross_entropy, partition,
+// langevin, mala, sgld).
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -6,7 +7,8 @@
 #include <c10/util/Half.h>
 
 // The per-ISA name of an entry point: TK_CAT(partition_fwd, CPU_CAPABILITY) is
-// partition_fwd_AVX512 in the AVX-512 build (declared in isa.h).
+// partition_fwd_AVX512 in the AVX-512 build (declared by the op's <op>_args.h, see [Note:
+// per-ISA kernels] in isa.h).
 #define TK_CAT_(a, b) a##_##b
 #define TK_CAT(a, b) TK_CAT_(a, b)
 

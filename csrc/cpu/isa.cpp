@@ -1,3 +1,4 @@
+// ISA detection and the active-ISA switch of csrc/cpu/isa.h.
 #include "isa.h"
 
 #include <atomic>
@@ -65,52 +66,6 @@ std::string isa_name(Isa isa) {
     case Isa::Avx2: return "avx2";
     default: return "default";
   }
-}
-
-const Kernels& kernels() {
-  static const Kernels table[] = {
-#define TK_KERNELS(ISA) \
-  {entropy_fwd_##ISA,   entropy_bwd_##ISA,   cross_entropy_fwd_##ISA,           \
-   cross_entropy_bwd_##ISA, partition_fwd_##ISA, partition_bwd_##ISA, \
-   partition_fwd_tasks_##ISA}
-      TK_KERNELS(DEFAULT),
-#if defined(__x86_64__)
-      TK_KERNELS(AVX2),
-      TK_KERNELS(AVX512),
-#else
-      TK_KERNELS(DEFAULT),
-      TK_KERNELS(DEFAULT),
-#endif
-#undef TK_KERNELS
-  };
-  return table[static_cast<int>(active_isa())];
-}
-
-const LangevinKernels& langevin_kernels() {
-  static const LangevinKernels table[] = {
-#define TK_LANGEVIN(ISA) {langevin_fwd_##ISA, langevin_bwd_##ISA, langevin_words_##ISA}
-      TK_LANGEVIN(DEFAULT),
-#if defined(__x86_64__)
-      TK_LANGEVIN(AVX2),
-      TK_LANGEVIN(AVX512),
-#else
-      TK_LANGEVIN(DEFAULT),
-      TK_LANGEVIN(DEFAULT),
-#endif
-#undef TK_LANGEVIN
-  };
-  return table[static_cast<int>(active_isa())];
-}
-
-
-// sgld_step_ (declared in isa.h).
-SgldFn sgld_kernel() {
-#if defined(__x86_64__)
-  static const SgldFn table[] = {sgld_step_DEFAULT, sgld_step_AVX2, sgld_step_AVX512};
-#else
-  static const SgldFn table[] = {sgld_step_DEFAULT, sgld_step_DEFAULT, sgld_step_DEFAULT};
-#endif
-  return table[static_cast<int>(active_isa())];
 }
 
 }  // namespace thermokern::cpu

@@ -1,20 +1,17 @@
-// langevin_step: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)).
+// langevin_step: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)): the launches of the
+// entry points of thermokern/langevin_plan.h (shared with CUDA) on the kernels of
+// langevin_kernel.h.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <optional>
-#include <tuple>
 #include <vector>
 
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "isa.h"
-#include "memory.h"
-#include "thermokern/checks.h"
+#include "langevin_args.h"
+#include "thermokern/langevin_plan.h"
 
 namespace thermokern::cpu {
 
@@ -32,30 +29,7 @@ constexpr int64_t kCounterGrain = int64_t{1} << 14;
 
 int64_t counters_of(int64_t n) { return (n + 3) / 4; }
 
-uint64_t rng_value(const at::Tensor& t) {
-  return static_cast<uint64_t>(*t.const_data_ptr<int64_t>());
-}
-
-LangevinArgs make_args(const at::Tensor& x, const at::Tensor& seed, const at::Tensor& offset,
-                       double step_size, double noise_std, std::optional<double> grad_clip,
-                       std::optional<double> lo, std::optional<double> hi) {
-  LangevinArgs a;
-  a.dtype = x.scalar_type();
-  a.n = x.numel();
-  a.seed = rng_value(seed);
-  a.offset = rng_value(offset);
-  a.step_size = step_size;
-  a.noise_std = noise_std;
-  a.has_clip = grad_clip.has_value();
-  a.clip = grad_clip.value_or(0.0);
-  a.has_lo = lo.has_value();
-  a.lo = lo.value_or(0.0);
-  a.has_hi = hi.has_value();
-  a.hi = hi.value_or(0.0);
-  return a;
-}
-
-void run_counters(CounterFn fn, const LangevinArgs& a) {
+void run_counters(LangevinFn fn, const LangevinArgs& a) {
   const int64_t n_ctr = counters_of(a.n);
   const int64_t n_tasks = (n_ctr + kCounterGrain - 1) / kCounterGrain;
   if (n_tasks <= 1 || at::get_num_threads() == 1 || at::in_parallel_region()) {
@@ -71,73 +45,32 @@ void run_counters(CounterFn fn, const LangevinArgs& a) {
   });
 }
 
-// Writes the step of x (contiguous) into out (contiguous; may be x).
-void step_into(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& out,
-               const at::Tensor& seed, const at::Tensor& offset, double step_size,
-               double noise_std, std::optional<double> grad_clip, std::optional<double> lo,
-               std::optional<double> hi) {
-  const at::Tensor g = grad.contiguous();
-  LangevinArgs a = make_args(x, seed, offset, step_size, noise_std, grad_clip, lo, hi);
+LangevinArgs args_of(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
+                     const at::Tensor& offset, const LangevinScalars& scalars, int64_t n) {
+  LangevinArgs a;
+  static_cast<LangevinScalars&>(a) = scalars;
+  a.dtype = x.scalar_type();
+  a.n = n;
+  a.seed = cpu_u64(seed);
+  a.offset = cpu_u64(offset);
   a.x = x.const_data_ptr();
-  a.grad = g.const_data_ptr();
-  a.out = out.data_ptr();
-  run_counters(langevin_kernels().fwd, a);
+  a.grad = grad.const_data_ptr();
+  return a;
 }
 
-at::Tensor langevin_step_cpu(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
-                             const at::Tensor& offset, double step_size, double noise_std,
-                             std::optional<double> grad_clip, std::optional<double> lo,
-                             std::optional<double> hi) {
-  check_langevin(x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  advise_huge_pages(out);
-  maybe_poison(out);
-  step_into(xc, grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  return out;
+// langevin_step and langevin_step_: the step of p.x into p.out.
+void launch_fwd(const LangevinFwdPlan& p) {
+  LangevinArgs a = args_of(p.x, p.grad, p.seed, p.offset, p.scalars, p.n);
+  a.out = p.out.data_ptr();
+  run_counters(TK_ISA_VARIANT(langevin_fwd), a);
 }
 
-void langevin_step_cpu_(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
-                        const at::Tensor& offset, double step_size, double noise_std,
-                        std::optional<double> grad_clip, std::optional<double> lo,
-                        std::optional<double> hi) {
-  check_langevin(x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  at::assert_no_internal_overlap(x);
-  // grad may be x itself (an element reads its own x and grad before writing), not a shifted
-  // view of it.
-  at::assert_no_partial_overlap(x, grad);
-  if (x.is_contiguous()) {
-    step_into(x, grad, x, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-    return;
-  }
-  const at::Tensor xc = x.contiguous();  // a copy: the step goes into it, then back
-  step_into(xc, grad, xc, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  x.copy_(xc);
-}
-
-std::tuple<at::Tensor, at::Tensor> langevin_step_bwd_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& grad,
-    const at::Tensor& seed, const at::Tensor& offset, double step_size, double noise_std,
-    std::optional<double> grad_clip, std::optional<double> lo, std::optional<double> hi) {
-  check_langevin_bwd(grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor go = grad_out.to(x.scalar_type()).contiguous();
-  const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_x = at::empty(x.sizes(), opts);
-  at::Tensor grad_grad = at::empty(x.sizes(), opts);
-  advise_huge_pages(grad_x);
-  advise_huge_pages(grad_grad);
-  maybe_poison(grad_x);
-  maybe_poison(grad_grad);
-  LangevinArgs a = make_args(x, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  a.x = xc.const_data_ptr();
-  a.grad = g.const_data_ptr();
-  a.grad_out = go.const_data_ptr();
-  a.grad_x = grad_x.data_ptr();
-  a.grad_grad = grad_grad.data_ptr();
-  run_counters(langevin_kernels().bwd, a);
-  return {grad_x, grad_grad};
+void launch_bwd(const LangevinBwdPlan& p) {
+  LangevinArgs a = args_of(p.x, p.grad, p.seed, p.offset, p.scalars, p.n);
+  a.grad_out = p.grad_out.const_data_ptr();
+  a.grad_x = p.grad_x.data_ptr();
+  a.grad_grad = p.grad_grad.data_ptr();
+  run_counters(TK_ISA_VARIANT(langevin_bwd), a);
 }
 
 }  // namespace
@@ -151,14 +84,14 @@ std::vector<uint32_t> langevin_words(uint64_t seed, uint64_t offset, int64_t n) 
   a.offset = offset;
   a.n = 4 * n;
   a.out = out.data();
-  run_counters(langevin_kernels().words, a);
+  run_counters(TK_ISA_VARIANT(langevin_words), a);
   return out;
 }
 
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
-  m.impl("langevin_step", &langevin_step_cpu);
-  m.impl("langevin_step_", &langevin_step_cpu_);
-  m.impl("langevin_step_bwd", &langevin_step_bwd_cpu);
+  m.impl("langevin_step", &langevin_step_op<launch_fwd>);
+  m.impl("langevin_step_", &langevin_step_inplace_op<launch_fwd>);
+  m.impl("langevin_step_bwd", &langevin_step_bwd_op<launch_bwd>);
 }
 
 }  // namespace thermokern::cpu

@@ -1,4 +1,4 @@
-// langevin_step CPU kernels, compiled once per ISA (see csrc/cpu/isa.h).
+// langevin_step CPU kernels, compiled once per ISA ([Note: per-ISA kernels] in csrc/cpu/isa.h).
 //
 // [Note: the Langevin CPU kernel]
 // A task owns a range of Philox counters (4 elements each, [Note: Langevin noise layout] in
@@ -32,17 +32,15 @@
 #include <c10/util/Half.h>
 
 #include "dispatch.h"
-#include "isa.h"
+#include "langevin_args.h"
 #include "thermokern/philox.h"
+#include "vec_math.h"
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {
 namespace langevin {
 
 using at::vec::Vectorized;
-
-template <typename T>
-using acc_t_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // ------------------------------------------------------------------------------ SIMD layer
 // U: W lanes of uint32, F: W lanes of float, M: a lane mask. Only what the noise needs.
@@ -418,41 +416,6 @@ inline void normals(const PhiloxKeys& keys, uint64_t seed, uint64_t ctr, int64_t
 }
 
 // ------------------------------------------------------------------------------ update
-// Loads and stores of scalar_t as Vectorized<acc_t> (two halves for 16-bit types).
-template <typename scalar_t>
-struct Lanes {
-  using acc_t = acc_t_of<scalar_t>;
-  using Va = Vectorized<acc_t>;
-  using Vs = Vectorized<scalar_t>;
-  static constexpr int kParts = std::is_same_v<scalar_t, acc_t> ? 1 : 2;
-  static constexpr int64_t kSize = Va::size() * kParts;
-  static_assert(kSize == Vs::size(), "16-bit vectors hold two float vectors");
-
-  static void load(const scalar_t* p, int64_t count, Va (&v)[kParts]) {
-    const Vs s = count >= kSize ? Vs::loadu(p) : Vs::loadu(p, count);
-    if constexpr (kParts == 1) {
-      v[0] = s;
-    } else {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(s);
-      v[0] = lo;
-      v[1] = hi;
-    }
-  }
-  static void store(scalar_t* p, int64_t count, const Va (&v)[kParts]) {
-    Vs s;
-    if constexpr (kParts == 1) {
-      s = v[0];
-    } else {
-      s = at::vec::convert_from_float<scalar_t>(v[0], v[1]);
-    }
-    if (count >= kSize) {
-      s.store(p);
-    } else {
-      s.store(p, static_cast<int>(count));
-    }
-  }
-};
-
 template <typename acc_t>
 struct StepParams {
   Vectorized<acc_t> neg_step, sigma, clip_lo, clip_hi, lo, hi;

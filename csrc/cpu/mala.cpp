@@ -1,17 +1,14 @@
-// mala_accept: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)).
+// mala_accept: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)): the launch of the entry
+// point of thermokern/mala_plan.h (shared with CUDA) on the kernel of mala_kernel.h.
 #include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "isa.h"
-#include "mala.h"
-#include "thermokern/checks.h"
-#include "thermokern/mala_checks.h"
+#include "mala_args.h"
+#include "thermokern/mala_plan.h"
 
 namespace thermokern::cpu {
 
@@ -24,59 +21,32 @@ namespace {
 // Philox and the log series dominate).
 constexpr int64_t kGrainElements = int64_t{1} << 15;
 
-MalaFn mala_kernel() {
-  switch (active_isa()) {
-#if defined(__x86_64__)
-    case Isa::Avx512: return mala_accept_AVX512;
-    case Isa::Avx2: return mala_accept_AVX2;
-#endif
-    default: return mala_accept_DEFAULT;
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept_cpu(
-    const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
-    const at::Tensor& grad_prop, const at::Tensor& energy, const at::Tensor& energy_prop,
-    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature) {
-  check_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size,
-                    temperature);
-  const int64_t chains = x.size(0);
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor accepted = at::empty({chains}, x.options().dtype(at::kBool));
-  at::Tensor log_alpha = at::empty({chains}, x.options().dtype(acc));
-  maybe_poison(x_new);
-  maybe_poison(log_alpha);
-  if (chains == 0) return {x_new, accepted, log_alpha};
-  const at::Tensor xc = x.contiguous(), xpc = x_prop.contiguous();
-  const at::Tensor gc = grad.contiguous(), gpc = grad_prop.contiguous();
-  const at::Tensor ec = energy.contiguous(), epc = energy_prop.contiguous();
+void launch(const MalaPlan& p) {
   MalaArgs a;
-  a.dtype = x.scalar_type();
-  a.chains = chains;
-  a.numel = x.numel();
-  a.row = a.numel / chains;
-  a.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
-  a.offset = static_cast<uint64_t>(*offset.const_data_ptr<int64_t>());
-  a.step_size = step_size;
-  a.temperature = temperature;
-  a.x = xc.const_data_ptr();
-  a.x_prop = xpc.const_data_ptr();
-  a.grad = gc.const_data_ptr();
-  a.grad_prop = gpc.const_data_ptr();
-  a.energy = ec.const_data_ptr();
-  a.energy_prop = epc.const_data_ptr();
-  a.x_new = x_new.data_ptr();
-  a.accepted = accepted.data_ptr<bool>();
-  a.log_alpha = log_alpha.data_ptr();
+  a.dtype = p.x.scalar_type();
+  a.chains = p.chains;
+  a.numel = p.numel;
+  a.row = p.row;
+  a.seed = cpu_u64(p.seed);
+  a.offset = cpu_u64(p.offset);
+  a.step_size = p.step_size;
+  a.temperature = p.temperature;
+  a.x = p.x.const_data_ptr();
+  a.x_prop = p.x_prop.const_data_ptr();
+  a.grad = p.grad.const_data_ptr();
+  a.grad_prop = p.grad_prop.const_data_ptr();
+  a.energy = p.energy.const_data_ptr();
+  a.energy_prop = p.energy_prop.const_data_ptr();
+  a.x_new = p.x_new.data_ptr();
+  a.accepted = p.accepted.data_ptr<bool>();
+  a.log_alpha = p.log_alpha.data_ptr();
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(a.row, 1));
-  const MalaFn fn = mala_kernel();
-  at::parallel_for(0, chains, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
-  return {x_new, accepted, log_alpha};
+  const MalaFn fn = TK_ISA_VARIANT(mala_accept);
+  at::parallel_for(0, p.chains, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(thermokern, CPU, m) { m.impl("mala_accept", &mala_accept_cpu); }
+TORCH_LIBRARY_IMPL(thermokern, CPU, m) { m.impl("mala_accept", &mala_accept_op<launch>); }
 
 }  // namespace thermokern::cpu

@@ -1,10 +1,12 @@
-// The MALA acceptance kernels (csrc/cpu/mala_kernel.h), compiled once per ISA like the
-// kernels of isa.h; csrc/cpu/mala.cpp picks the variant of thermokern::cpu::active_isa().
+// Arguments and per-ISA entry points of the mala_accept CPU kernel (mala_kernel.h; the op is
+// csrc/cpu/mala.cpp). The host/device MALA algebra is thermokern/mala.h.
 #pragma once
 
 #include <cstdint>
 
 #include <c10/core/ScalarType.h>
+
+#include "isa.h"
 
 namespace thermokern::cpu {
 
@@ -32,10 +34,6 @@ struct MalaArgs {
 
 using MalaFn = void (*)(const MalaArgs& args, int64_t chain_begin, int64_t chain_end);
 
-void mala_accept_DEFAULT(const MalaArgs&, int64_t, int64_t);
-#if defined(__x86_64__)
-void mala_accept_AVX2(const MalaArgs&, int64_t, int64_t);
-void mala_accept_AVX512(const MalaArgs&, int64_t, int64_t);
-#endif
+TK_DECLARE_ISA_VARIANTS(void, mala_accept, (const MalaArgs&, int64_t, int64_t))
 
 }  // namespace thermokern::cpu

@@ -22,40 +22,17 @@
 #include <c10/util/Half.h>
 
 #include "dispatch.h"
-#include "mala.h"
+#include "mala_args.h"
 #include "thermokern/mala.h"
+#include "vec_math.h"
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {
 namespace mala {
 
-using at::vec::Vectorized;
-
-template <typename scalar_t>
-struct Rows {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  using Va = Vectorized<acc_t>;
-  using Vs = Vectorized<scalar_t>;
-  static constexpr int kParts = std::is_same_v<scalar_t, acc_t> ? 1 : 2;
-  static constexpr int64_t kSize = Va::size() * kParts;
-  static_assert(kSize == Vs::size(), "16-bit vectors hold two float vectors");
-
-  // `count` < kSize loads zeros past the end (each term of S is then 0).
-  static void load(const scalar_t* p, int64_t count, Va (&v)[kParts]) {
-    const Vs s = count >= kSize ? Vs::loadu(p) : Vs::loadu(p, count);
-    if constexpr (kParts == 1) {
-      v[0] = s;
-    } else {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(s);
-      v[0] = lo;
-      v[1] = hi;
-    }
-  }
-};
-
 template <typename scalar_t>
 void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
-  using R = Rows<scalar_t>;
+  using R = Lanes<scalar_t>;  // vec_math.h; past the end of a chain it loads zeros (terms 0)
   using acc_t = typename R::acc_t;
   using Va = typename R::Va;
   const auto* x = static_cast<const scalar_t*>(a.x);

@@ -1,5 +1,5 @@
 // partition_fwd / partition_bwd CPU kernels (logsumexp, log Z, thermodynamic statistics),
-// compiled once per ISA next to entropy_kernel.h (which provides exp2_nonpos, load_chunk, ...).
+// compiled once per ISA ([Note: per-ISA kernels] in isa.h), with the maths of vec_math.h.
 // The statistics are defined in csrc/thermokern.cpp, [Note: partition statistics].
 //
 // [Note: lanes]
@@ -9,7 +9,7 @@
 // walks a sequence of vectors of W lanes; every lane keeps its own online statistics
 // (ref, d, m1, m2), in base 2: t = (x' - ref) k log2(e), d = sum w 2^t, m1 = sum w t 2^t,
 // m2 = sum w t^2 2^t. A row's lanes are merged at the end; a tile's lanes are its outputs.
-// Elements are taken in chunks of kSteps vectors (8 KB of fp32). As in entropy_kernel.h, a
+// Elements are taken in chunks of kSteps vectors (8 KB of fp32). As in row_stats_kernel.h, a
 // chunk is swept once relative to the lanes' current ref while its maximum is tracked on the
 // side; when some lane's chunk maximum passes its ref by more than the margin (or a sum turns
 // NaN), the chunk is redone in two sweeps: its maximum first, then the sums relative to it.
@@ -26,7 +26,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "entropy_kernel.h"
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/core/ScalarType.h>
+
+#include "dispatch.h"
+#include "partition_args.h"
+#include "vec_math.h"
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {

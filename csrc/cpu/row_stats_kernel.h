@@ -1,4 +1,7 @@
-// softmax_entropy CPU kernels, compiled once per ISA (see csrc/cpu/isa.h).
+// The row statistics of the softmax-family CPU kernels (softmax_entropy_kernel.h,
+// cross_entropy_kernel.h), compiled once per ISA with them ([Note: per-ISA kernels] in isa.h):
+// the forward's online statistics of a row (thermokern/row_stats.h) and the backward's sweep
+// that recomputes p from them.
 //
 // [Note: one read of each row]
 // A row is processed in chunks of kChunk elements (8 KB of fp32, well inside L1). Each chunk
@@ -6,16 +9,9 @@
 // y = x/T - max, and then merged into the row's running statistics (row_stats.h). Memory
 // sees every element once; the second sweep hits L1. 16-bit inputs are widened into a float
 // buffer chunk by chunk.
-//
-// [Note: the float exponential]
-// The exponential bounds the speed (a plain at::vec kernel with the 1-ulp Sleef exp is about
-// as fast as torch.compile). For float, exp2_nonpos below works in base 2: the inputs are
-// t = (x - max) * log2(e) / T <= 0, so 2^t = 2^n * 2^f with n = round(t), |f| <= 1/2 and a
-// degree-6 polynomial for 2^f (relative error ~1e-7, a couple of ulp), the 2^n built directly
-// in the exponent bits. About 12 vector instructions, against ~18 for at::vec's exp_u20
-// (~20 ulp). Sums are then kept in base 2 as well and scaled by ln 2 once per chunk.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -23,100 +19,16 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/core/ScalarType.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include "dispatch.h"
-#include "isa.h"
+#include "softmax_entropy_args.h"
 #include "thermokern/row_stats.h"
-
+#include "vec_math.h"
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {
 
-using at::vec::Vectorized;
-
 constexpr int64_t kChunk = 2048;
-
-template <typename T>
-using acc_type_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2 = 0.693147180559945309f;
-
-// 2^t for t <= 0, returning also t clamped to >= -127 in t_clamped. t <= -127 (and -inf) gives
-// exactly 0, and then t_clamped * 2^t is 0 rather than -inf * 0 = NaN; NaN propagates.
-inline Vectorized<float> exp2_nonpos(const Vectorized<float>& t, Vectorized<float>& t_clamped) {
-  using V = Vectorized<float>;
-  t_clamped = at::vec::clamp_min(t, V(-127.0f));  // keeps NaN (max(min, a) returns a on NaN)
-  const V n = t_clamped.round();
-  const V f = t_clamped - n;  // in [-0.5, 0.5]
-  // Taylor coefficients of 2^f = e^{f ln 2}; at |f| = 1/2 the degree-6 truncation is 1.2e-7.
-  V p = V(1.5403530393381606e-4f);
-  p = at::vec::fmadd(p, f, V(1.3333558146428443e-3f));
-  p = at::vec::fmadd(p, f, V(9.6181291076284772e-3f));
-  p = at::vec::fmadd(p, f, V(5.5504108664821580e-2f));
-  p = at::vec::fmadd(p, f, V(2.4022650695910071e-1f));
-  p = at::vec::fmadd(p, f, V(6.9314718055994531e-1f));
-  p = at::vec::fmadd(p, f, V(1.0f));
-  // 2^n as float bits (n + 127) << 23, computed exactly in float then converted; n = -127
-  // gives the bits of +0.
-  const V bits = (n + V(127.0f)) * V(8388608.0f);
-  const V scale = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(bits));
-  return p * scale;
-}
-
-// Widen n elements of src into buf (no copy when src already has the accumulation type).
-template <typename scalar_t, typename acc_t>
-inline const acc_t* load_chunk(const scalar_t* src, int64_t n, acc_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return src;
-  } else {
-    using Vs = Vectorized<scalar_t>;
-    using Vf = Vectorized<float>;
-    int64_t i = 0;
-    for (; i + Vs::size() <= n; i += Vs::size()) {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(Vs::loadu(src + i));
-      lo.store(buf + i);
-      hi.store(buf + i + Vf::size());
-    }
-    for (; i < n; ++i) buf[i] = static_cast<float>(src[i]);
-    return buf;
-  }
-}
-
-// Narrow n floats of buf into dst.
-template <typename scalar_t>
-inline void store_chunk(const float* buf, int64_t n, scalar_t* dst) {
-  using Vs = Vectorized<scalar_t>;
-  using Vf = Vectorized<float>;
-  int64_t i = 0;
-  for (; i + Vs::size() <= n; i += Vs::size()) {
-    Vs v = at::vec::convert_from_float<scalar_t>(Vf::loadu(buf + i),
-                                                 Vf::loadu(buf + i + Vf::size()));
-    v.store(dst + i);
-  }
-  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(buf[i]);
-}
-
-template <typename T>
-inline T nan_max(T a, T b) {
-  // NaN in either argument wins, as torch.max does.
-  if (a != a) return a;
-  return (b != b || b > a) ? b : a;
-}
-
-// Sum of the lanes of v, in lane order.
-template <typename T>
-inline T lane_sum(const Vectorized<T>& v) {
-  constexpr int64_t W = Vectorized<T>::size();
-  alignas(64) T lanes[W];
-  v.store(lanes);
-  T sum = 0;
-  for (int64_t k = 0; k < W; ++k) sum += lanes[k];
-  return sum;
-}
 
 // [Note: one sweep per chunk after the first]
 // The max sweep before the exponentials is only needed to keep 2^t from overflowing. Once a
@@ -289,8 +201,13 @@ RowStats<double> row_stats_of(const scalar_t* row, int64_t C, acc_type_t<scalar_
   return st;
 }
 
-template <typename scalar_t>
-void entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
+// Forward over rows for both ops (softmax_entropy, cross_entropy): the statistics of each row
+// (and its sum of x when with_sum), written to a.entropy, a.shift and a.log_norm, then
+// on_row(r, row, k, st, h, log_norm, x_sum) for the op's own outputs (k = 1/T of the row,
+// h its entropy).
+template <typename scalar_t, typename OnRow>
+void row_stats_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t row_end,
+                    bool with_sum, OnRow on_row) {
   using acc_t = acc_type_t<scalar_t>;
   alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
   const auto* x = static_cast<const scalar_t*>(a.x);
@@ -298,56 +215,17 @@ void entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) 
   auto* entropy = static_cast<acc_t*>(a.entropy);
   auto* shift = static_cast<acc_t*>(a.shift);
   auto* log_norm = static_cast<acc_t*>(a.log_norm);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const RowStats<double> st =
-        row_stats_of<scalar_t>(x + r * a.row_stride, a.C, inv_t[r * a.inv_t_stride], buf, nullptr);
-    entropy[r] = static_cast<acc_t>(row_stats_entropy(st));
-    shift[r] = static_cast<acc_t>(st.m);
-    log_norm[r] = static_cast<acc_t>(row_stats_log_norm(st));
-  }
-}
-
-template <typename scalar_t>
-void cross_entropy_fwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
-  using acc_t = acc_type_t<scalar_t>;
-  alignas(64) acc_t buf[std::is_same_v<scalar_t, acc_t> ? 1 : kChunk];
-  const auto* x = static_cast<const scalar_t*>(a.x);
-  const auto* inv_t = static_cast<const acc_t*>(a.inv_t);
-  auto* loss = static_cast<acc_t*>(a.loss);
-  auto* entropy = static_cast<acc_t*>(a.entropy);
-  auto* shift = static_cast<acc_t*>(a.shift);
-  auto* log_norm = static_cast<acc_t*>(a.log_norm);
-  const double eps = a.label_smoothing;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const scalar_t* row = x + r * a.row_stride;
-    const double k = static_cast<double>(inv_t[r * a.inv_t_stride]);
+    const acc_t k = inv_t[r * a.inv_t_stride];
     double x_sum = 0.0;
-    const RowStats<double> st =
-        row_stats_of<scalar_t>(row, a.C, static_cast<acc_t>(k), buf, eps > 0.0 ? &x_sum : nullptr);
+    const RowStats<double> st = row_stats_of<scalar_t>(row, a.C, k, buf, with_sum ? &x_sum : nullptr);
     const double h = row_stats_entropy(st);
     const double ln = row_stats_log_norm(st);
     entropy[r] = static_cast<acc_t>(h);
     shift[r] = static_cast<acc_t>(st.m);
     log_norm[r] = static_cast<acc_t>(ln);
-    const int64_t y = a.target[r];
-    if (y == a.ignore_index) {
-      loss[r] = acc_t(0);
-      continue;
-    }
-    if (y < 0 || y >= a.C) {  // the op validates targets first; never read out of bounds
-      loss[r] = std::numeric_limits<acc_t>::quiet_NaN();
-      continue;
-    }
-    // CE = (1 - eps)(lse - z_y) + eps (lse - mean z) = log d + k (m - (1 - eps) x_y - eps mean x):
-    // the differences to the shift m keep it free of cancellation for large logits.
-    const double x_y = static_cast<double>(static_cast<acc_t>(row[y]));
-    double gap = st.m - (1.0 - eps) * x_y;
-    if (eps > 0.0) gap -= eps * (x_sum / static_cast<double>(a.C));
-    const double ce = ln + k * gap;
-    const double lse = st.m * k + ln;
-    double value = ce - a.entropy_weight * h;
-    if (a.z_loss_weight != 0.0) value += a.z_loss_weight * lse * lse;
-    loss[r] = static_cast<acc_t>(value);
+    on_row(r, row, static_cast<double>(k), st, h, ln, x_sum);
   }
 }
 
@@ -404,10 +282,11 @@ inline void softmax_affine_chunk(const acc_t* p, int64_t n, acc_t k, acc_t m, ac
   }
 }
 
-// Backward over rows for both ops: per row, Coeffs(r) gives (A, B, c, target column or -1,
-// target term) and the gradient row is written in the input dtype.
+// Backward over rows for both ops (softmax_entropy, cross_entropy): per row, Coeffs(r) gives
+// (A, B, c, target column or -1, target term) and the gradient row is written in the input
+// dtype.
 template <typename scalar_t, typename Coeffs>
-void softmax_affine_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end, Coeffs coeffs) {
+void softmax_affine_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t row_end, Coeffs coeffs) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr bool kWiden = !std::is_same_v<scalar_t, acc_t>;
   alignas(64) acc_t in_buf[kWiden ? kChunk : 1];
@@ -435,70 +314,13 @@ void softmax_affine_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_en
   }
 }
 
-template <typename scalar_t>
-void entropy_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
-  using acc_t = acc_type_t<scalar_t>;
-  const auto* grad = static_cast<const acc_t*>(a.grad);
-  const auto* entropy = static_cast<const acc_t*>(a.entropy);
-  softmax_affine_rows<scalar_t>(a, row_begin, row_end,
-                                [&](int64_t r, acc_t k, acc_t& A, acc_t& B, acc_t& c, int64_t& y,
-                                    acc_t& y_term) {
-                                  const acc_t coef = -grad[r] * k;
-                                  A = coef * entropy[r];
-                                  B = coef;
-                                  c = 0;
-                                  y = -1;
-                                  y_term = 0;
-                                });
-}
-
-template <typename scalar_t>
-void cross_entropy_bwd_rows(const EntropyArgs& a, int64_t row_begin, int64_t row_end) {
-  using acc_t = acc_type_t<scalar_t>;
-  const auto* grad = static_cast<const acc_t*>(a.grad);
-  const auto* entropy = static_cast<const acc_t*>(a.entropy);
-  const auto* shift = static_cast<const acc_t*>(a.shift);
-  const auto* log_norm = static_cast<const acc_t*>(a.log_norm);
-  const acc_t beta = static_cast<acc_t>(a.entropy_weight);
-  const acc_t eps = static_cast<acc_t>(a.label_smoothing);
-  const acc_t zw2 = static_cast<acc_t>(2.0 * a.z_loss_weight);
-  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(a.C);
-  softmax_affine_rows<scalar_t>(
-      a, row_begin, row_end,
-      [&](int64_t r, acc_t k, acc_t& A, acc_t& B, acc_t& c, int64_t& y, acc_t& y_term) {
-        y = a.target[r];
-        if (y == a.ignore_index) {  // no gradient
-          A = B = c = y_term = 0;
-          y = -1;
-          return;
-        }
-        if (y < 0 || y >= a.C) {  // invalid (the op validates first): NaN, no out-of-bounds
-          A = B = c = std::numeric_limits<acc_t>::quiet_NaN();
-          y = -1;
-          y_term = 0;
-          return;
-        }
-        const acc_t gk = grad[r] * k;
-        const acc_t lse = shift[r] * k + log_norm[r];
-        A = gk * (acc_t(1) + beta * entropy[r] + zw2 * lse);
-        B = gk * beta;
-        c = -gk * eps * inv_c;
-        y_term = -gk * (acc_t(1) - eps);
-      });
-}
-
 }  // namespace CPU_CAPABILITY
-
-#define TK_DEFINE_ROW_FN(NAME)                                                                 \
-  void TK_CAT(NAME, CPU_CAPABILITY)(const EntropyArgs& a, int64_t row_begin, int64_t row_end) { \
-    TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::NAME##_rows<scalar_t>(a, row_begin, row_end)) \
-  }
-
-TK_DEFINE_ROW_FN(entropy_fwd)
-TK_DEFINE_ROW_FN(entropy_bwd)
-TK_DEFINE_ROW_FN(cross_entropy_fwd)
-TK_DEFINE_ROW_FN(cross_entropy_bwd)
-
-#undef TK_DEFINE_ROW_FN
-
 }  // namespace thermokern::cpu
+
+// Defines the per-ISA entry point NAME (TK_CAT(NAME, CPU_CAPABILITY), declared by the op's
+// <op>_args.h) of the row kernel NAME_rows<scalar_t>(const ARGS&, row_begin, row_end).
+#define TK_DEFINE_ROW_KERNEL(NAME, ARGS)                                                 \
+  void TK_CAT(NAME, CPU_CAPABILITY)(const ARGS& a, int64_t row_begin, int64_t row_end) { \
+    TK_DISPATCH_FLOAT_TYPES(a.dtype,                                                     \
+                            CPU_CAPABILITY::NAME##_rows<scalar_t>(a, row_begin, row_end)) \
+  }

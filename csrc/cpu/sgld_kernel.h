@@ -1,13 +1,13 @@
-// sgld_step_ CPU kernel, compiled once per ISA (see csrc/cpu/isa.h).
+// sgld_step_ CPU kernel, compiled once per ISA ([Note: per-ISA kernels] in csrc/cpu/isa.h).
 //
 // [Note: the SGLD CPU kernel]
 // The op hands the kernel one work space: the Philox counters of all its tensors laid end to
-// end (SgldTensor::work_begin). at::parallel_for splits that space evenly whatever the tensor
-// sizes, so one task may finish one tensor and start the next, and a large tensor is shared by
-// several tasks: small biases and large weights are balanced together, in one parallel region
-// per step. Inside a tensor the kernel is langevin_step's (langevin_kernel.h): blocks of
-// langevin::kBlock counters, whose normals go into an L1-resident buffer and are then added in
-// one vectorised sweep that reads param and grad and writes param:
+// end (SgldTensor::first_unit, in units of one counter). at::parallel_for splits that space
+// evenly whatever the tensor sizes, so one task may finish one tensor and start the next, and a
+// large tensor is shared by several tasks: small biases and large weights are balanced
+// together, in one parallel region per step. Inside a tensor the kernel is langevin_step's
+// (langevin_kernel.h): blocks of langevin::kBlock counters, whose normals go into an L1-resident
+// buffer and are then added in one vectorised sweep that reads param and grad and writes param:
 //   g' = grad + lambda * param (only when lambda != 0),  param = param - eta g' + sigma n,
 // in float for 16-bit params (double for double), in the same operation order as
 // langevin_step, so that with lambda = 0 a tensor's update equals langevin_step_ on it.
@@ -17,14 +17,14 @@
 #include <cstdint>
 
 #include "dispatch.h"
-#include "isa.h"
 #include "langevin_kernel.h"
+#include "sgld_args.h"
+#include "vec_math.h"
 
 namespace thermokern::cpu {
 inline namespace CPU_CAPABILITY {
 namespace sgld {
 
-using langevin::Lanes;
 using langevin::PhiloxKeys;
 
 // Counters [c_begin, c_end) of one tensor (relative to its first counter).
@@ -41,9 +41,9 @@ void tensor_range(const SgldArgs& a, const SgldTensor& t, const PhiloxKeys& keys
   const bool has_wd = a.weight_decay != 0.0;
   // + kSize: full-vector noise loads past the block's last element stay inside the buffer
   alignas(64) acc_t z[4 * langevin::kBlock + L::kSize] = {};
-  auto* p = static_cast<scalar_t*>(t.param);
-  const auto* g = static_cast<const scalar_t*>(t.grad);
-  const uint64_t first = a.offset + t.counter_start;
+  auto* p = reinterpret_cast<scalar_t*>(t.param);
+  const auto* g = reinterpret_cast<const scalar_t*>(t.grad);
+  const uint64_t first = a.offset + static_cast<uint64_t>(t.counter_start);
   for (int64_t c0 = c_begin; c0 < c_end; c0 += langevin::kBlock) {
     const int64_t nc = std::min(langevin::kBlock, c_end - c0);
     const int64_t e0 = 4 * c0, ne = std::min(4 * nc, t.numel - e0);
@@ -72,14 +72,14 @@ void step(const SgldArgs& a, int64_t w_begin, int64_t w_end) {
   // The tensor holding w_begin: the last one starting at or before it (none is empty).
   const SgldTensor* t =
       std::upper_bound(a.tensors, end, w_begin,
-                       [](int64_t w, const SgldTensor& x) { return w < x.work_begin; }) -
+                       [](int64_t w, const SgldTensor& x) { return w < x.first_unit; }) -
       1;
   for (int64_t w = w_begin; w < w_end && t < end; ++t) {
     const int64_t counters = (t->numel + 3) / 4;
-    const int64_t c_begin = w - t->work_begin;
-    const int64_t c_end = std::min(counters, w_end - t->work_begin);
+    const int64_t c_begin = w - t->first_unit;
+    const int64_t c_end = std::min(counters, w_end - t->first_unit);
     tensor_range<scalar_t>(a, *t, keys, c_begin, c_end);
-    w = t->work_begin + c_end;
+    w = t->first_unit + c_end;
   }
 }
 

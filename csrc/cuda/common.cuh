@@ -1,16 +1,17 @@
-// Helpers shared by the CUDA translation units (entropy.cu, cross_entropy.cu): launch
-// constants, 16-byte vector packs, the warp/block merge of online row statistics
-// (row_stats.h), and the host-side choice of vector width and block size.
+// Helpers shared by the CUDA translation units (softmax_entropy.cu, cross_entropy.cu,
+// partition.cu, langevin.cu): launch constants, 16-byte vector packs, the warp/block merge of
+// online row statistics (row_stats.h), and the host-side choice of vector width and block size.
 //
 // Everything here sits in an unnamed namespace: each .cu that includes this header gets its
 // own internal-linkage copy (the same one its kernels, also in an unnamed namespace, use), so
 // the translation units cannot clash at link time.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
-#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "thermokern/row_stats.h"
 
@@ -154,8 +155,19 @@ void dispatch_vec(int vec, Fn&& fn) {
   return fn(std::integral_constant<int, 1>{});
 }
 
-// inv_t[row * stride] is row's 1/T: stride 0 for a single value shared by every row.
-int64_t inv_t_stride(const at::Tensor& inv_t) { return inv_t.size(0) == 1 ? 0 : inv_t.stride(0); }
+// Launches a row kernel (one thread block per row, grid-stride beyond kMaxBlocks rows) over
+// N rows of C elements, row_stride apart, read from x and written to out (may be x): calls
+// launch(std::integral_constant<int, VEC>, blocks, threads, stream) with the widest vector
+// width that x, out, the row stride and C allow, on the current stream.
+template <typename scalar_t, typename Launch>
+void launch_rows(const scalar_t* x, const void* out, int64_t N, int64_t C, int64_t row_stride,
+                 Launch&& launch) {
+  const int vec = vec_width<scalar_t>(x, out, row_stride, C);
+  const int threads = threads_for((C + vec - 1) / vec);
+  const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_vec<scalar_t>(vec, [&](auto vec_c) { launch(vec_c, blocks, threads, stream); });
+}
 
 }  // namespace
 

@@ -1,9 +1,10 @@
 // cross_entropy: entropy-regularised cross-entropy, CUDA implementation
-// (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+// (TORCH_LIBRARY_IMPL(thermokern, CUDA)): kernels and their launches for the entry points of
+// thermokern/cross_entropy_plan.h (shared with the CPU).
 //
 // Per row, with k = 1/T = inv_t[row * inv_t_stride], z = k x and y the target class:
 //   loss = CE(z, y; eps) - beta H(softmax z) + zw lse(z)^2    (0 when y == ignore_index)
-// Same structure as entropy.cu: one thread block per row (grid-stride over rows), online row
+// Same structure as softmax_entropy.cu: one thread block per row (grid-stride over rows), online row
 // statistics (row_stats.h) per thread over 16-byte vector loads, merged through warp shuffles
 // and shared memory. The forward writes the softmax_entropy statistics (entropy, shift,
 // log_norm) as well, and the backward recomputes p from them in one sweep:
@@ -21,21 +22,18 @@
 // makes the loss +inf anyway), and
 //   m - (1 - eps) x_y - eps mean x = (m - r) - (1 - eps)(x_y - r) - eps mean(x - r),
 // where every term is of the size of the spread of the row, not of the logits.
-#include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "common.cuh"
-#include "thermokern/checks.h"
+#include "thermokern/cross_entropy_plan.h"
 #include "thermokern/row_stats.h"
 
 namespace thermokern::cuda {
@@ -164,104 +162,66 @@ __global__ void cross_entropy_bwd_kernel(const acc_t* __restrict__ grad,      //
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cuda(
-    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,
-    double entropy_weight, double label_smoothing, int64_t ignore_index, double z_loss_weight) {
-  check_softmax_entropy_fwd(logits, inv_t);
-  check_target(target, logits);
-  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const auto acc = acc_dtype(logits.scalar_type());
-  at::Tensor loss = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor shift = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
-  maybe_poison(loss);
-  maybe_poison(entropy);
-  maybe_poison(shift);
-  maybe_poison(log_norm);
-  if (N == 0) return {loss, entropy, shift, log_norm};
-  const at::Tensor tgt = target.contiguous();
-  const int64_t stride = logits.stride(0);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+void launch_fwd(const CrossEntropyFwdPlan& p) {
+  const RowsPlan& r = p.rows;
+  const CrossEntropyScalars& s = p.scalars;
+  const c10::cuda::CUDAGuard guard(r.logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
                                   "cross_entropy_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
-    const int vec = vec_width<scalar_t>(xp, xp, stride, C);
-    const int threads = threads_for((C + vec - 1) / vec);
-    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
+    launch_rows<scalar_t>(xp, xp, r.rows, r.C, r.row_stride,
+                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
       constexpr int VEC = decltype(vec_c)::value;
       auto launch = [&](auto kernel) {
         kernel<<<blocks, threads, 0, stream>>>(
-            xp, tgt.const_data_ptr<int64_t>(), N, C, stride, inv_t.const_data_ptr<acc_t>(),
-            inv_t_stride(inv_t), static_cast<acc_t>(entropy_weight),
-            static_cast<acc_t>(label_smoothing), ignore_index, static_cast<acc_t>(z_loss_weight),
-            loss.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
-            shift.mutable_data_ptr<acc_t>(), log_norm.mutable_data_ptr<acc_t>());
+            xp, p.target.const_data_ptr<int64_t>(), r.rows, r.C, r.row_stride,
+            r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride, static_cast<acc_t>(s.entropy_weight),
+            static_cast<acc_t>(s.label_smoothing), s.ignore_index,
+            static_cast<acc_t>(s.z_loss_weight), p.loss.mutable_data_ptr<acc_t>(),
+            p.out.entropy.mutable_data_ptr<acc_t>(), p.out.shift.mutable_data_ptr<acc_t>(),
+            p.out.log_norm.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      if (label_smoothing > 0.0) {
+      if (s.label_smoothing > 0.0) {
         launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, true>);
       } else {
         launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, false>);
       }
     });
   });
-  return {loss, entropy, shift, log_norm};
 }
 
-at::Tensor cross_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                               const at::Tensor& target, const at::Tensor& inv_t,
-                               const at::Tensor& entropy, const at::Tensor& shift,
-                               const at::Tensor& log_norm, double entropy_weight,
-                               double label_smoothing, int64_t ignore_index,
-                               double z_loss_weight) {
-  check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
-  check_target(target, logits);
-  check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const auto acc = acc_dtype(logits.scalar_type());
-  at::Tensor grad_x = at::empty({N, C}, logits.options());
-  maybe_poison(grad_x);
-  if (N == 0) return grad_x;
-  const at::Tensor g = grad.to(acc).contiguous();
-  const at::Tensor tgt = target.contiguous();
-  const at::Tensor h = entropy.contiguous();
-  const at::Tensor mx = shift.contiguous();
-  const at::Tensor ln = log_norm.contiguous();
-  const int64_t stride = logits.stride(0);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+void launch_bwd(const CrossEntropyBwdPlan& p) {
+  const RowsPlan& r = p.bwd.rows;
+  const RowStatsTensors& st = p.bwd.stats;
+  const CrossEntropyScalars& s = p.scalars;
+  const c10::cuda::CUDAGuard guard(r.logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
                                   "cross_entropy_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
-    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    const int vec = vec_width<scalar_t>(xp, gxp, stride, C);
-    const int threads = threads_for((C + vec - 1) / vec);
-    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
+    scalar_t* gxp = p.bwd.grad_x.mutable_data_ptr<scalar_t>();
+    launch_rows<scalar_t>(xp, gxp, r.rows, r.C, r.row_stride,
+                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
       constexpr int VEC = decltype(vec_c)::value;
       cross_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          g.const_data_ptr<acc_t>(), xp, tgt.const_data_ptr<int64_t>(),
-          h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(), ln.const_data_ptr<acc_t>(), gxp,
-          N, C, stride, inv_t.const_data_ptr<acc_t>(), inv_t_stride(inv_t),
-          static_cast<acc_t>(entropy_weight), static_cast<acc_t>(label_smoothing), ignore_index,
-          static_cast<acc_t>(z_loss_weight));
+          p.bwd.grad.const_data_ptr<acc_t>(), xp, p.target.const_data_ptr<int64_t>(),
+          st.entropy.const_data_ptr<acc_t>(), st.shift.const_data_ptr<acc_t>(),
+          st.log_norm.const_data_ptr<acc_t>(), gxp, r.rows, r.C, r.row_stride,
+          r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride, static_cast<acc_t>(s.entropy_weight),
+          static_cast<acc_t>(s.label_smoothing), s.ignore_index,
+          static_cast<acc_t>(s.z_loss_weight));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return grad_x;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
-  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_op<launch_fwd>);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_op<launch_bwd>);
 }
 
 }  // namespace thermokern::cuda

@@ -1,4 +1,5 @@
-// langevin_step: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+// langevin_step: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)): kernels and their
+// launches for the entry points of thermokern/langevin_plan.h (shared with the CPU).
 //
 // One thread per Philox counter (grid-stride): it draws the four normals of its counter with
 // the host/device functions of thermokern/philox.h ([Note: Langevin noise layout]; they avoid
@@ -9,21 +10,17 @@
 // int64 throughout.
 #include <algorithm>
 #include <cstdint>
-#include <optional>
-#include <tuple>
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "common.cuh"
-#include "thermokern/checks.h"
+#include "thermokern/langevin_plan.h"
 #include "thermokern/philox.h"
 
 namespace thermokern::cuda {
@@ -39,16 +36,15 @@ struct StepParams {
 };
 
 template <typename acc_t>
-StepParams<acc_t> step_params(double step_size, double noise_std, std::optional<double> grad_clip,
-                              std::optional<double> lo, std::optional<double> hi) {
-  return StepParams<acc_t>{static_cast<acc_t>(-step_size),
-                           static_cast<acc_t>(noise_std),
-                           static_cast<acc_t>(grad_clip.value_or(0.0)),
-                           static_cast<acc_t>(lo.value_or(0.0)),
-                           static_cast<acc_t>(hi.value_or(0.0)),
-                           grad_clip.has_value(),
-                           lo.has_value(),
-                           hi.has_value()};
+StepParams<acc_t> step_params(const LangevinScalars& s) {
+  return StepParams<acc_t>{static_cast<acc_t>(-s.step_size),
+                           static_cast<acc_t>(s.noise_std),
+                           static_cast<acc_t>(s.clip),
+                           static_cast<acc_t>(s.lo),
+                           static_cast<acc_t>(s.hi),
+                           s.has_clip,
+                           s.has_lo,
+                           s.has_hi};
 }
 
 // v = x - eta clip(g) + sigma n before the clamp; comparisons (not fminf/fmaxf) keep NaN.
@@ -172,31 +168,27 @@ bool aligned4(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(scalar_t)) == 0;
 }
 
-// The step of contiguous x into contiguous out (may be x).
-void launch_fwd(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& out,
-                const at::Tensor& seed, const at::Tensor& offset, double step_size,
-                double noise_std, std::optional<double> grad_clip, std::optional<double> lo,
-                std::optional<double> hi) {
-  const int64_t n = x.numel();
-  if (n == 0) return;
-  const at::Tensor g = grad.contiguous();
+// langevin_step and langevin_step_: the step of p.x into p.out (may be p.x).
+void launch_fwd(const LangevinFwdPlan& p) {
+  const int64_t n = p.n;
+  const c10::cuda::CUDAGuard guard(p.x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "langevin_step_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "langevin_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const StepParams<acc_t> p = step_params<acc_t>(step_size, noise_std, grad_clip, lo, hi);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    scalar_t* op = static_cast<scalar_t*>(out.data_ptr());
+    const StepParams<acc_t> sp = step_params<acc_t>(p.scalars);
+    const scalar_t* xp = p.x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = p.grad.const_data_ptr<scalar_t>();
+    scalar_t* op = static_cast<scalar_t*>(p.out.data_ptr());
     const bool vec = aligned4<scalar_t>(xp) && aligned4<scalar_t>(gp) && aligned4<scalar_t>(op);
     const auto go = [&](auto noise_c, auto vec_c) {
       constexpr bool kNoise = decltype(noise_c)::value, kVec = decltype(vec_c)::value;
       langevin_step_fwd_kernel<scalar_t, acc_t, kNoise, kVec><<<grid_for(n), kLangevinThreads, 0, stream>>>(
-          xp, gp, op, seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), n, p);
+          xp, gp, op, p.seed.const_data_ptr<int64_t>(), p.offset.const_data_ptr<int64_t>(), n, sp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     using T = std::true_type;
     using F = std::false_type;
-    if (noise_std != 0.0) {
+    if (p.scalars.noise_std != 0.0) {
       vec ? go(T{}, T{}) : go(T{}, F{});
     } else {
       vec ? go(F{}, T{}) : go(F{}, F{});
@@ -204,74 +196,32 @@ void launch_fwd(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& o
   });
 }
 
-at::Tensor langevin_step_cuda(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
-                              const at::Tensor& offset, double step_size, double noise_std,
-                              std::optional<double> grad_clip, std::optional<double> lo,
-                              std::optional<double> hi) {
-  check_langevin(x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  maybe_poison(out);
-  launch_fwd(x.contiguous(), grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  return out;
-}
-
-void langevin_step_cuda_(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
-                         const at::Tensor& offset, double step_size, double noise_std,
-                         std::optional<double> grad_clip, std::optional<double> lo,
-                         std::optional<double> hi) {
-  check_langevin(x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  at::assert_no_internal_overlap(x);
-  at::assert_no_partial_overlap(x, grad);
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (x.is_contiguous()) {
-    launch_fwd(x, grad, x, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-    return;
-  }
-  const at::Tensor xc = x.contiguous();
-  launch_fwd(xc, grad, xc, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  x.copy_(xc);
-}
-
-std::tuple<at::Tensor, at::Tensor> langevin_step_bwd_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& grad,
-    const at::Tensor& seed, const at::Tensor& offset, double step_size, double noise_std,
-    std::optional<double> grad_clip, std::optional<double> lo, std::optional<double> hi) {
-  check_langevin_bwd(grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip, lo, hi);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_x = at::empty(x.sizes(), opts);
-  at::Tensor grad_grad = at::empty(x.sizes(), opts);
-  maybe_poison(grad_x);
-  maybe_poison(grad_grad);
-  const int64_t n = x.numel();
-  if (n == 0) return {grad_x, grad_grad};
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor go = grad_out.to(x.scalar_type()).contiguous();
+void launch_bwd(const LangevinBwdPlan& p) {
+  const int64_t n = p.n;
+  const c10::cuda::CUDAGuard guard(p.x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "langevin_step_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "langevin_step_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const StepParams<acc_t> p = step_params<acc_t>(step_size, noise_std, grad_clip, lo, hi);
+    const StepParams<acc_t> sp = step_params<acc_t>(p.scalars);
     const auto run = [&](auto noise_c) {
       constexpr bool kNoise = decltype(noise_c)::value;
       langevin_step_bwd_kernel<scalar_t, acc_t, kNoise><<<grid_for(n), kLangevinThreads, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
-          grad_x.mutable_data_ptr<scalar_t>(), grad_grad.mutable_data_ptr<scalar_t>(),
-          seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), n, p);
+          p.grad_out.const_data_ptr<scalar_t>(), p.x.const_data_ptr<scalar_t>(),
+          p.grad.const_data_ptr<scalar_t>(), p.grad_x.mutable_data_ptr<scalar_t>(),
+          p.grad_grad.mutable_data_ptr<scalar_t>(), p.seed.const_data_ptr<int64_t>(),
+          p.offset.const_data_ptr<int64_t>(), n, sp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    noise_std != 0.0 ? run(std::true_type{}) : run(std::false_type{});
+    p.scalars.noise_std != 0.0 ? run(std::true_type{}) : run(std::false_type{});
   });
-  return {grad_x, grad_grad};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("langevin_step", &langevin_step_cuda);
-  m.impl("langevin_step_", &langevin_step_cuda_);
-  m.impl("langevin_step_bwd", &langevin_step_bwd_cuda);
+  m.impl("langevin_step", &langevin_step_op<launch_fwd>);
+  m.impl("langevin_step_", &langevin_step_inplace_op<launch_fwd>);
+  m.impl("langevin_step_bwd", &langevin_step_bwd_op<launch_bwd>);
 }
 
 }  // namespace thermokern::cuda

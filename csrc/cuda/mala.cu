@@ -1,4 +1,5 @@
-// mala_accept: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+// mala_accept: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)): the kernel and its
+// launch for the entry point of thermokern/mala_plan.h (shared with the CPU).
 //
 // One thread block per chain (grid-stride over chains): the threads stride over the chain's
 // elements accumulating S = sum (2 (x - x') + eta (g' - g)) (g + g') in the accumulation type,
@@ -9,20 +10,17 @@
 // in-place updates); nothing syncs with the host. Offsets are int64.
 #include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "thermokern/checks.h"
 #include "thermokern/mala.h"
-#include "thermokern/mala_checks.h"
+#include "thermokern/mala_plan.h"
 
 namespace thermokern::cuda {
 
@@ -87,45 +85,29 @@ __global__ void mala_accept_kernel(const scalar_t* __restrict__ x,          // (
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept_cuda(
-    const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
-    const at::Tensor& grad_prop, const at::Tensor& energy, const at::Tensor& energy_prop,
-    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature) {
-  check_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size,
-                    temperature);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t chains = x.size(0);
-  const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor x_new = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor accepted = at::empty({chains}, x.options().dtype(at::kBool));
-  at::Tensor log_alpha = at::empty({chains}, x.options().dtype(acc));
-  maybe_poison(x_new);
-  maybe_poison(log_alpha);
-  if (chains == 0) return {x_new, accepted, log_alpha};
-  const at::Tensor xc = x.contiguous(), xpc = x_prop.contiguous();
-  const at::Tensor gc = grad.contiguous(), gpc = grad_prop.contiguous();
-  const at::Tensor ec = energy.contiguous(), epc = energy_prop.contiguous();
-  const int64_t D = x.numel() / chains;
+void launch(const MalaPlan& p) {
+  const c10::cuda::CUDAGuard guard(p.x.device());
+  const int64_t D = p.row;
   int threads = kMalaWarp;
   while (threads < kMalaMaxThreads && threads < D) threads *= 2;
-  const int64_t blocks = std::min<int64_t>(chains, kMalaMaxBlocks);
+  const int64_t blocks = std::min<int64_t>(p.chains, kMalaMaxBlocks);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mala_accept_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "mala_accept_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     mala_accept_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        xc.const_data_ptr<scalar_t>(), xpc.const_data_ptr<scalar_t>(),
-        gc.const_data_ptr<scalar_t>(), gpc.const_data_ptr<scalar_t>(),
-        ec.const_data_ptr<acc_t>(), epc.const_data_ptr<acc_t>(), seed.const_data_ptr<int64_t>(),
-        offset.const_data_ptr<int64_t>(), chains, D, static_cast<acc_t>(step_size),
-        static_cast<acc_t>(temperature), x_new.mutable_data_ptr<scalar_t>(),
-        accepted.mutable_data_ptr<bool>(), log_alpha.mutable_data_ptr<acc_t>());
+        p.x.const_data_ptr<scalar_t>(), p.x_prop.const_data_ptr<scalar_t>(),
+        p.grad.const_data_ptr<scalar_t>(), p.grad_prop.const_data_ptr<scalar_t>(),
+        p.energy.const_data_ptr<acc_t>(), p.energy_prop.const_data_ptr<acc_t>(),
+        p.seed.const_data_ptr<int64_t>(), p.offset.const_data_ptr<int64_t>(), p.chains, D,
+        static_cast<acc_t>(p.step_size), static_cast<acc_t>(p.temperature),
+        p.x_new.mutable_data_ptr<scalar_t>(), p.accepted.mutable_data_ptr<bool>(),
+        p.log_alpha.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {x_new, accepted, log_alpha};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("mala_accept", &mala_accept_cuda); }
+TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("mala_accept", &mala_accept_op<launch>); }
 
 }  // namespace thermokern::cuda

@@ -1,6 +1,7 @@
 // partition statistics: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)) of
 // partition_fwd / partition_bwd; the semantics are in [Note: partition statistics]
-// (csrc/thermokern.cpp).
+// (csrc/thermokern.cpp): kernels and their launches for the entry points of
+// thermokern/partition_plan.h (shared with the CPU).
 //
 // x is a contiguous (O, R, I) tensor reduced over R; output j = o * I + i. weight and mask may
 // have any strides (Strides3; stride 0 in broadcast dims): the 16-byte-pack paths below read
@@ -28,8 +29,6 @@
 // Offsets are int64 throughout; nothing syncs with the host.
 #include <algorithm>
 #include <cstdint>
-#include <optional>
-#include <tuple>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -41,7 +40,7 @@
 #include <torch/library.h>
 
 #include "common.cuh"
-#include "thermokern/checks.h"
+#include "thermokern/partition_plan.h"
 #include "thermokern/row_stats.h"
 
 namespace thermokern::cuda {
@@ -616,29 +615,24 @@ int elem_phase(const void* p, int vec) {
   return static_cast<int>(elem % static_cast<uintptr_t>(vec));
 }
 
-Strides3 strides_of(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return Strides3{0, 0, 0};
-  return Strides3{t->stride(0), t->stride(1), t->stride(2)};
-}
+Strides3 strides3(const int64_t (&s)[3]) { return Strides3{s[0], s[1], s[2]}; }
 
-// Whether the pack paths may read t at x's flat offsets.
-bool dense(const std::optional<at::Tensor>& t) { return !t.has_value() || t->is_contiguous(); }
-
-// dense_wm: weight and mask are contiguous or absent, so the pack path may read them at x's
-// offsets; w_st, m_st serve the strided path.
+// in.dense_wm: weight and mask are contiguous or absent, so the pack path may read them at x's
+// offsets; their strides serve the strided path.
 template <typename scalar_t, typename acc_t, bool MOM>
-void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t* mk,
-                          Strides3 w_st, Strides3 m_st, bool dense_wm, const at::Tensor& scale,
-                          bool negate, PartOut<acc_t> out, cudaStream_t stream) {
-  const int64_t O = x.size(0), R = x.size(1), I = x.size(2);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const acc_t* sp = scale.const_data_ptr<acc_t>();
-  const int64_t ss = inv_t_stride(scale);
+void partition_fwd_launch(const PartitionPlan& in, const scalar_t* w, const uint8_t* mk,
+                          PartOut<acc_t> out, cudaStream_t stream) {
+  const int64_t O = in.O, R = in.R, I = in.I;
+  const Strides3 w_st = strides3(in.weight_strides), m_st = strides3(in.mask_strides);
+  const bool dense_wm = in.dense_wm, negate = in.negate;
+  const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+  const acc_t* sp = in.scale.const_data_ptr<acc_t>();
+  const int64_t ss = in.scale_stride;
   constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
   constexpr int kFields = MOM ? 5 : 3;
   at::Tensor ws;
   auto alloc_ws = [&] {
-    ws = at::empty({kFields * out.splits * out.n_out}, x.options().dtype(scale.scalar_type()));
+    ws = at::empty({kFields * out.splits * out.n_out}, in.x.options().dtype(in.scale.scalar_type()));
     out.ws = ws.mutable_data_ptr<acc_t>();
   };
   if (I == 1) {
@@ -702,86 +696,63 @@ void partition_fwd_launch(const at::Tensor& x, const scalar_t* w, const uint8_t*
   }
 }
 
-const uint8_t* mask_ptr(const std::optional<at::Tensor>& mask) {
-  return mask.has_value() ? reinterpret_cast<const uint8_t*>(mask->const_data_ptr<bool>())
-                          : nullptr;
+// Pointers to weight (as scalar_t) and mask, or nullptr.
+template <typename scalar_t>
+const scalar_t* weight_ptr(const PartitionPlan& in) {
+  return in.weight.has_value() ? in.weight->const_data_ptr<scalar_t>() : nullptr;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> partition_fwd_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& mask, const at::Tensor& scale, bool negate,
-    int64_t moments) {
-  check_partition_fwd(x, weight, mask, scale, moments);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t n_out = x.size(0) * x.size(2);
-  const auto opts = x.options().dtype(acc_dtype(x.scalar_type()));
-  const bool mom = moments == 2;
-  at::Tensor shift = at::empty({n_out}, opts);
-  at::Tensor sum = at::empty({n_out}, opts);
-  at::Tensor m1 = at::empty({mom ? n_out : 0}, opts);
-  at::Tensor m2 = at::empty({mom ? n_out : 0}, opts);
-  maybe_poison(shift);
-  maybe_poison(sum);
-  maybe_poison(m1);
-  maybe_poison(m2);
-  if (n_out == 0) return {shift, sum, m1, m2};
+const uint8_t* mask_ptr(const PartitionPlan& in) {
+  return in.mask.has_value() ? reinterpret_cast<const uint8_t*>(in.mask->const_data_ptr<bool>())
+                             : nullptr;
+}
+
+void launch_fwd(const PartitionFwdPlan& p) {
+  const PartitionPlan& in = p.in;
+  const c10::cuda::CUDAGuard guard(in.x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "partition_fwd_cuda",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "partition_fwd_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
-    const Strides3 w_st = strides_of(weight), m_st = strides_of(mask);
-    const bool dense_wm = dense(weight) && dense(mask);
-    PartOut<acc_t> out{shift.mutable_data_ptr<acc_t>(), sum.mutable_data_ptr<acc_t>(), nullptr,
-                       nullptr, nullptr, n_out, 1};
-    if (mom) {
-      out.m1 = m1.mutable_data_ptr<acc_t>();
-      out.m2 = m2.mutable_data_ptr<acc_t>();
-      partition_fwd_launch<scalar_t, acc_t, true>(x, w, mask_ptr(mask), w_st, m_st, dense_wm,
-                                                  scale, negate, out, stream);
+    PartOut<acc_t> out{p.shift.mutable_data_ptr<acc_t>(), p.sum.mutable_data_ptr<acc_t>(),
+                       nullptr, nullptr, nullptr, in.outputs, 1};
+    if (p.moments == 2) {
+      out.m1 = p.m1.mutable_data_ptr<acc_t>();
+      out.m2 = p.m2.mutable_data_ptr<acc_t>();
+      partition_fwd_launch<scalar_t, acc_t, true>(in, weight_ptr<scalar_t>(in), mask_ptr(in), out,
+                                                  stream);
     } else {
-      partition_fwd_launch<scalar_t, acc_t, false>(x, w, mask_ptr(mask), w_st, m_st, dense_wm,
-                                                   scale, negate, out, stream);
+      partition_fwd_launch<scalar_t, acc_t, false>(in, weight_ptr<scalar_t>(in), mask_ptr(in), out,
+                                                   stream);
     }
   });
-  return {shift, sum, m1, m2};
 }
 
-std::tuple<at::Tensor, at::Tensor> partition_bwd_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& mask, const at::Tensor& scale, bool negate,
-    const at::Tensor& shift, const at::Tensor& log_norm, const at::Tensor& coef,
-    bool weight_grad) {
-  check_partition_bwd(x, weight, mask, scale, shift, log_norm, coef, weight_grad);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
-  at::Tensor grad_w = weight_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  maybe_poison(grad_x);
-  maybe_poison(grad_w);
-  const int64_t total = x.numel();
-  if (total == 0) return {grad_x, grad_w};
-  const int64_t R = x.size(1), I = x.size(2);
+void launch_bwd(const PartitionBwdPlan& p) {
+  const PartitionPlan& in = p.in;
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  const int64_t total = in.x.numel(), R = in.R, I = in.I;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "partition_bwd_cuda",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.x.scalar_type(), "partition_bwd_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
-    const uint8_t* mk = mask_ptr(mask);
-    scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-    scalar_t* gw = weight_grad ? grad_w.mutable_data_ptr<scalar_t>() : nullptr;
-    const Strides3 w_st = strides_of(weight), m_st = strides_of(mask);
+    const scalar_t* xp = in.x.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight_ptr<scalar_t>(in);
+    const uint8_t* mk = mask_ptr(in);
+    scalar_t* gx = p.grad_x.mutable_data_ptr<scalar_t>();
+    scalar_t* gw = p.weight_grad ? p.grad_w.mutable_data_ptr<scalar_t>() : nullptr;
+    const Strides3 w_st = strides3(in.weight_strides), m_st = strides3(in.mask_strides);
     const int phase = elem_phase<scalar_t>(xp, kVec);
-    const bool aligned = dense(weight) && dense(mask) &&
+    const bool aligned = in.dense_wm &&
                          (w == nullptr || elem_phase<scalar_t>(w, kVec) == phase) &&
                          (mk == nullptr || elem_phase<uint8_t>(mk, kVec) == phase) &&
                          elem_phase<scalar_t>(gx, kVec) == phase &&
                          (gw == nullptr || elem_phase<scalar_t>(gw, kVec) == phase);
-    const BwdArgs<acc_t> args{scale.const_data_ptr<acc_t>(), inv_t_stride(scale),
-                              shift.const_data_ptr<acc_t>(), log_norm.const_data_ptr<acc_t>(),
-                              coef.const_data_ptr<acc_t>(), static_cast<int>(coef.size(1)),
-                              negate};
+    const BwdArgs<acc_t> args{in.scale.const_data_ptr<acc_t>(), in.scale_stride,
+                              p.shift.const_data_ptr<acc_t>(), p.log_norm.const_data_ptr<acc_t>(),
+                              p.coef.const_data_ptr<acc_t>(), static_cast<int>(p.coef.size(1)),
+                              in.negate};
     auto launch = [&](auto kernel, int vec) {
       const int64_t head = std::min<int64_t>((vec - phase % vec) % vec, total);
       const int64_t n_vec = (total - head) / vec;
@@ -797,14 +768,13 @@ std::tuple<at::Tensor, at::Tensor> partition_bwd_cuda(
       launch(partition_bwd_kernel<scalar_t, acc_t, 1>, 1);
     }
   });
-  return {grad_x, grad_w};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("partition_fwd", &partition_fwd_cuda);
-  m.impl("partition_bwd", &partition_bwd_cuda);
+  m.impl("partition_fwd", &partition_fwd_op<launch_fwd>);
+  m.impl("partition_bwd", &partition_bwd_op<launch_bwd>);
 }
 
 }  // namespace thermokern::cuda

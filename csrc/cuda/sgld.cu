@@ -1,11 +1,13 @@
-// sgld_step_: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+// sgld_step_: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)): the kernel and its
+// launch for the entry point of thermokern/sgld_plan.h (shared with the CPU).
 //
 // [Note: the SGLD CUDA launch]
-// One kernel launch updates every tensor of the call. The host writes a table with one row per
-// (non-empty) tensor,
+// One kernel launch updates every tensor of the call. The plan (sgld_plan.h) builds a table with
+// one row per (non-empty) tensor, SgldTensor of thermokern/sgld.h,
 //   (param address, grad address, numel, counter_start, first block)      5 x int64,
-// into pinned memory and copies it to the device asynchronously on the current stream (the
-// caching host allocator keeps the pinned block until the copy has run), then launches. Each
+// with a unit of one thread block; the host writes it into pinned memory and copies it to the
+// device asynchronously on the current stream (the caching host allocator keeps the pinned block
+// until the copy has run), then launches. Each
 // tensor owns ceil(ceil(numel / 4) / kThreads) consecutive thread blocks, so a block never
 // straddles two tensors; a block finds its tensor by a binary search over the table's
 // first-block column (all threads read the same rows: broadcast loads that stay in L1), and
@@ -20,7 +22,6 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -31,6 +32,7 @@
 
 #include "thermokern/philox.h"
 #include "thermokern/sgld.h"
+#include "thermokern/sgld_plan.h"
 
 namespace thermokern::cuda {
 
@@ -38,16 +40,7 @@ namespace {
 
 constexpr int kSgldThreads = 256;                // one counter (4 elements) per thread
 constexpr int64_t kSgldMaxGrid = int64_t{1} << 20;  // grid-stride beyond this many blocks
-constexpr int kSgldFields = 5;                   // int64 per table row
-
-struct SgldRow {
-  int64_t param;        // address of the contiguous param
-  int64_t grad;         // address of the contiguous grad (param's dtype)
-  int64_t numel;        // > 0
-  int64_t counter_start;
-  int64_t first_block;  // prefix sum of the earlier tensors' blocks
-};
-static_assert(sizeof(SgldRow) == kSgldFields * sizeof(int64_t), "SgldRow is 5 int64");
+constexpr int kSgldFields = sizeof(SgldTensor) / sizeof(int64_t);  // int64 per table row
 
 template <typename T>
 struct alignas(sizeof(T) * 4) Vec4 {
@@ -56,7 +49,7 @@ struct alignas(sizeof(T) * 4) Vec4 {
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kSgldThreads)
-    sgld_step_kernel(const SgldRow* __restrict__ table,  // (n_tensors,) rows
+    sgld_step_kernel(const SgldTensor* __restrict__ table,  // (n_tensors,) rows
                      int64_t n_tensors,
                      int64_t n_blocks,                     // blocks of all tensors together
                      const int64_t* __restrict__ seed_ptr,    // 0-dim: Philox key
@@ -65,19 +58,19 @@ __global__ void __launch_bounds__(kSgldThreads)
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
   for (int64_t b = blockIdx.x; b < n_blocks; b += gridDim.x) {
-    // The tensor of block b: table[lo].first_block <= b < table[hi].first_block (hi may be
+    // The tensor of block b: table[lo].first_unit <= b < table[hi].first_unit (hi may be
     // n_tensors, the end).
     int64_t lo = 0, hi = n_tensors;
     while (hi - lo > 1) {
       const int64_t mid = (lo + hi) / 2;
-      if (table[mid].first_block <= b) {
+      if (table[mid].first_unit <= b) {
         lo = mid;
       } else {
         hi = mid;
       }
     }
-    const SgldRow t = table[lo];
-    const int64_t c = (b - t.first_block) * kSgldThreads + threadIdx.x;  // counter in tensor
+    const SgldTensor t = table[lo];
+    const int64_t c = (b - t.first_unit) * kSgldThreads + threadIdx.x;  // counter in tensor
     const int64_t e0 = 4 * c;
     if (e0 >= t.numel) continue;
     scalar_t* p = reinterpret_cast<scalar_t*>(t.param) + e0;
@@ -129,67 +122,35 @@ __global__ void __launch_bounds__(kSgldThreads)
   }
 }
 
-void sgld_step_cuda_(at::TensorList params, at::TensorList grads, const at::Tensor& seed,
-                     const at::Tensor& offset, at::IntArrayRef counter_starts, double lr,
-                     double noise_std, double weight_decay) {
-  check_sgld(params, grads, seed, offset, counter_starts, lr, noise_std, weight_decay);
-  if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const size_t n = params.size();
-  std::vector<at::Tensor> keep;  // contiguous copies, alive until the launch is queued
-  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (param, its contiguous copy)
-  std::vector<SgldRow> rows;
-  rows.reserve(n);
-  int64_t blocks = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    const at::Tensor& g = grads[i];
-    if (p.numel() == 0) continue;
-    at::assert_no_internal_overlap(p);
-    at::assert_no_partial_overlap(p, g);
-    at::Tensor pc = p;
-    if (!p.is_contiguous()) {
-      pc = p.contiguous();
-      write_back.emplace_back(p, pc);
-    }
-    at::Tensor gc = g.is_same(p) ? pc : g.contiguous();
-    SgldRow r;
-    r.param = reinterpret_cast<int64_t>(pc.data_ptr());
-    r.grad = reinterpret_cast<int64_t>(gc.const_data_ptr());
-    r.numel = p.numel();
-    r.counter_start = counter_starts[i];
-    r.first_block = blocks;
-    blocks += ((r.numel + 3) / 4 + kSgldThreads - 1) / kSgldThreads;
-    rows.push_back(r);
-    keep.push_back(std::move(pc));
-    keep.push_back(std::move(gc));
-  }
-  if (rows.empty()) return;
-  const int64_t n_rows = static_cast<int64_t>(rows.size());
+void launch(const SgldPlan& p) {
+  const c10::cuda::CUDAGuard guard(p.device);
+  const int64_t blocks = p.units;
+  const int64_t n_rows = static_cast<int64_t>(p.table.size());
   at::Tensor host = at::empty({n_rows, kSgldFields},
                               at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  std::copy(rows.begin(), rows.end(), reinterpret_cast<SgldRow*>(host.data_ptr<int64_t>()));
-  at::Tensor table = at::empty({n_rows, kSgldFields}, params[0].options().dtype(at::kLong));
+  std::copy(p.table.begin(), p.table.end(), reinterpret_cast<SgldTensor*>(host.data_ptr<int64_t>()));
+  at::Tensor table = at::empty({n_rows, kSgldFields}, at::TensorOptions().dtype(at::kLong).device(p.device));
   table.copy_(host, /*non_blocking=*/true);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const unsigned grid = static_cast<unsigned>(std::min(blocks, kSgldMaxGrid));
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, params[0].scalar_type(), "sgld_step_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        sgld_step_kernel<scalar_t, acc_t><<<grid, kSgldThreads, 0, stream>>>(
-            reinterpret_cast<const SgldRow*>(table.const_data_ptr<int64_t>()), n_rows, blocks,
-            seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(),
-            static_cast<acc_t>(-lr), static_cast<acc_t>(noise_std),
-            static_cast<acc_t>(weight_decay));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-  for (auto& [p, pc] : write_back) p.copy_(pc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.dtype, "sgld_step_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    sgld_step_kernel<scalar_t, acc_t><<<grid, kSgldThreads, 0, stream>>>(
+        reinterpret_cast<const SgldTensor*>(table.const_data_ptr<int64_t>()), n_rows, blocks,
+        p.seed.const_data_ptr<int64_t>(), p.offset.const_data_ptr<int64_t>(),
+        static_cast<acc_t>(-p.lr), static_cast<acc_t>(p.noise_std),
+        static_cast<acc_t>(p.weight_decay));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
+
+// A work unit of the CUDA kernel is a thread block of kSgldThreads counters.
+constexpr auto sgld_step_cuda_ = &sgld_step_op<kSgldThreads, launch>;
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("sgld_step_", &sgld_step_cuda_); }
+TORCH_LIBRARY_IMPL(thermokern, CUDA, m) { m.impl("sgld_step_", sgld_step_cuda_); }
 // A sparse grad selects this key: the checks then name it (instead of "no kernel").
-TORCH_LIBRARY_IMPL(thermokern, SparseCUDA, m) { m.impl("sgld_step_", &sgld_step_cuda_); }
+TORCH_LIBRARY_IMPL(thermokern, SparseCUDA, m) { m.impl("sgld_step_", sgld_step_cuda_); }
 
 }  // namespace thermokern::cuda

@@ -1,4 +1,5 @@
-// softmax_entropy: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)).
+// softmax_entropy: CUDA implementation (TORCH_LIBRARY_IMPL(thermokern, CUDA)): kernels and their
+// launches for the entry points of thermokern/softmax_entropy_plan.h (shared with the CPU).
 //
 // One thread block per row (grid-stride over rows). Forward: each thread keeps online
 // statistics (row_stats.h) over the elements it owns, read with 16-byte vector loads when the
@@ -6,22 +7,19 @@
 // recomputes log p = (x - max) / T - log_norm and writes -(g/T) p (log p + H) in one sweep.
 // 1/T comes from a device tensor, inv_t[row * inv_t_stride] (stride 0: one value for all rows).
 // Offsets are int64 throughout (rows * stride can exceed 2^31); nothing syncs with the host.
-#include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "common.cuh"
-#include "thermokern/checks.h"
 #include "thermokern/row_stats.h"
+#include "thermokern/softmax_entropy_plan.h"
 
 namespace thermokern::cuda {
 
@@ -91,81 +89,50 @@ __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     /
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_cuda(
-    const at::Tensor& logits, const at::Tensor& inv_t) {
-  check_softmax_entropy_fwd(logits, inv_t);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const auto acc = acc_dtype(logits.scalar_type());
-  at::Tensor entropy = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor shift = at::empty({N}, logits.options().dtype(acc));
-  at::Tensor log_norm = at::empty({N}, logits.options().dtype(acc));
-  maybe_poison(entropy);
-  maybe_poison(shift);
-  maybe_poison(log_norm);
-  if (N == 0) return {entropy, shift, log_norm};
-  const int64_t stride = logits.stride(0);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+void launch_fwd(const SoftmaxEntropyFwdPlan& p) {
+  const RowsPlan& r = p.rows;
+  const c10::cuda::CUDAGuard guard(r.logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
                                   "softmax_entropy_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
-    const int vec = vec_width<scalar_t>(xp, xp, stride, C);
-    const int threads = threads_for((C + vec - 1) / vec);
-    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
+    launch_rows<scalar_t>(xp, xp, r.rows, r.C, r.row_stride,
+                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
       constexpr int VEC = decltype(vec_c)::value;
       softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          xp, N, C, stride, inv_t.const_data_ptr<acc_t>(), inv_t_stride(inv_t),
-          entropy.mutable_data_ptr<acc_t>(), shift.mutable_data_ptr<acc_t>(),
-          log_norm.mutable_data_ptr<acc_t>());
+          xp, r.rows, r.C, r.row_stride, r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride,
+          p.out.entropy.mutable_data_ptr<acc_t>(), p.out.shift.mutable_data_ptr<acc_t>(),
+          p.out.log_norm.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {entropy, shift, log_norm};
 }
 
-at::Tensor softmax_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor& logits,
-                                    const at::Tensor& inv_t, const at::Tensor& entropy,
-                                    const at::Tensor& shift, const at::Tensor& log_norm) {
-  check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const int64_t N = logits.size(0), C = logits.size(1);
-  const auto acc = acc_dtype(logits.scalar_type());
-  at::Tensor g = grad.to(acc).contiguous();
-  at::Tensor h = entropy.contiguous();
-  at::Tensor mx = shift.contiguous();
-  at::Tensor ln = log_norm.contiguous();
-  at::Tensor grad_x = at::empty({N, C}, logits.options());
-  maybe_poison(grad_x);
-  if (N == 0) return grad_x;
-  const int64_t stride = logits.stride(0);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(),
+void launch_bwd(const RowsBwdPlan& p) {
+  const RowsPlan& r = p.rows;
+  const c10::cuda::CUDAGuard guard(r.logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
                                   "softmax_entropy_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = logits.const_data_ptr<scalar_t>();
-    scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-    const int vec = vec_width<scalar_t>(xp, gxp, stride, C);
-    const int threads = threads_for((C + vec - 1) / vec);
-    const int64_t blocks = std::min<int64_t>(N, kMaxBlocks);
-    dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
+    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
+    scalar_t* gxp = p.grad_x.mutable_data_ptr<scalar_t>();
+    launch_rows<scalar_t>(xp, gxp, r.rows, r.C, r.row_stride,
+                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
       constexpr int VEC = decltype(vec_c)::value;
       softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          g.const_data_ptr<acc_t>(), xp, h.const_data_ptr<acc_t>(), mx.const_data_ptr<acc_t>(),
-          ln.const_data_ptr<acc_t>(), gxp, N, C, stride, inv_t.const_data_ptr<acc_t>(),
-          inv_t_stride(inv_t));
+          p.grad.const_data_ptr<acc_t>(), xp, p.stats.entropy.const_data_ptr<acc_t>(),
+          p.stats.shift.const_data_ptr<acc_t>(), p.stats.log_norm.const_data_ptr<acc_t>(), gxp,
+          r.rows, r.C, r.row_stride, r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return grad_x;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_cuda);
-  m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_cuda);
+  m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_op<launch_fwd>);
+  m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_op<launch_bwd>);
 }
 
 }  // namespace thermokern::cuda

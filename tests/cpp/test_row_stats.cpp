@@ -2,7 +2,7 @@
 //
 // Partial statistics of the parts of a row are computed the way the kernels compute a chunk
 // (two passes: the maximum m of x, then d = sum e^y and s = sum y e^y with y = k (x - m),
-// k = 1/T; see csrc/cpu/entropy_kernel.h), or one element per part, and merged with
+// k = 1/T; see csrc/cpu/row_stats_kernel.h), or one element per part, and merged with
 // row_stats_merge in shuffled and tree orders. The lse and entropy of the result must equal
 // the single-pass values for the whole row z = k x computed in long double.
 #include <algorithm>

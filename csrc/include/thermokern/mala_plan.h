@@ -1,0 +1,85 @@
+// Host-side plan of mala_accept ([Note: MALA acceptance] in mala.h; [Note: host-side plans] in
+// plan.h), used by csrc/cpu/mala.cpp and csrc/cuda/mala.cu.
+#pragma once
+
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include "thermokern/checks.h"
+#include "thermokern/plan.h"
+
+namespace thermokern {
+
+inline void check_mala_accept(const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
+                              const at::Tensor& grad_prop, const at::Tensor& energy,
+                              const at::Tensor& energy_prop, const at::Tensor& seed,
+                              const at::Tensor& offset, double step_size, double temperature) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x: expected at least 1 dimension (dim 0 indexes chains), "
+                    "got a 0-dim tensor");
+  check_like(x_prop, x, "x_prop", "x");
+  check_like(grad, x, "grad", "x");
+  check_like(grad_prop, x, "grad_prop", "x");
+  const auto acc = acc_dtype(x.scalar_type());
+  check_vector(energy, x.size(0), acc, x.device(), "energy", "one energy per chain");
+  check_vector(energy_prop, x.size(0), acc, x.device(), "energy_prop", "one energy per chain");
+  check_rng_tensor(seed, x.device(), "seed", "x's device");
+  check_rng_tensor(offset, x.device(), "offset", "x's device");
+  check_finite_positive(step_size, "step_size");
+  check_finite_positive(temperature, "temperature");
+}
+
+// The chains as contiguous (chains, row) blocks and the outputs: x_new (x's shape, contiguous),
+// accepted (chains,) bool, log_alpha (chains,) accumulation dtype.
+struct MalaPlan {
+  int64_t chains = 0, row = 0, numel = 0;
+  at::Tensor x, x_prop, grad, grad_prop, energy, energy_prop;  // contiguous
+  at::Tensor seed, offset;
+  double step_size = 0.0, temperature = 1.0;
+  at::Tensor x_new, accepted, log_alpha;
+};
+
+inline MalaPlan plan_mala_accept(const at::Tensor& x, const at::Tensor& x_prop,
+                                 const at::Tensor& grad, const at::Tensor& grad_prop,
+                                 const at::Tensor& energy, const at::Tensor& energy_prop,
+                                 const at::Tensor& seed, const at::Tensor& offset,
+                                 double step_size, double temperature) {
+  check_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size,
+                    temperature);
+  MalaPlan p;
+  p.chains = x.size(0);
+  p.numel = x.numel();
+  p.row = p.chains > 0 ? p.numel / p.chains : 0;
+  p.x_new = new_output(x.sizes(), x.options());
+  p.accepted = at::empty({p.chains}, x.options().dtype(at::kBool));
+  p.log_alpha = new_output({p.chains}, x.options().dtype(acc_dtype(x.scalar_type())));
+  if (p.chains == 0) return p;
+  p.x = x.contiguous();
+  p.x_prop = x_prop.contiguous();
+  p.grad = grad.contiguous();
+  p.grad_prop = grad_prop.contiguous();
+  p.energy = energy.contiguous();
+  p.energy_prop = energy_prop.contiguous();
+  p.seed = seed;
+  p.offset = offset;
+  p.step_size = step_size;
+  p.temperature = temperature;
+  return p;
+}
+
+// The entry point ([Note: host-side plans]): Launch is the backend's.
+template <void (*Launch)(const MalaPlan&)>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept_op(
+    const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
+    const at::Tensor& grad_prop, const at::Tensor& energy, const at::Tensor& energy_prop,
+    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature) {
+  const MalaPlan p = plan_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed,
+                                      offset, step_size, temperature);
+  if (p.chains > 0) Launch(p);
+  return {p.x_new, p.accepted, p.log_alpha};
+}
+
+}  // namespace thermokern
