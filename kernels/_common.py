@@ -82,6 +82,42 @@ def _unless_p_zero(log_p, value):
     return tl.where(log_p == float("-inf"), 0.0, value)
 
 
+@triton.jit
+def _target(x_row, target_ptr, row, C, ACC: tl.constexpr):
+    """(target, in range, x_target) of a row; an out-of-range target reads nothing (x 0)."""
+    tgt = tl.load(target_ptr + row).to(tl.int64)
+    in_range = (tgt >= 0) & (tgt < C)
+    x_y = tl.load(x_row + tl.where(in_range, tgt, 0), mask=in_range, other=0.0).to(ACC)
+    return tgt, in_range, x_y
+
+
+@triton.jit
+def _store_row_grad(
+    x_row, g_row, C, tgt, ignore_index, inv_t, shift, log_norm, scale, w0, w1, on_target, off_target,
+    HAS_W1: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The gradient of a row-loss of one target, in one pass over the row:
+    g_j = scale (p_j (w0 + w1 log p_j) - on_target [j = target] - off_target), with p from the
+    saved statistics (w1 only with HAS_W1; a term carrying p_j = 0 is 0); 0 on a row whose
+    target is ignore_index, NaN for an out-of-range target (whose logits are not read)."""
+    live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
+    dead = tl.where(tgt == ignore_index, 0.0, float("nan")).to(ACC)
+    cols = tl.arange(0, BLOCK_C)
+    out_t = g_row.dtype.element_ty
+    for c0 in range(0, C, BLOCK_C):
+        mask = c0 + cols < C
+        x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
+        logp = _log_p(x, shift, log_norm, inv_t)
+        if HAS_W1:
+            pw = tl.exp(logp) * (w0 + w1 * logp)
+        else:
+            pw = tl.exp(logp) * w0
+        pw = _unless_p_zero(logp, pw)
+        gj = pw - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
+        g = tl.where(live, scale * gj, dead)
+        tl.store(g_row + c0 + cols, g.to(out_t), mask=mask)
+
+
 # ----------------------------------------------------------------------------- launcher helpers
 
 

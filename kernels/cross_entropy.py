@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero, launcher
+from ._common import _empty, _launch_args, _load_inv_t, _row_stats, _store_row_grad, _target, launcher
 
 
 @triton.jit
@@ -55,11 +55,8 @@ def _cross_entropy_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * row_stride
     inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
-    tgt = tl.load(target_ptr + row).to(tl.int64)
+    tgt, in_range, x_y = _target(x_row, target_ptr, row, C, ACC)  # out of range: loss NaN below
     ignored = tgt == ignore_index
-    in_range = (tgt >= 0) & (tgt < C)
-    # An out-of-range target reads nothing (its loss is NaN below).
-    x_y = tl.load(x_row + tl.where(in_range, tgt, 0), mask=in_range, other=0.0).to(ACC)
     # Reference the smoothing sum is taken against: x_y when finite (differences near the
     # target are exact), else 0 so that an infinite x_y never meets itself (inf - inf).
     ref = tl.where(tl.abs(x_y) < float("inf"), x_y, 0.0).to(ACC)
@@ -108,20 +105,13 @@ def _cross_entropy_bwd_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * row_stride
-    g_row = grad_x_ptr + row * C
-    cols = tl.arange(0, BLOCK_C)
-    out_t = grad_x_ptr.dtype.element_ty
     inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
     tgt = tl.load(target_ptr + row).to(tl.int64)
-    ignored = tgt == ignore_index
-    live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
-    # What a row without a gradient gets: 0 when ignored, NaN for an out-of-range target.
-    dead = tl.where(ignored, 0.0, float("nan")).to(ACC)
-    coef = tl.load(grad_ptr + row).to(ACC) * inv_t
     mx = tl.load(shift_ptr + row).to(ACC)
     ln = tl.load(log_norm_ptr + row).to(ACC)
     # p_j is weighted by w_j = 1 + beta (log p_j + H) + 2 zw lse = w0 + beta log p_j.
     w0 = tl.full((), 1.0, ACC)
+    beta = tl.zeros((), ACC)
     if HAS_Z_LOSS:
         w0 += 2.0 * tl.load(zw_ptr).to(ACC) * (mx * inv_t + ln)
     if HAS_ENTROPY:
@@ -134,18 +124,11 @@ def _cross_entropy_bwd_kernel(
     else:
         on_target = tl.full((), 1.0, ACC)
         off_target = tl.zeros((), ACC)
-    for c0 in range(0, C, BLOCK_C):
-        mask = c0 + cols < C
-        x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
-        logp = _log_p(x, mx, ln, inv_t)
-        if HAS_ENTROPY:
-            pw = tl.exp(logp) * (w0 + beta * logp)
-        else:
-            pw = tl.exp(logp) * w0
-        pw = _unless_p_zero(logp, pw)
-        gj = pw - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
-        g = tl.where(live, coef * gj, dead)
-        tl.store(g_row + c0 + cols, g.to(out_t), mask=mask)
+    coef = tl.load(grad_ptr + row).to(ACC) * inv_t
+    _store_row_grad(
+        x_row, grad_x_ptr + row * C, C, tgt, ignore_index, inv_t, mx, ln, coef, w0, beta, on_target, off_target,
+        HAS_ENTROPY, ACC, BLOCK_C,
+    )  # fmt: skip
 
 
 def _acc_scalar(value: float, acc_t: torch.dtype, device: torch.device) -> torch.Tensor:
