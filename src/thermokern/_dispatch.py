@@ -12,9 +12,9 @@ everything Python adds to that schema:
 
       cpu, cuda  torch.ops.thermokern.<name>
       triton     thermokern::<name>_triton (in-place ops: <name minus "_">_triton_), a
-                 torch.library.triton_op with the same schema around the launcher
-                 kernels/<module>.py:<name>, defined on first use (importing triton costs ~1 s
-                 and it may be missing); ``traceable=False`` makes it an opaque custom_op
+                 torch.library.triton_op with the same schema around the launcher <name> of
+                 kernels/<module>.py, defined on first use (importing triton costs ~1 s and it
+                 may be missing); ``traceable=False`` makes it an opaque custom_op
       reference  thermokern.reference.kernels.<name>: the kernel's contract in plain PyTorch
 
 A public function checks its arguments (thermokern._checks), resolves the backend once
@@ -44,8 +44,8 @@ class KernelOp:
     Args:
         name: the schema name in csrc/thermokern.cpp (e.g. ``"softmax_entropy_fwd"``).
         fake: the fake (meta) implementation, registered for the C++ op and the Triton op.
-        triton: ``"module:function"``, the launcher in ``thermokern.kernels`` (None: no Triton
-            kernel).
+        triton: the module of ``thermokern.kernels`` whose function ``name`` launches the
+            Triton kernel (None: no Triton kernel).
         reference: the name of the contract implementation in ``thermokern.reference.kernels``
             (default: ``name``).
         backward: the ``KernelOp`` computing this op's backward, with ``setup_context`` and
@@ -86,6 +86,25 @@ class KernelOp:
                 torch.library.register_autograd(
                     self.qualname, make_backward(backward.native), setup_context=setup_context
                 )
+
+    @classmethod
+    def differentiable(
+        cls,
+        fwd: str,
+        bwd: str,
+        *,
+        fakes: tuple[Callable[..., Any], Callable[..., Any]],
+        triton: str | None,
+        setup_context: Callable[..., None],
+        make_backward: Callable[[Callable[..., Any]], Callable[..., Any]],
+    ) -> tuple[KernelOp, KernelOp]:
+        """A forward kernel and the backward kernel its autograd calls: (fwd op, bwd op)."""
+        backward = cls(bwd, fake=fakes[1], triton=triton)
+        forward = cls(
+            fwd, fake=fakes[0], triton=triton, backward=backward, setup_context=setup_context,
+            make_backward=make_backward,
+        )  # fmt: skip
+        return forward, backward
 
     def __repr__(self) -> str:
         return f"KernelOp({self.name!r})"
@@ -131,8 +150,8 @@ class KernelOp:
     def _define_triton(self) -> Any:
         if self._triton_launcher is None:
             raise RuntimeError(f"backend: {self.name} has no Triton kernel")
-        module, function = self._triton_launcher.split(":")
-        launcher = getattr(importlib.import_module(f"thermokern.kernels.{module}"), function)
+        module = importlib.import_module(f"thermokern.kernels.{self._triton_launcher}")
+        launcher = getattr(module, self.name)
         schema = _schema(self.name)
         names = [a.name for a in schema.arguments]
         defaults = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}

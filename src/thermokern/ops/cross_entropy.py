@@ -58,15 +58,10 @@ def _make_backward(bwd_op):
     return backward
 
 
-cross_entropy_bwd = KernelOp("cross_entropy_bwd", fake=_bwd_fake, triton="cross_entropy:cross_entropy_bwd")
-cross_entropy_fwd = KernelOp(
-    "cross_entropy_fwd",
-    fake=_fwd_fake,
-    triton="cross_entropy:cross_entropy_fwd",
-    backward=cross_entropy_bwd,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-)
+cross_entropy_fwd, cross_entropy_bwd = KernelOp.differentiable(
+    "cross_entropy_fwd", "cross_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="cross_entropy",
+    setup_context=_setup_context, make_backward=_make_backward,
+)  # fmt: skip
 
 
 def reduce_loss(loss: torch.Tensor, out_shape, tgt: torch.Tensor, ignore_index: int, reduction: str):

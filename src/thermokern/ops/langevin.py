@@ -83,16 +83,11 @@ def _bwd_fake(
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-langevin_step_bwd = KernelOp("langevin_step_bwd", fake=_bwd_fake, triton="langevin:langevin_step_bwd")
-langevin_step_fwd = KernelOp(
-    "langevin_step",
-    fake=_fwd_fake,
-    triton="langevin:langevin_step",
-    backward=langevin_step_bwd,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-)
-langevin_step_inplace = KernelOp("langevin_step_", fake=_fwd_inplace_fake, triton="langevin:langevin_step_")
+langevin_step_fwd, langevin_step_bwd = KernelOp.differentiable(
+    "langevin_step", "langevin_step_bwd", fakes=(_fwd_fake, _bwd_fake), triton="langevin",
+    setup_context=_setup_context, make_backward=_make_backward,
+)  # fmt: skip
+langevin_step_inplace = KernelOp("langevin_step_", fake=_fwd_inplace_fake, triton="langevin")
 
 
 # ----------------------------------------------------------------------------- checks

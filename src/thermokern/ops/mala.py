@@ -35,7 +35,7 @@ def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, 
     )
 
 
-mala_accept_kernel = KernelOp("mala_accept", fake=_accept_fake, triton="mala:mala_accept")
+mala_accept_kernel = KernelOp("mala_accept", fake=_accept_fake, triton="mala")
 
 
 # ----------------------------------------------------------------------------- helpers

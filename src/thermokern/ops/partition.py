@@ -126,15 +126,10 @@ def _bwd_fake(x, weight, mask, scale, negate, shift, log_norm, coef, weight_grad
     return x.new_empty(x.shape), x.new_empty(x.shape if weight_grad else (0,))
 
 
-partition_bwd = KernelOp("partition_bwd", fake=_bwd_fake, triton="partition:partition_bwd")
-partition_fwd = KernelOp(
-    "partition_fwd",
-    fake=_fwd_fake,
-    triton="partition:partition_fwd",
-    backward=partition_bwd,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-)
+partition_fwd, partition_bwd = KernelOp.differentiable(
+    "partition_fwd", "partition_bwd", fakes=(_fwd_fake, _bwd_fake), triton="partition",
+    setup_context=_setup_context, make_backward=_make_backward,
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- layout

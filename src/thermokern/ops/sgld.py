@@ -27,7 +27,7 @@ def _sgld_fake(params, grads, seed, offset, counter_starts, lr, noise_std, weigh
         torch._check(g.shape == p.shape, lambda: "grads: expected each param's shape")
 
 
-sgld_step_kernel = KernelOp("sgld_step_", fake=_sgld_fake, triton="sgld:sgld_step_", traceable=False)
+sgld_step_kernel = KernelOp("sgld_step_", fake=_sgld_fake, triton="sgld", traceable=False)
 
 
 # ----------------------------------------------------------------------------- dispatch

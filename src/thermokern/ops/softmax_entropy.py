@@ -59,17 +59,10 @@ def _make_backward(bwd_op):
     return backward
 
 
-softmax_entropy_bwd = KernelOp(
-    "softmax_entropy_bwd", fake=_bwd_fake, triton="softmax_entropy:softmax_entropy_bwd"
-)
-softmax_entropy_fwd = KernelOp(
-    "softmax_entropy_fwd",
-    fake=_fwd_fake,
-    triton="softmax_entropy:softmax_entropy_fwd",
-    backward=softmax_entropy_bwd,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-)
+softmax_entropy_fwd, softmax_entropy_bwd = KernelOp.differentiable(
+    "softmax_entropy_fwd", "softmax_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="softmax_entropy",
+    setup_context=_setup_context, make_backward=_make_backward,
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- public API
