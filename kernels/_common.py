@@ -7,8 +7,8 @@ online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 
 k comes from a 1-D accumulation-dtype tensor of 1 element (one 1/T for every row) or N (one
 per row): the kernels read ``inv_t_ptr + row * INV_T_STRIDE`` with INV_T_STRIDE 0 or 1.
 Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The launchers go
-through ``torch.library.wrap_triton`` so that ``torch.compile`` can trace them when they run
-inside a ``triton_op``.
+through ``torch.library.wrap_triton`` (by way of :func:`_wrap_triton`) so that ``torch.compile``
+can trace them when they run inside a ``triton_op``.
 
 The ``@triton.jit`` helpers here are inlined into the kernels that call them.
 """
@@ -23,6 +23,38 @@ import sys
 import torch
 import triton
 import triton.language as tl
+
+try:  # the class of @triton.jit kernels under TRITON_INTERPRET=1
+    from triton.runtime import interpreter as _interpreter
+    from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
+except ImportError:  # pragma: no cover - a Triton without the interpreter
+    _interpreter = None
+    _InterpretedFunction = ()
+
+
+def _fix_interpreter_index() -> None:
+    """Let the interpreter use a runtime integer argument as an index (``range(0, C, BLOCK)``).
+
+    The interpreter holds such an argument as a 1-element numpy array, and Triton 3.6's
+    ``tensor.__index__`` is ``int(array)``, which numpy >= 2.4 refuses for arrays that are not
+    0-d ("only 0-dimensional arrays can be converted to Python scalars"; triton-lang/triton
+    issue 9171, fixed in later releases by converting the single element). Every kernel here
+    loops to a runtime bound, so this installs that conversion after Triton's own patching.
+    Same result as a fixed Triton's; nothing changes outside the interpreter.
+    """
+    patch = getattr(_interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_thermokern_index", False):
+        return
+
+    def _patch_lang_tensor(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    _patch_lang_tensor._thermokern_index = True
+    _interpreter._patch_lang_tensor = _patch_lang_tensor
+
+
+_fix_interpreter_index()
 
 # ----------------------------------------------------------------------------- device helpers
 
@@ -170,6 +202,18 @@ def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)``, or ``kernel`` itself when the interpreter made it.
+
+    Under TRITON_INTERPRET=1 ``@triton.jit`` gives an ``InterpretedFunction``, which recent torch's
+    wrap_triton hands back as is but older torch's (2.11) rejects ("wrap_triton only works on
+    functions annotated with triton.jit"); doing the same here works with both.
+    """
+    if isinstance(kernel, _InterpretedFunction):
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 def _block_and_warps(C: int) -> tuple[int, int]:

@@ -27,7 +27,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _row_stats, _store_row_grad, _target, launcher
+from ._common import (
+    _empty,
+    _launch_args,
+    _load_inv_t,
+    _row_stats,
+    _store_row_grad,
+    _target,
+    _wrap_triton,
+    launcher,
+)
 
 
 @triton.jit
@@ -175,7 +184,7 @@ def cross_entropy_fwd(
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    torch.library.wrap_triton(_cross_entropy_fwd_kernel)[(N,)](
+    _wrap_triton(_cross_entropy_fwd_kernel)[(N,)](
         logits,
         target,
         loss,
@@ -222,7 +231,7 @@ def cross_entropy_bwd(
     (beta, eps, zw), flags = _weights(
         inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
     )
-    torch.library.wrap_triton(_cross_entropy_bwd_kernel)[(N,)](
+    _wrap_triton(_cross_entropy_bwd_kernel)[(N,)](
         grad.to(acc_t).contiguous(),
         logits,
         target,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _interpreting, launcher
+from ._common import _empty, _interpreting, _wrap_triton, launcher
 
 # Series coefficients (Taylor, as doubles; rounded to the accumulation dtype in the kernel),
 # the ones of NoiseSeries in philox.h: atanh(s)/s = sum z^i / (2i + 1) with z = s^2,
@@ -294,7 +294,7 @@ def _launch_fwd(x, grad, out, seed, offset, step_size, noise_std, grad_clip, lo,
         return
     meta = _meta(x.dtype, noise_std, grad_clip, lo, hi)
     grid = (triton.cdiv((n + 3) // 4, meta["BLOCK_C"]),)
-    torch.library.wrap_triton(_langevin_step_fwd_kernel)[grid](
+    _wrap_triton(_langevin_step_fwd_kernel)[grid](
         x, grad.contiguous(), out, seed, offset, n, *_params(step_size, noise_std, grad_clip, lo, hi), **meta
     )
 
@@ -363,7 +363,7 @@ def langevin_step_bwd(
     n_ctr = (n + 3) // 4
     meta = _meta(x.dtype, noise_std, grad_clip, lo, hi)
     grid = (triton.cdiv(n_ctr, meta["BLOCK_C"]),)
-    torch.library.wrap_triton(_langevin_step_bwd_kernel)[grid](
+    _wrap_triton(_langevin_step_bwd_kernel)[grid](
         grad_out.to(x.dtype).contiguous(),
         x.contiguous(),
         grad.contiguous(),

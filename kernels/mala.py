@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _interpreting, launcher
+from ._common import _empty, _interpreting, _wrap_triton, launcher
 from .langevin import _div_rn, _f64_bits, _neg2_log_u, _param
 
 
@@ -116,7 +116,7 @@ def mala_accept(
     D = numel // chains
     block_n, block_d, warps = _blocks(D)
     grid = (triton.cdiv(chains, block_n),)
-    torch.library.wrap_triton(_mala_accept_kernel)[grid](
+    _wrap_triton(_mala_accept_kernel)[grid](
         x.contiguous(),
         x_prop.contiguous(),
         grad.contiguous(),

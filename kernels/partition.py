@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _acc, _block_and_warps, _empty, _interpreting, launcher
+from ._common import _acc, _block_and_warps, _empty, _interpreting, _wrap_triton, launcher
 
 # ----------------------------------------------------------------------------- device helpers
 
@@ -588,14 +588,14 @@ def partition_fwd(
     m2_arg = m2 if moments else shift
     if I == 1:
         block_r, warps = _block_and_warps(R)
-        torch.library.wrap_triton(_partition_fwd_rows_kernel)[(O,)](
+        _wrap_triton(_partition_fwd_rows_kernel)[(O,)](
             x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, *w_s[:2], *m_s[:2],
             BLOCK_R=block_r, num_warps=warps, **meta,
         )  # fmt: skip
     else:
         block_r, block_i, warps = _cols_blocks(O, R, I, _cols_tile(x.dtype, backward=False))
         grid = (O * triton.cdiv(I, block_i),)
-        torch.library.wrap_triton(_partition_fwd_cols_kernel)[grid](
+        _wrap_triton(_partition_fwd_cols_kernel)[grid](
             x, w_arg, m_arg, scale, shift, total, m1_arg, m2_arg, R, I, *w_s, *m_s,
             BLOCK_R=block_r, BLOCK_I=block_i, TILE_IDX=_tile_idx(I, w_s, m_s, block_r, block_i),
             num_warps=warps, **meta,
@@ -653,7 +653,7 @@ def partition_bwd(
     if I == 1:
         block_r, warps = _block_and_warps(R)
         chunk, splits = _r_chunks(R, block_r, O)
-        torch.library.wrap_triton(_partition_bwd_rows_kernel)[(O, splits)](
+        _wrap_triton(_partition_bwd_rows_kernel)[(O, splits)](
             x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, *w_s[:2], *m_s[:2], chunk,
             BLOCK_R=block_r, num_warps=warps, **meta,
         )  # fmt: skip
@@ -661,7 +661,7 @@ def partition_bwd(
         block_r, block_i, warps = _cols_blocks(O, R, I, _cols_tile(x.dtype, backward=True))
         programs = O * triton.cdiv(I, block_i)
         chunk, splits = _r_chunks(R, block_r, programs)
-        torch.library.wrap_triton(_partition_bwd_cols_kernel)[(programs, splits)](
+        _wrap_triton(_partition_bwd_cols_kernel)[(programs, splits)](
             x, w_arg, m_arg, scale, shift, log_norm, coef, grad_x, gw_arg, R, I, *w_s, *m_s, chunk,
             BLOCK_R=block_r, BLOCK_I=block_i, TILE_IDX=_tile_idx(I, w_s, m_s, block_r, block_i),
             num_warps=warps, **meta,

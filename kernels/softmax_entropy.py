@@ -11,7 +11,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _unless_p_zero, launcher
+from ._common import (
+    _empty,
+    _launch_args,
+    _load_inv_t,
+    _log_p,
+    _row_stats,
+    _unless_p_zero,
+    _wrap_triton,
+    launcher,
+)
 
 
 @triton.jit
@@ -81,7 +90,7 @@ def softmax_entropy_fwd(
     entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(3))
     if N == 0:
         return entropy, shift, log_norm
-    torch.library.wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
+    _wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
         logits, entropy, shift, log_norm, C, logits.stride(0), inv_t, **meta
     )
     return entropy, shift, log_norm
@@ -104,7 +113,7 @@ def softmax_entropy_bwd(
     grad_x = _empty((N, C), logits.dtype, logits.device)
     if N == 0:
         return grad_x
-    torch.library.wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
+    _wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
         grad.to(acc_t).contiguous(),
         logits,
         entropy.contiguous(),

@@ -22,7 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _launch_args, _load_inv_t, _log_p, _row_stats, _store_row_grad, _target, launcher
+from ._common import (
+    _empty,
+    _launch_args,
+    _load_inv_t,
+    _log_p,
+    _row_stats,
+    _store_row_grad,
+    _target,
+    _wrap_triton,
+    launcher,
+)
 from .cross_entropy import _check_target
 
 
@@ -112,7 +122,7 @@ def token_logprobs_fwd(
     logp, entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(4))
     if N == 0:
         return logp, entropy, shift, log_norm
-    torch.library.wrap_triton(_token_logprobs_fwd_kernel)[(N,)](
+    _wrap_triton(_token_logprobs_fwd_kernel)[(N,)](
         logits,
         target,
         logp,
@@ -155,7 +165,7 @@ def token_logprobs_bwd(
     has_entropy_grad = grad_entropy is not None
     # Without grad_entropy the kernel never reads its pointer: any accumulation-dtype tensor does.
     grad_entropy = grad_entropy.to(acc_t).contiguous() if has_entropy_grad else grad_logp
-    torch.library.wrap_triton(_token_logprobs_bwd_kernel)[(N,)](
+    _wrap_triton(_token_logprobs_bwd_kernel)[(N,)](
         grad_logp,
         grad_entropy,
         logits,
