@@ -23,7 +23,7 @@ from thermokern._checks import (
 from thermokern._dispatch import KernelOp
 from thermokern._dtypes import acc_dtype
 
-__all__ = ["entropy_regularized_cross_entropy", "reduce_loss"]
+__all__ = ["entropy_regularized_cross_entropy", "reduce_loss", "target_rows"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -62,6 +62,20 @@ cross_entropy_fwd, cross_entropy_bwd = KernelOp.differentiable(
     "cross_entropy_fwd", "cross_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="cross_entropy",
     setup_context=_setup_context, make_backward=_make_backward,
 )  # fmt: skip
+
+
+def target_rows(logits, target, temperature, ignore_index: int, backend: str):
+    """(backend, output shape, flat int64 targets, 1/T per row) of a checked row op with one
+    target per row: the backend resolved once, the temperature values checked, the targets'
+    values checked (except on the CPU, whose ops check them without cost). Shared with
+    ops/token_logprobs.py."""
+    name = _backend.resolve_backend(backend, logits)
+    out_shape = logits.shape[:-1]
+    tgt = target.reshape(-1).long()
+    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates
+    if name != "cpu":
+        check_target_values(tgt, logits.shape[-1], ignore_index)
+    return name, out_shape, tgt, inv_t
 
 
 def reduce_loss(loss: torch.Tensor, out_shape, tgt: torch.Tensor, ignore_index: int, reduction: str):
@@ -134,8 +148,7 @@ def entropy_regularized_cross_entropy(
         logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight
     )
     temperature = check_temperature(temperature, differentiable=True)
-    num_classes = logits.shape[-1]
-    if num_classes == 0:
+    if logits.shape[-1] == 0:
         raise ValueError("logits: the class dimension (last) has size 0")
     if temperature_needs_grad(temperature):  # the loss depends on logits / T only
         z, _ = divide_by_temperature(logits, temperature, (logits.dim() - 1,))
@@ -144,13 +157,7 @@ def entropy_regularized_cross_entropy(
             ignore_index=ignore_index, reduction=reduction, z_loss_weight=z_loss_weight,
             backend=backend,
         )  # fmt: skip
-    name = _backend.resolve_backend(backend, logits)
-
-    out_shape = logits.shape[:-1]
-    tgt = target.reshape(-1).long()
-    inv_t = inverse_temperature(temperature, out_shape, logits.dtype, logits.device)  # also validates
-    if name != "cpu":  # the CPU op checks its targets itself, without cost
-        check_target_values(tgt, num_classes, ignore_index)
+    name, out_shape, tgt, inv_t = target_rows(logits, target, temperature, ignore_index, backend)
     if name == "reference":
         return reference.entropy_regularized_cross_entropy(
             logits, tgt.reshape(out_shape), entropy_weight=entropy_weight, temperature=temperature,
