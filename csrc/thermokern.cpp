@@ -43,6 +43,28 @@ TORCH_LIBRARY(thermokern, m) {
       "cross_entropy_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
       "Tensor shift, Tensor log_norm, float entropy_weight, float label_smoothing, "
       "int ignore_index, float z_loss_weight) -> Tensor");
+  // [Note: token log-probabilities]
+  // Per row i of logits (N, C) with target y = target[i] and k = 1/T (inv_t as for
+  // softmax_entropy): the softmax_entropy statistics (entropy, shift, log_norm) of every row
+  // (ignored ones too), and the log-probability of the target,
+  //   logp = log p_y = k (x_y - shift) - log_norm,
+  // formed from the shifted difference (no cancellation of lse - z_y for large logits); 0
+  // where y == ignore_index. target: (N,) int64. Outputs (N,) in the accumulation dtype.
+  // The backward takes the upstream gradients of both outputs, g_l = grad_logp[i] and
+  // g_H = grad_entropy[i] (no entropy term when grad_entropy is None), and recomputes p from
+  // the statistics in one pass over the row:
+  //   grad_logits[i, j] = k [g_l ([j == y] - p_j) - g_H p_j (log p_j + H)],
+  //   log p_j = k (x_j - shift) - log_norm,
+  // where a term carrying p_j = 0 is 0 (never 0 * -inf); the whole row is 0 where
+  // y == ignore_index. Contiguous (N, C), logits' dtype. A target outside [0, C) that is not
+  // ignore_index raises on CPU (both ops); the CUDA kernels never read it and write NaN (logp
+  // and the gradient row).
+  m.def(
+      "token_logprobs_fwd(Tensor logits, Tensor target, Tensor inv_t, int ignore_index) -> "
+      "(Tensor logp, Tensor entropy, Tensor shift, Tensor log_norm)");
+  m.def(
+      "token_logprobs_bwd(Tensor grad_logp, Tensor? grad_entropy, Tensor logits, Tensor target, "
+      "Tensor inv_t, Tensor entropy, Tensor shift, Tensor log_norm, int ignore_index) -> Tensor");
 
   // [Note: partition statistics]
   // Online statistics of a reduction over dim 1 of a contiguous 3-D (O, R, I) tensor x with

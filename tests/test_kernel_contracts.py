@@ -23,6 +23,7 @@ from thermokern.ops.mala import mala_accept_kernel
 from thermokern.ops.partition import partition_bwd, partition_fwd
 from thermokern.ops.sgld import sgld_step_kernel
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
+from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
 
 BACKENDS = [b for b in cpu_backends() if b != "reference"]
 DTYPES = [torch.float32, torch.float64]
@@ -69,6 +70,26 @@ def test_cross_entropy_kernels(backend, dtype):
     want_gx = cross_entropy_bwd("reference", g, x, target, inv_t, *got[1:], *params)
     assert_close(gx, want_gx, dtype, grad=True)
     assert (gx[1] == 0).all()  # the ignored row
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_logprobs_kernels(backend, dtype):
+    x = _logits(6, 37, dtype)
+    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    inv_t = torch.rand(6, dtype=acc_dtype(dtype)) + 0.5
+    got = token_logprobs_fwd(backend, x, target, inv_t, -100)
+    want = token_logprobs_fwd("reference", x, target, inv_t, -100)
+    assert_close(got[0], want[0], dtype)
+    assert_close(got[1], want[1], dtype)
+    assert_close(_lse(got[2], got[3], inv_t), _lse(want[2], want[3], inv_t), dtype)
+    gl, gh = torch.randn(6, dtype=acc_dtype(dtype)), torch.randn(6, dtype=acc_dtype(dtype))
+    for g_h in (gh, None):
+        gx = token_logprobs_bwd(backend, gl, g_h, x, target, inv_t, *got[1:], -100)
+        assert_close(
+            gx, token_logprobs_bwd("reference", gl, g_h, x, target, inv_t, *got[1:], -100), dtype, grad=True
+        )
+        assert (gx[1] == 0).all()  # the ignored row
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import thermokern  # noqa: F401  (registers the ops)
-from thermokern.ops import cross_entropy, partition, softmax_entropy  # noqa: F401  (fake + autograd registrations)
+from thermokern.ops import cross_entropy, partition, softmax_entropy, token_logprobs  # noqa: F401  (registrations)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -50,6 +50,26 @@ def test_opcheck_cross_entropy(device, dtype, shape):
     g = torch.randn(shape[0], device=device, dtype=acc)
     bwd = torch.ops.thermokern.cross_entropy_bwd.default
     torch.library.opcheck(bwd, (g, x, target, inv_t, h, mx, ln, *params))
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(5, 7), (3, 2500), (0, 5)], ids=str)
+def test_opcheck_token_logprobs(device, dtype, shape):
+    x = torch.randn(shape, device=device, dtype=dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_t = torch.rand(shape[0], device=device, dtype=acc) + 0.5
+    target = torch.randint(0, shape[1], (shape[0],), device=device)
+    if shape[0] > 1:
+        target[1] = -100
+    fwd = torch.ops.thermokern.token_logprobs_fwd.default
+    torch.library.opcheck(fwd, (x, target, inv_t, -100))
+    torch.library.opcheck(fwd, (x.clone().requires_grad_(True), target, inv_t, -100))
+    _logp, h, mx, ln = fwd(x, target, inv_t, -100)
+    gl, gh = (torch.randn(shape[0], device=device, dtype=acc) for _ in range(2))
+    bwd = torch.ops.thermokern.token_logprobs_bwd.default
+    torch.library.opcheck(bwd, (gl, gh, x, target, inv_t, h, mx, ln, -100))
+    torch.library.opcheck(bwd, (gl, None, x, target, inv_t, h, mx, ln, -100))
 
 
 @pytest.mark.parametrize("device", _devices())

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
 
 #include "cross_entropy_args.h"
 #include "row_stats_kernel.h"
@@ -19,15 +18,8 @@ void cross_entropy_fwd_rows(const CrossEntropyArgs& a, int64_t row_begin, int64_
   const double eps = a.label_smoothing;
   const auto on_row = [&](int64_t r, const scalar_t* row, double k, const RowStats<double>& st,
                           double h, double ln, double x_sum) {
-    const int64_t y = a.target[r];
-    if (y == a.ignore_index) {
-      loss[r] = acc_t(0);
-      return;
-    }
-    if (y < 0 || y >= a.C) {  // the op validates targets first; never read out of bounds
-      loss[r] = std::numeric_limits<acc_t>::quiet_NaN();
-      return;
-    }
+    int64_t y;
+    if (!live_target(a, r, y, loss[r])) return;
     // CE = (1 - eps)(lse - z_y) + eps (lse - mean z) = log d + k (m - (1 - eps) x_y - eps mean x):
     // the differences to the shift m keep it free of cancellation for large logits.
     const double x_y = static_cast<double>(static_cast<acc_t>(row[y]));
@@ -56,24 +48,14 @@ void cross_entropy_bwd_rows(const CrossEntropyArgs& a, int64_t row_begin, int64_
   softmax_affine_rows<scalar_t>(
       a, row_begin, row_end,
       [&](int64_t r, acc_t k, acc_t& A, acc_t& B, acc_t& c, int64_t& y, acc_t& y_term) {
-        y = a.target[r];
-        if (y == a.ignore_index) {  // no gradient
-          A = B = c = y_term = 0;
-          y = -1;
-          return;
-        }
-        if (y < 0 || y >= a.C) {  // invalid (the op validates first): NaN, no out-of-bounds
-          A = B = c = std::numeric_limits<acc_t>::quiet_NaN();
-          y = -1;
-          y_term = 0;
-          return;
-        }
+        if (!live_target(a, r, y, c)) return false;  // a row of c
         const acc_t gk = grad[r] * k;
         const acc_t lse = shift[r] * k + log_norm[r];
         A = gk * (acc_t(1) + beta * entropy[r] + zw2 * lse);
         B = gk * beta;
         c = -gk * eps * inv_c;
         y_term = -gk * (acc_t(1) - eps);
+        return true;
       });
 }
 

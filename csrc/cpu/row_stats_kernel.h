@@ -229,11 +229,25 @@ void row_stats_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t row_
   }
 }
 
+// The target y = a.target[r] of row r of a target-indexed op (cross_entropy, token_logprobs;
+// Args has target, ignore_index and C): true when it names a column; otherwise false, with
+// `fill` set to what the row's outputs are (the per-row output, every gradient entry): 0 for
+// ignore_index, NaN for a class outside [0, C) (the ops check the targets first; nothing is
+// read at such a y).
+template <typename Args, typename T>
+inline bool live_target(const Args& a, int64_t r, int64_t& y, T& fill) {
+  y = a.target[r];
+  if (y != a.ignore_index && y >= 0 && y < a.C) return true;
+  fill = y == a.ignore_index ? T(0) : std::numeric_limits<T>::quiet_NaN();
+  return false;
+}
+
 // out_j = A p_j + B p_j log p_j + c over one chunk, with log p_j = k (x_j - m) - log_norm.
-// Both backward passes have this form:
+// Every backward pass has this form:
 //   entropy:        A = coef H, B = coef, c = 0                 (coef = -g k)
 //   cross-entropy:  A = g k (1 + beta H + 2 zw lse), B = g k beta, c = -g k eps / C,
-//                   and -g k (1 - eps) added at the target column afterwards.
+//                   and -g k (1 - eps) added at the target column afterwards;
+//   token logprobs: A = -k (g_l + g_H H), B = -k g_H, c = 0, and k g_l at the target column.
 // Entries at -inf get c exactly (p = 0, no 0 * -inf).
 template <typename acc_t>
 inline void softmax_affine_chunk(const acc_t* p, int64_t n, acc_t k, acc_t m, acc_t log_norm,
@@ -282,9 +296,11 @@ inline void softmax_affine_chunk(const acc_t* p, int64_t n, acc_t k, acc_t m, ac
   }
 }
 
-// Backward over rows for both ops (softmax_entropy, cross_entropy): per row, Coeffs(r) gives
-// (A, B, c, target column or -1, target term) and the gradient row is written in the input
-// dtype.
+// Backward over rows for the row ops (softmax_entropy, cross_entropy, token_logprobs): per row,
+// coeffs(r, k, A, B, c, y, y_term) sets (A, B, c, target column or -1, target term) and
+// returns true, and the gradient row is written in the input dtype; or it sets only c and
+// returns false, and the row is c everywhere (a row without gradient, 0, or an invalid
+// target's NaN row; nothing of it is read).
 template <typename scalar_t, typename Coeffs>
 void softmax_affine_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t row_end, Coeffs coeffs) {
   using acc_t = acc_type_t<scalar_t>;
@@ -302,7 +318,10 @@ void softmax_affine_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t
     const acc_t k = inv_t[r * a.inv_t_stride];
     acc_t A, B, c, y_term;
     int64_t y;
-    coeffs(r, k, A, B, c, y, y_term);
+    if (!coeffs(r, k, A, B, c, y, y_term)) {
+      std::fill_n(grow, a.C, static_cast<scalar_t>(c));
+      continue;
+    }
     for (int64_t c0 = 0; c0 < a.C; c0 += kChunk) {
       const int64_t n = std::min(kChunk, a.C - c0);
       const acc_t* p = load_chunk<scalar_t, acc_t>(row + c0, n, in_buf);

@@ -1,12 +1,14 @@
-// Host side shared by the CPU row ops (softmax_entropy.cpp, cross_entropy.cpp): the kernel
-// arguments from their plans (thermokern/softmax_entropy_plan.h) and the parallel loop over
-// rows.
+// Host side shared by the CPU row ops (softmax_entropy.cpp, cross_entropy.cpp,
+// token_logprobs.cpp): the kernel arguments from their plans (thermokern/softmax_entropy_plan.h),
+// the parallel loop over rows and the check of target values.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 #include "softmax_entropy_args.h"
 #include "thermokern/softmax_entropy_plan.h"
@@ -23,6 +25,19 @@ template <typename Args>
 void run_rows(void (*fn)(const Args&, int64_t, int64_t), const Args& a, int64_t rows) {
   if (rows == 0) return;
   at::parallel_for(0, rows, row_grain(a.C), [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+}
+
+// The targets of the target-indexed row ops (cross_entropy, token_logprobs), checked before
+// any kernel runs: a clear error naming the row instead of a NaN output (the kernels still
+// never read out of bounds). target: contiguous int64.
+inline void check_target_values(const at::Tensor& target, int64_t C, int64_t ignore_index) {
+  const int64_t* p = target.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < target.numel(); ++i) {
+    const int64_t y = p[i];
+    TORCH_CHECK_VALUE(y == ignore_index || (y >= 0 && y < C), "target: class index ", y,
+                      " at row ", i, " is outside [0, ", C, ") and is not ignore_index (",
+                      ignore_index, ")");
+  }
 }
 
 // The rows and temperatures of a plan.

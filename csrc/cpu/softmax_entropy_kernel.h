@@ -32,6 +32,7 @@ void softmax_entropy_bwd_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, in
                                   c = 0;
                                   y = -1;
                                   y_term = 0;
+                                  return true;
                                 });
 }
 

@@ -6,8 +6,9 @@
 //   loss = CE(z, y; eps) - beta H(softmax z) + zw lse(z)^2    (0 when y == ignore_index)
 // Same structure as softmax_entropy.cu: one thread block per row (grid-stride over rows), online row
 // statistics (row_stats.h) per thread over 16-byte vector loads, merged through warp shuffles
-// and shared memory. The forward writes the softmax_entropy statistics (entropy, shift,
-// log_norm) as well, and the backward recomputes p from them in one sweep:
+// and shared memory (the pieces shared with the other row ops are in rows.cuh). The forward
+// writes the softmax_entropy statistics (entropy, shift, log_norm) as well, and the backward
+// recomputes p from them in one sweep:
 //   grad_x_j = g k [p_j (1 + beta (log p_j + H) + 2 zw lse) - (1 - eps) [j == y] - eps / C].
 // A target outside [0, C) that is not ignore_index is never used as an index: its row gets a
 // NaN loss and a NaN gradient row (the Python layer validates targets first when it can).
@@ -24,15 +25,10 @@
 // where every term is of the size of the spread of the row, not of the logits.
 #include <cstdint>
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common.cuh"
+#include "rows.cuh"
 #include "thermokern/cross_entropy_plan.h"
 #include "thermokern/row_stats.h"
 
@@ -42,19 +38,16 @@ namespace {
 
 // Forward. HAS_SMOOTHING: label_smoothing > 0 (then the row sum of x - ref is needed).
 template <typename scalar_t, typename acc_t, int VEC, bool HAS_SMOOTHING>
-__global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
-                                      const int64_t* __restrict__ target,  // (N,)
-                                      int64_t N, int64_t C, int64_t row_stride,
-                                      const acc_t* __restrict__ inv_t_ptr, int64_t inv_t_stride,
-                                      acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw,
-                                      acc_t* __restrict__ loss,       // (N,)
-                                      acc_t* __restrict__ entropy,    // (N,)
-                                      acc_t* __restrict__ shift,      // (N,)
-                                      acc_t* __restrict__ log_norm) { // (N,)
+__global__ void cross_entropy_fwd_kernel(RowsView<scalar_t, acc_t> a,
+                                         const int64_t* __restrict__ target,  // (N,)
+                                         acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw,
+                                         acc_t* __restrict__ loss,  // (N,)
+                                         StatsView<acc_t> out) {
+  const int64_t C = a.C;
   const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
-  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
-    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
-    const scalar_t* xrow = x + row * row_stride;
+  for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
+    const acc_t inv_t = a.inv_t_of(row);
+    const scalar_t* xrow = a.row(row);
     // The target logit: read by thread 0 for the loss, and by every thread when it is the
     // reference of the smoothing sum (see [Note: cancellation-free cross-entropy]).
     int64_t y = ignore_index;
@@ -83,9 +76,7 @@ __global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N,
     if (threadIdx.x == 0) {
       const acc_t h = row_stats_entropy(r);
       const acc_t ln = row_stats_log_norm(r);
-      entropy[row] = h;
-      shift[row] = r.m;
-      log_norm[row] = ln;
+      out.store(row, h, r.m, ln);
       acc_t l;
       if (y == ignore_index) {
         l = 0;
@@ -110,110 +101,67 @@ __global__ void cross_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N,
 }
 
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void cross_entropy_bwd_kernel(const acc_t* __restrict__ grad,      // (N,)
-                                      const scalar_t* __restrict__ x,      // (N, C)
-                                      const int64_t* __restrict__ target,  // (N,)
-                                      const acc_t* __restrict__ entropy,   // (N,)
-                                      const acc_t* __restrict__ shift,     // (N,)
-                                      const acc_t* __restrict__ log_norm,  // (N,)
-                                      scalar_t* __restrict__ grad_x,       // (N, C) contig
-                                      int64_t N, int64_t C, int64_t row_stride,
-                                      const acc_t* __restrict__ inv_t_ptr, int64_t inv_t_stride,
-                                      acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw) {
+__global__ void cross_entropy_bwd_kernel(const acc_t* __restrict__ grad,  // (N,)
+                                         RowsView<scalar_t, acc_t> a,
+                                         const int64_t* __restrict__ target,  // (N,)
+                                         StatsView<const acc_t> st,
+                                         scalar_t* __restrict__ grad_x,  // (N, C) contig
+                                         acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw) {
+  const int64_t C = a.C;
   const int64_t n_vec = C / VEC;
   const acc_t eps_c = eps / static_cast<acc_t>(C);  // the smoothing term, every column
   const acc_t on_y = acc_t(1) - eps;                // the target column's extra term
-  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
-    Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
+  for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
+    scalar_t* grow = grad_x + row * C;
     const int64_t y = target[row];
-    if (y == ignore_index || y < 0 || y >= C) {
-      // Ignored row: no gradient. Invalid target: NaN row, and no read at y. The branch is
-      // the same for the whole block.
-      const scalar_t fill = static_cast<scalar_t>(y == ignore_index ? acc_t(0) : acc_t(NAN));
-      Pack<scalar_t, VEC> out;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) out.v[j] = fill;
-      for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) gp[v] = out;
-      continue;
-    }
-    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
-    const Pack<scalar_t, VEC>* rp =
-        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
+    // Ignored row: no gradient. Invalid target: NaN row, and no read at y.
+    if (fill_dead_target_row<acc_t, VEC>(grow, n_vec, y, ignore_index, C)) continue;
+    const acc_t inv_t = a.inv_t_of(row);
     const acc_t gk = grad[row] * inv_t;
-    const acc_t mx = shift[row];
-    const acc_t ln = log_norm[row];
-    // p_j (1 + beta (log p_j + H) + 2 zw lse) = p_j (a + beta log p_j)
-    acc_t a = acc_t(1) + beta * entropy[row];
-    if (zw != acc_t(0)) a += acc_t(2) * zw * (mx * inv_t + ln);
-    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
-      const Pack<scalar_t, VEC> p = rp[v];
-      Pack<scalar_t, VEC> out;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const acc_t logp = (static_cast<acc_t>(p.v[j]) - mx) * inv_t - ln;
-        // p = 0 at -inf: no 0 * (-inf)
-        acc_t t = (logp == -INFINITY) ? acc_t(0) : tk_exp(logp) * (a + beta * logp);
-        t -= eps_c;
-        if (v * VEC + j == y) t -= on_y;
-        out.v[j] = static_cast<scalar_t>(gk * t);
-      }
-      gp[v] = out;
-    }
+    const acc_t mx = st.shift[row];
+    const acc_t ln = st.log_norm[row];
+    // p_j (1 + beta (log p_j + H) + 2 zw lse) = p_j (w + beta log p_j)
+    acc_t w = acc_t(1) + beta * st.entropy[row];
+    if (zw != acc_t(0)) w += acc_t(2) * zw * (mx * inv_t + ln);
+    logp_row_sweep<acc_t, VEC>(a.row(row), grow, n_vec, inv_t, mx, ln, [&](int64_t j, acc_t logp) {
+      // p = 0 at -inf: no 0 * (-inf)
+      acc_t t = (logp == -INFINITY) ? acc_t(0) : tk_exp(logp) * (w + beta * logp);
+      t -= eps_c;
+      if (j == y) t -= on_y;
+      return gk * t;
+    });
   }
 }
 
 void launch_fwd(const CrossEntropyFwdPlan& p) {
-  const RowsPlan& r = p.rows;
   const CrossEntropyScalars& s = p.scalars;
-  const c10::cuda::CUDAGuard guard(r.logits.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
-                                  "cross_entropy_fwd_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(xp, xp, r.rows, r.C, r.row_stride,
-                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
-      constexpr int VEC = decltype(vec_c)::value;
-      auto launch = [&](auto kernel) {
-        kernel<<<blocks, threads, 0, stream>>>(
-            xp, p.target.const_data_ptr<int64_t>(), r.rows, r.C, r.row_stride,
-            r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride, static_cast<acc_t>(s.entropy_weight),
-            static_cast<acc_t>(s.label_smoothing), s.ignore_index,
-            static_cast<acc_t>(s.z_loss_weight), p.loss.mutable_data_ptr<acc_t>(),
-            p.out.entropy.mutable_data_ptr<acc_t>(), p.out.shift.mutable_data_ptr<acc_t>(),
-            p.out.log_norm.mutable_data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if (s.label_smoothing > 0.0) {
-        launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, true>);
-      } else {
-        launch(cross_entropy_fwd_kernel<scalar_t, acc_t, VEC, false>);
-      }
-    });
+  launch_row_op(p.rows, nullptr, [&](auto launch) {
+    using L = decltype(launch);
+    using acc_t = typename L::acc;
+    const auto run = [&](auto kernel) {
+      launch(kernel, launch.rows, p.target.const_data_ptr<int64_t>(),
+             static_cast<acc_t>(s.entropy_weight), static_cast<acc_t>(s.label_smoothing),
+             s.ignore_index, static_cast<acc_t>(s.z_loss_weight),
+             p.loss.mutable_data_ptr<acc_t>(), L::stats_out(p.out));
+    };
+    if (s.label_smoothing > 0.0) {
+      run(cross_entropy_fwd_kernel<typename L::scalar, acc_t, L::vec, true>);
+    } else {
+      run(cross_entropy_fwd_kernel<typename L::scalar, acc_t, L::vec, false>);
+    }
   });
 }
 
 void launch_bwd(const CrossEntropyBwdPlan& p) {
-  const RowsPlan& r = p.bwd.rows;
-  const RowStatsTensors& st = p.bwd.stats;
   const CrossEntropyScalars& s = p.scalars;
-  const c10::cuda::CUDAGuard guard(r.logits.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
-                                  "cross_entropy_bwd_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
-    scalar_t* gxp = p.bwd.grad_x.mutable_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(xp, gxp, r.rows, r.C, r.row_stride,
-                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
-      constexpr int VEC = decltype(vec_c)::value;
-      cross_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          p.bwd.grad.const_data_ptr<acc_t>(), xp, p.target.const_data_ptr<int64_t>(),
-          st.entropy.const_data_ptr<acc_t>(), st.shift.const_data_ptr<acc_t>(),
-          st.log_norm.const_data_ptr<acc_t>(), gxp, r.rows, r.C, r.row_stride,
-          r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride, static_cast<acc_t>(s.entropy_weight),
-          static_cast<acc_t>(s.label_smoothing), s.ignore_index,
-          static_cast<acc_t>(s.z_loss_weight));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  launch_row_op(p.bwd.rows, p.bwd.grad_x.const_data_ptr(), [&](auto launch) {
+    using L = decltype(launch);
+    using acc_t = typename L::acc;
+    launch(cross_entropy_bwd_kernel<typename L::scalar, acc_t, L::vec>,
+           p.bwd.grad.const_data_ptr<acc_t>(), launch.rows, p.target.const_data_ptr<int64_t>(),
+           L::stats_in(p.bwd.stats), p.bwd.grad_x.mutable_data_ptr<typename L::scalar>(),
+           static_cast<acc_t>(s.entropy_weight), static_cast<acc_t>(s.label_smoothing),
+           s.ignore_index, static_cast<acc_t>(s.z_loss_weight));
   });
 }
 

@@ -9,15 +9,10 @@
 // Offsets are int64 throughout (rows * stride can exceed 2^31); nothing syncs with the host.
 #include <cstdint>
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common.cuh"
+#include "rows.cuh"
 #include "thermokern/row_stats.h"
 #include "thermokern/softmax_entropy_plan.h"
 
@@ -26,105 +21,44 @@ namespace thermokern::cuda {
 namespace {
 
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ x,  // (N, C), row stride
-                                           int64_t N, int64_t C, int64_t row_stride,
-                                           const acc_t* __restrict__ inv_t_ptr,
-                                           int64_t inv_t_stride,
-                                           acc_t* __restrict__ entropy,    // (N,)
-                                           acc_t* __restrict__ shift,      // (N,)
-                                           acc_t* __restrict__ log_norm) { // (N,)
-  const int64_t n_vec = C / VEC;  // VEC > 1 only when C % VEC == 0
-  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
-    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
-    const Pack<scalar_t, VEC>* rp =
-        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
-    acc_t m = -INFINITY, d = 0, s = 0;
-    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
-      const Pack<scalar_t, VEC> p = rp[v];
-      acc_t xv[VEC];
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) xv[k] = static_cast<acc_t>(p.v[k]);
-      online_update(xv, inv_t, m, d, s);
-    }
-    const RowStats<acc_t> r = block_merge(RowStats<acc_t>{m, d, s}, inv_t);
-    if (threadIdx.x == 0) {
-      entropy[row] = row_stats_entropy(r);
-      shift[row] = r.m;
-      log_norm[row] = row_stats_log_norm(r);
-    }
+__global__ void softmax_entropy_fwd_kernel(RowsView<scalar_t, acc_t> a, StatsView<acc_t> out) {
+  const int64_t n_vec = a.C / VEC;  // VEC > 1 only when C % VEC == 0
+  for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
+    const RowStats<acc_t> r = block_row_stats<acc_t, VEC>(a.row(row), n_vec, a.inv_t_of(row));
+    if (threadIdx.x == 0) out.store(row, row_stats_entropy(r), r.m, row_stats_log_norm(r));
   }
 }
 
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,     // (N,)
-                                           const scalar_t* __restrict__ x,     // (N, C)
-                                           const acc_t* __restrict__ entropy,  // (N,)
-                                           const acc_t* __restrict__ shift,    // (N,)
-                                           const acc_t* __restrict__ log_norm, // (N,)
-                                           scalar_t* __restrict__ grad_x,      // (N, C) contig
-                                           int64_t N, int64_t C, int64_t row_stride,
-                                           const acc_t* __restrict__ inv_t_ptr,
-                                           int64_t inv_t_stride) {
-  const int64_t n_vec = C / VEC;
-  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
-    const acc_t inv_t = inv_t_ptr[row * inv_t_stride];
-    const Pack<scalar_t, VEC>* rp =
-        reinterpret_cast<const Pack<scalar_t, VEC>*>(x + row * row_stride);
-    Pack<scalar_t, VEC>* gp = reinterpret_cast<Pack<scalar_t, VEC>*>(grad_x + row * C);
+__global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,  // (N,)
+                                           RowsView<scalar_t, acc_t> a, StatsView<const acc_t> st,
+                                           scalar_t* __restrict__ grad_x) {  // (N, C) contig
+  const int64_t n_vec = a.C / VEC;
+  for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
+    const acc_t inv_t = a.inv_t_of(row);
     const acc_t coef = -grad[row] * inv_t;
-    const acc_t mx = shift[row];
-    const acc_t ln = log_norm[row];
-    const acc_t h = entropy[row];
-    for (int64_t v = threadIdx.x; v < n_vec; v += blockDim.x) {
-      const Pack<scalar_t, VEC> p = rp[v];
-      Pack<scalar_t, VEC> out;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const acc_t logp = (static_cast<acc_t>(p.v[k]) - mx) * inv_t - ln;
-        const acc_t g = (logp == -INFINITY) ? acc_t(0) : coef * tk_exp(logp) * (logp + h);
-        out.v[k] = static_cast<scalar_t>(g);
-      }
-      gp[v] = out;
-    }
+    const acc_t h = st.entropy[row];
+    logp_row_sweep<acc_t, VEC>(a.row(row), grad_x + row * a.C, n_vec, inv_t, st.shift[row],
+                               st.log_norm[row], [&](int64_t, acc_t logp) {
+      return (logp == -INFINITY) ? acc_t(0) : coef * tk_exp(logp) * (logp + h);
+    });
   }
 }
 
 void launch_fwd(const SoftmaxEntropyFwdPlan& p) {
-  const RowsPlan& r = p.rows;
-  const c10::cuda::CUDAGuard guard(r.logits.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
-                                  "softmax_entropy_fwd_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(xp, xp, r.rows, r.C, r.row_stride,
-                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
-      constexpr int VEC = decltype(vec_c)::value;
-      softmax_entropy_fwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          xp, r.rows, r.C, r.row_stride, r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride,
-          p.out.entropy.mutable_data_ptr<acc_t>(), p.out.shift.mutable_data_ptr<acc_t>(),
-          p.out.log_norm.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  launch_row_op(p.rows, nullptr, [&](auto launch) {
+    using L = decltype(launch);
+    launch(softmax_entropy_fwd_kernel<typename L::scalar, typename L::acc, L::vec>, launch.rows,
+           L::stats_out(p.out));
   });
 }
 
 void launch_bwd(const RowsBwdPlan& p) {
-  const RowsPlan& r = p.rows;
-  const c10::cuda::CUDAGuard guard(r.logits.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.logits.scalar_type(),
-                                  "softmax_entropy_bwd_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = r.logits.const_data_ptr<scalar_t>();
-    scalar_t* gxp = p.grad_x.mutable_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(xp, gxp, r.rows, r.C, r.row_stride,
-                          [&](auto vec_c, int64_t blocks, int threads, cudaStream_t stream) {
-      constexpr int VEC = decltype(vec_c)::value;
-      softmax_entropy_bwd_kernel<scalar_t, acc_t, VEC><<<blocks, threads, 0, stream>>>(
-          p.grad.const_data_ptr<acc_t>(), xp, p.stats.entropy.const_data_ptr<acc_t>(),
-          p.stats.shift.const_data_ptr<acc_t>(), p.stats.log_norm.const_data_ptr<acc_t>(), gxp,
-          r.rows, r.C, r.row_stride, r.inv_t.const_data_ptr<acc_t>(), r.inv_t_stride);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  launch_row_op(p.rows, p.grad_x.const_data_ptr(), [&](auto launch) {
+    using L = decltype(launch);
+    launch(softmax_entropy_bwd_kernel<typename L::scalar, typename L::acc, L::vec>,
+           p.grad.const_data_ptr<typename L::acc>(), launch.rows, L::stats_in(p.stats),
+           p.grad_x.mutable_data_ptr<typename L::scalar>());
   });
 }
 

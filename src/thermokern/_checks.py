@@ -249,16 +249,10 @@ def divide_by_temperature(
 
 
 # ----------------------------------------------------------------------------- cross-entropy
-def check_cross_entropy_args(
-    logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
-    *, name: str = "logits", classes: str = "classes last", class_dim: str = "the class dim",
-):  # fmt: skip
-    """The checks of the cross-entropy's arguments (also thermokern.distributed's, whose logits
-    are ``name="logits_shard"``); returns the checked (entropy_weight, label_smoothing,
-    ignore_index, z_loss_weight)."""
-    check_float_tensor(logits, name)
-    if logits.dim() == 0:
-        raise ValueError(f"{name}: expected at least 1 dimension ({classes}), got a 0-d tensor")
+def check_target(
+    target: object, logits: torch.Tensor, name: str = "logits", class_dim: str = "the class dim"
+):
+    """Integer class indices shaped like ``logits`` (called ``name``) without its last dim."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
@@ -270,6 +264,20 @@ def check_cross_entropy_args(
         )
     if target.device != logits.device:
         raise ValueError(f"target: expected device {logits.device}, got {target.device}")
+    return target
+
+
+def check_cross_entropy_args(
+    logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
+    *, name: str = "logits", classes: str = "classes last", class_dim: str = "the class dim",
+):  # fmt: skip
+    """The checks of the cross-entropy's arguments (also thermokern.distributed's, whose logits
+    are ``name="logits_shard"``); returns the checked (entropy_weight, label_smoothing,
+    ignore_index, z_loss_weight)."""
+    check_float_tensor(logits, name)
+    if logits.dim() == 0:
+        raise ValueError(f"{name}: expected at least 1 dimension ({classes}), got a 0-d tensor")
+    check_target(target, logits, name, class_dim)
     entropy_weight = check_finite(entropy_weight, "entropy_weight")
     label_smoothing = check_finite(label_smoothing, "label_smoothing", 0.0, 1.0)
     z_loss_weight = check_finite(z_loss_weight, "z_loss_weight", 0.0)

@@ -6,9 +6,15 @@ import torch
 from torch import nn
 
 from thermokern.ops.cross_entropy import entropy_regularized_cross_entropy
+from thermokern.ops.linear import linear_cross_entropy, linear_token_logprobs
 from thermokern.ops.softmax_entropy import softmax_entropy
 
-__all__ = ["EntropyRegularizedCrossEntropyLoss", "SoftmaxEntropy"]
+__all__ = [
+    "EntropyRegularizedCrossEntropyLoss",
+    "LinearCrossEntropyLoss",
+    "SoftmaxEntropy",
+    "TokenLogprobsHead",
+]
 
 
 def _set_temperature(module: nn.Module, temperature: float | torch.Tensor) -> None:
@@ -110,3 +116,81 @@ class EntropyRegularizedCrossEntropyLoss(nn.Module):
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
             f"z_loss_weight={self.z_loss_weight}, backend={self.backend!r}"
         )
+
+
+class LinearCrossEntropyLoss(EntropyRegularizedCrossEntropyLoss):
+    """The language-model loss from hidden states and an output layer's weight, without the
+    (N, V) logits: ``loss(hidden, weight, target, bias=None)`` is
+    :func:`thermokern.linear_cross_entropy` with this module's options (those of
+    :class:`EntropyRegularizedCrossEntropyLoss`).
+
+    Example:
+        >>> loss_fn = thermokern.nn.LinearCrossEntropyLoss(entropy_weight=0.01)  # doctest: +SKIP
+        >>> loss = loss_fn(model.last_hidden_state, model.lm_head.weight, labels)  # doctest: +SKIP
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return linear_cross_entropy(
+            hidden, weight, target, bias=bias, entropy_weight=self.entropy_weight, temperature=self.temperature,
+            label_smoothing=self.label_smoothing, ignore_index=self.ignore_index, reduction=self.reduction,
+            z_loss_weight=self.z_loss_weight, backend=self.backend,
+        )  # fmt: skip
+
+
+class TokenLogprobsHead(nn.Module):
+    """The log-probs of given tokens and the entropy per token, straight from hidden states: an
+    output layer (``weight`` (V, D), optional ``bias``) that never materialises its logits, for
+    RL fine-tuning (see :func:`thermokern.linear_token_logprobs`).
+
+    ``head(hidden, target)`` returns ``(logp, entropy)`` shaped like ``target``. Build it around
+    an existing layer with :meth:`from_linear` (the parameters are shared, not copied).
+
+    Args:
+        weight: the (V, D) weight (registered as a parameter when it is one).
+        bias: an optional (V,) bias.
+        temperature: a float > 0 or a tensor (see :class:`SoftmaxEntropy`).
+        ignore_index: rows with this target give 0 and no gradient.
+        backend: the backend of the row kernels.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        temperature: float | torch.Tensor = 1.0,
+        ignore_index: int = -100,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.weight = (
+            weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        )
+        if bias is None or isinstance(bias, nn.Parameter):
+            self.bias = bias
+        else:
+            self.bias = nn.Parameter(bias, requires_grad=False)
+        self.ignore_index = ignore_index
+        self.backend = backend
+        _set_temperature(self, temperature)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, **kwargs) -> TokenLogprobsHead:
+        """A head sharing ``layer``'s weight and bias (e.g. a causal LM's ``lm_head``)."""
+        return cls(layer.weight, layer.bias, **kwargs)
+
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return linear_token_logprobs(
+            hidden, self.weight, target, bias=self.bias, temperature=self.temperature,
+            ignore_index=self.ignore_index, with_entropy=True, backend=self.backend,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        v, d = self.weight.shape
+        return f"vocab={v}, hidden={d}, bias={self.bias is not None}, ignore_index={self.ignore_index}"

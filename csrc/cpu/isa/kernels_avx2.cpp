@@ -10,4 +10,5 @@
 #include "../partition_kernel.h"
 #include "../sgld_kernel.h"
 #include "../softmax_entropy_kernel.h"
+#include "../token_logprobs_kernel.h"
 #endif

@@ -1,6 +1,6 @@
 // Host-side plan of softmax_entropy_fwd / softmax_entropy_bwd ([Note: host-side plans] in
 // plan.h), used by csrc/cpu/softmax_entropy.cpp and csrc/cuda/softmax_entropy.cu, and by
-// cross_entropy_plan.h (the cross-entropy ops share the rows and the statistics).
+// cross_entropy_plan.h and token_logprobs_plan.h (those ops share the rows and the statistics).
 #pragma once
 
 #include <cstdint>
@@ -41,19 +41,32 @@ inline void check_softmax_entropy_fwd(const at::Tensor& logits, const at::Tensor
   check_inv_t(inv_t, logits);
 }
 
-inline void check_softmax_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits,
-                                      const at::Tensor& inv_t, const at::Tensor& entropy,
-                                      const at::Tensor& shift, const at::Tensor& log_norm) {
-  check_softmax_entropy_fwd(logits, inv_t);
-  check_floating(grad, "grad");
-  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == logits.size(0),
-                    "grad: expected one value per row, shape (", logits.size(0), "), got ",
+// An upstream gradient of a per-row output: 1-D, one value per row, any floating dtype (the
+// plans convert it), logits' device.
+inline void check_row_grad(const at::Tensor& grad, const at::Tensor& logits,
+                           std::string_view name) {
+  check_floating(grad, name);
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == logits.size(0), name,
+                    ": expected one value per row, shape (", logits.size(0), "), got ",
                     grad.sizes());
-  check_device(grad, logits.device(), "grad");
+  check_device(grad, logits.device(), name);
+}
+
+// The statistics a forward returned (row_stats.h), as the backwards take them back.
+inline void check_row_stats(const at::Tensor& logits, const at::Tensor& entropy,
+                            const at::Tensor& shift, const at::Tensor& log_norm) {
   const auto acc = acc_dtype(logits.scalar_type());
   check_vector(entropy, logits.size(0), acc, logits.device(), "entropy", "one value per row");
   check_vector(shift, logits.size(0), acc, logits.device(), "shift", "one value per row");
   check_vector(log_norm, logits.size(0), acc, logits.device(), "log_norm", "one value per row");
+}
+
+inline void check_softmax_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits,
+                                      const at::Tensor& inv_t, const at::Tensor& entropy,
+                                      const at::Tensor& shift, const at::Tensor& log_norm) {
+  check_softmax_entropy_fwd(logits, inv_t);
+  check_row_grad(grad, logits, "grad");
+  check_row_stats(logits, entropy, shift, log_norm);
 }
 
 // ---- plans ---------------------------------------------------------------------------------
@@ -99,7 +112,7 @@ inline SoftmaxEntropyFwdPlan plan_softmax_entropy_fwd(const at::Tensor& logits,
   return {rows_plan(logits, inv_t), new_row_stats(logits)};
 }
 
-// The backward of both row ops: the upstream gradient per row and the saved statistics,
+// The backward of the row ops: the upstream gradient per row and the saved statistics,
 // contiguous and in the accumulation dtype, and the contiguous (rows, C) gradient (logits'
 // dtype) the kernel writes.
 struct RowsBwdPlan {

@@ -17,6 +17,9 @@ from thermokern.reference.spec import (
     langevin_noise,
     langevin_noise_std,
     langevin_step,
+    linear_cross_entropy,
+    linear_softmax_entropy,
+    linear_token_logprobs,
     log_partition,
     logsumexp,
     mala_accept,
@@ -27,6 +30,7 @@ from thermokern.reference.spec import (
     reduce_dims,
     softmax_entropy,
     thermo_stats,
+    token_logprobs,
 )
 
 __all__ = [
@@ -37,6 +41,9 @@ __all__ = [
     "langevin_noise",
     "langevin_noise_std",
     "langevin_step",
+    "linear_cross_entropy",
+    "linear_softmax_entropy",
+    "linear_token_logprobs",
     "log_partition",
     "logsumexp",
     "mala_accept",
@@ -47,4 +54,5 @@ __all__ = [
     "reduce_dims",
     "softmax_entropy",
     "thermo_stats",
+    "token_logprobs",
 ]

@@ -104,6 +104,44 @@ def cross_entropy_bwd(
     return out.to(logits.dtype)
 
 
+# ----------------------------------------------------------------------------- token_logprobs
+def token_logprobs_fwd(logits, target, inv_t, ignore_index):
+    """(logp, entropy, shift, log_norm) per row: the softmax_entropy statistics of every row and
+    logp = k (x_y - shift) - log_norm, 0 where the target is ignore_index, NaN where it is out of
+    range."""
+    entropy, shift, log_norm = softmax_entropy_fwd(logits, inv_t)
+    valid, bad = _bad_targets(target, logits.shape[1], ignore_index)
+    safe = torch.where(valid & ~bad, target, torch.zeros_like(target))
+    k = inv_t.to(entropy.dtype).expand(logits.shape[0])
+    x_y = logits.gather(1, safe.unsqueeze(1)).squeeze(1).to(entropy.dtype)
+    logp = (x_y - shift) * k - log_norm
+    logp = torch.where(valid, logp, torch.zeros_like(logp))
+    return torch.where(bad, torch.full_like(logp, math.nan), logp), entropy, shift, log_norm
+
+
+def token_logprobs_bwd(
+    grad_logp, grad_entropy, logits, target, inv_t, entropy, shift, log_norm, ignore_index
+):
+    """k [g_l ([j = y] - p_j) - g_H p_j (log p_j + H)] per row; 0 on ignored rows, NaN on rows
+    whose target is out of range; no g_H term without grad_entropy."""
+    log_p, k = _log_p(logits, inv_t, shift, log_norm)
+    p = torch.exp(log_p)
+    acc = shift.dtype
+    c = logits.shape[1]
+    valid, bad = _bad_targets(target, c, ignore_index)
+    cols = torch.arange(c, device=logits.device)
+    hot = (valid & ~bad).unsqueeze(1) & (cols.unsqueeze(0) == target.unsqueeze(1))
+    out = grad_logp.to(acc).unsqueeze(1) * (hot.to(acc) - p)
+    if grad_entropy is not None:
+        out = out - grad_entropy.to(acc).unsqueeze(1) * _zero_where(
+            p == 0, p * (log_p + entropy.unsqueeze(1))
+        )
+    out = k * out
+    out = torch.where(valid.unsqueeze(1), out, torch.zeros_like(out))
+    out = torch.where(bad.unsqueeze(1), torch.full_like(out, math.nan), out)
+    return out.to(logits.dtype)
+
+
 # ----------------------------------------------------------------------------- partition
 def _partition_elements(x, weight, mask, scale, negate):
     """x' and k shaped (O, R, I) in the accumulation dtype, w (1 without weight), the mask's

@@ -81,6 +81,45 @@ def entropy_regularized_cross_entropy(
     return loss.sum() / valid.sum()
 
 
+# ----------------------------------------------------------------------------- language-model heads
+def token_logprobs(logits, target, *, temperature=1.0, ignore_index: int = -100, with_entropy: bool = False):
+    """log softmax(logits / T)[target] over the last dim (and, with ``with_entropy``, the entropy
+    of each row), in float32 (float64 for float64); rows whose target is ignore_index give 0 for
+    both."""
+    acc = acc_dtype(logits.dtype)
+    last = logits.dim() - 1
+    z = logits.to(acc) / _temperature_along(temperature, logits, last)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    logp = torch.log_softmax(z, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    logp = torch.where(valid, logp, torch.zeros_like(logp))
+    if not with_entropy:
+        return logp
+    h = softmax_entropy(logits.to(acc), -1, temperature=temperature)
+    return logp, torch.where(valid, h, torch.zeros_like(h))
+
+
+def _linear_logits(hidden, weight, bias):
+    """F.linear in the accumulation dtype of hidden."""
+    acc = acc_dtype(hidden.dtype)
+    return torch.nn.functional.linear(hidden.to(acc), weight.to(acc), None if bias is None else bias.to(acc))
+
+
+def linear_cross_entropy(hidden, weight, target, *, bias=None, **kwargs):
+    """entropy_regularized_cross_entropy(F.linear(hidden, weight, bias), target, **kwargs)."""
+    return entropy_regularized_cross_entropy(_linear_logits(hidden, weight, bias), target, **kwargs)
+
+
+def linear_token_logprobs(hidden, weight, target, *, bias=None, **kwargs):
+    """token_logprobs(F.linear(hidden, weight, bias), target, **kwargs)."""
+    return token_logprobs(_linear_logits(hidden, weight, bias), target, **kwargs)
+
+
+def linear_softmax_entropy(hidden, weight, *, bias=None, temperature=1.0):
+    """softmax_entropy(F.linear(hidden, weight, bias)) over the vocabulary (last dim)."""
+    return softmax_entropy(_linear_logits(hidden, weight, bias), -1, temperature=temperature)
+
+
 # ----------------------------------------------------------------------------- partition functions
 def reduce_dims(dim, ndim: int) -> tuple[int, ...]:
     """``dim`` (an int or a sequence of ints) as a sorted tuple of non-negative dims.

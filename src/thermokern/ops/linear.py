@@ -1,0 +1,375 @@
+"""Language-model heads from hidden states: ``linear_cross_entropy``, ``linear_token_logprobs``
+and ``linear_softmax_entropy``, without ever holding the (N, V) logits or their gradient.
+
+They have no kernels of their own: the tokens are processed in chunks whose scratch is
+bounded (independent of N); per chunk, the logits come from one matmul (the vendor BLAS, in
+the input dtype with fp32 accumulation), the row statistics, loss and logit gradient from this
+project's row kernels (the ``KernelOp``s of ops/cross_entropy.py, ops/token_logprobs.py and
+ops/softmax_entropy.py), and the gradients w.r.t. hidden, weight and bias from two more
+matmuls; the weight and bias gradients accumulate in fp32.
+
+[Note: when the gradient is computed]
+A loss reduced to a scalar ("mean" or "sum") has one upstream gradient for every row, known
+up to a factor: the forward computes the gradients with that factor 1 while each chunk's
+logits are at hand, and the backward only scales them (three matmuls in all, as an eager
+forward + backward). Outputs with a gradient per row (reduction "none", the log-probs and the
+entropy) cannot be differentiated before the backward: there each chunk's logits are
+recomputed (a fourth matmul), and only the inputs are saved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from thermokern import _backend, reference
+from thermokern._checks import (
+    check_cross_entropy_args,
+    check_float_tensor,
+    check_int,
+    check_target,
+    check_target_values,
+    check_temperature,
+    inverse_temperature,
+)
+from thermokern._dtypes import FLOAT_DTYPES, acc_dtype
+from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
+from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
+from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
+
+__all__ = ["linear_cross_entropy", "linear_softmax_entropy", "linear_token_logprobs"]
+
+# Bytes of one chunk of logits (the gradient chunk takes as much again): small on the CPU, where
+# a (64, 32000) float32 chunk keeps the matmuls efficient; larger on a GPU, whose matmuls need
+# a few thousand rows to fill it. Tests lower them to force many chunks.
+CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}
+
+
+def _chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
+    elt = torch.empty((), dtype=dtype).element_size()
+    return max(1, min(n, budget // max(vocab * elt, 1)))
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear for a chunk: contiguous (rows, V) in the input dtype."""
+    out = h @ weight.t()
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b with acc in float32 (float64 for float64): 16-bit inputs go through the
+    BLAS with an fp32 output where torch offers one (CUDA), else as fp32 copies of the chunk."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif a.is_cuda:
+        acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
+class _Grads:
+    """The gradients w.r.t. hidden (per row), weight and bias (fp32 sums) and, for a learnable
+    temperature, the temperature per row, filled chunk by chunk."""
+
+    def __init__(self, hidden, weight, bias, needs, per_row_t: bool):
+        acc = acc_dtype(weight.dtype)
+        self.hidden = torch.empty_like(hidden) if needs[0] else None
+        self.weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
+        self.bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if needs[2] else None
+        self.temperature = (
+            torch.empty(hidden.shape[0], dtype=acc, device=hidden.device) if per_row_t else None
+        )
+
+    def add(self, rows: slice, h, weight, logits, grad_logits, inv_t) -> None:
+        if self.hidden is not None:
+            torch.mm(grad_logits, weight, out=self.hidden[rows])
+        if self.weight is not None:
+            _addmm_fp32(self.weight, grad_logits.t(), h)
+        if self.bias is not None:
+            self.bias += grad_logits.sum(dim=0, dtype=self.bias.dtype)
+        if self.temperature is not None:
+            # z = x k with k = 1/T: dL/dT = -(k / T) sum_j dL/dz_j x_j = -k sum_j dL/dx_j x_j
+            dot = (grad_logits.to(inv_t.dtype) * logits.to(inv_t.dtype)).sum(dim=1)
+            self.temperature[rows] = -dot * inv_t
+
+    def scaled(self, g, weight_dtype, bias_dtype):
+        def s(t, dtype=None):
+            if t is None:
+                return None
+            t = t * g.to(t.dtype) if g is not None else t
+            return t if dtype is None else t.to(dtype)
+
+        return s(self.hidden), s(self.weight, weight_dtype), s(self.bias, bias_dtype), s(self.temperature)
+
+
+class _LinearHead(torch.autograd.Function):
+    """One of the three heads over flattened tokens: hidden (N, D), weight (V, D), bias (V,) or
+    None, target (N,) int64 or None, temperature per row (N,) (only when it requires grad) or
+    None, inv_t (1 or N)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, temperature, target, inv_t, kind, params, reduction, name):
+        n = hidden.shape[0]
+        vocab = weight.shape[0]
+        acc = acc_dtype(hidden.dtype)
+        step = _chunk_rows(n, vocab, hidden.dtype, hidden.device)
+        needs = ctx.needs_input_grad[:3]
+        learn_t = temperature is not None and ctx.needs_input_grad[3]
+        # [Note: when the gradient is computed]: now for a scalar loss, else in the backward.
+        scalar = kind == "ce" and reduction != "none"
+        now = scalar and (any(needs) or learn_t)
+        grads = _Grads(hidden, weight, bias, needs, learn_t) if now else None
+        if scalar:  # the output is the reduced loss, whose gradient w.r.t. each row's loss is row_g
+            count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
+            row_g = torch.ones((), dtype=acc, device=hidden.device)
+            row_g = row_g / count if count is not None else row_g
+        outs = []
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            h = hidden[rows]
+            k = inv_t if inv_t.numel() == 1 else inv_t[rows]
+            logits = _logits(h, weight, bias)
+            if kind == "ce":
+                loss, entropy, shift, log_norm = cross_entropy_fwd(name, logits, target[rows], k, *params)
+                outs.append(loss)
+                if now:
+                    g = row_g.expand(logits.shape[0]).contiguous()
+                    gx = cross_entropy_bwd(
+                        name, g, logits, target[rows], k, entropy, shift, log_norm, *params
+                    )
+                    grads.add(rows, h, weight, logits, gx, k)
+            elif kind == "logprobs":
+                logp, entropy, _, _ = token_logprobs_fwd(name, logits, target[rows], k, params[0])
+                outs.append(torch.stack([logp, entropy]))
+            else:
+                outs.append(softmax_entropy_fwd(name, logits, k)[0])
+            del logits
+        if outs:
+            out = torch.cat(outs, dim=-1)
+        else:
+            out = hidden.new_empty((2, 0) if kind == "logprobs" else (0,), dtype=acc)
+        if scalar:  # "mean" counts the rows not ignored (on the device): NaN when there are none
+            out = out.sum() if count is None else out.sum() / count
+        ctx.kind, ctx.params, ctx.name = kind, params, name
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.grads = grads
+        if grads is None:
+            ctx.save_for_backward(hidden, weight, bias, target, inv_t)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        none = (None,) * 6
+        if ctx.grads is not None:  # computed in the forward for an upstream gradient of 1
+            gh, gw, gb, gt = ctx.grads.scaled(grad_out.reshape(()), ctx.weight_dtype, ctx.bias_dtype)
+            return gh, gw, gb, gt, *none
+        hidden, weight, bias, target, inv_t = ctx.saved_tensors
+        n = hidden.shape[0]
+        step = _chunk_rows(n, weight.shape[0], hidden.dtype, hidden.device)
+        needs = ctx.needs_input_grad[:3]
+        learn_t = ctx.needs_input_grad[3]
+        grads = _Grads(hidden, weight, bias, needs, learn_t)
+        acc = acc_dtype(hidden.dtype)
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            h = hidden[rows]
+            k = inv_t if inv_t.numel() == 1 else inv_t[rows]
+            logits = _logits(h, weight, bias)
+            if ctx.kind == "ce":
+                _, entropy, shift, log_norm = cross_entropy_fwd(
+                    ctx.name, logits, target[rows], k, *ctx.params
+                )
+                g = grad_out[rows].to(acc).contiguous()
+                gx = cross_entropy_bwd(
+                    ctx.name, g, logits, target[rows], k, entropy, shift, log_norm, *ctx.params
+                )
+            elif ctx.kind == "logprobs":
+                _, entropy, shift, log_norm = token_logprobs_fwd(
+                    ctx.name, logits, target[rows], k, ctx.params[0]
+                )
+                g = grad_out[:, rows].to(acc)
+                gx = token_logprobs_bwd(
+                    ctx.name, g[0].contiguous(), g[1].contiguous(), logits, target[rows], k, entropy, shift,
+                    log_norm, ctx.params[0],
+                )  # fmt: skip
+            else:
+                entropy, shift, log_norm = softmax_entropy_fwd(ctx.name, logits, k)
+                gx = softmax_entropy_bwd(
+                    ctx.name, grad_out[rows].to(acc).contiguous(), logits, k, entropy, shift, log_norm
+                )
+            grads.add(rows, h, weight, logits, gx, k)
+            del logits, gx
+        gh, gw, gb, gt = grads.scaled(None, weight.dtype, ctx.bias_dtype)
+        return gh, gw, gb, gt, *none
+
+
+# ----------------------------------------------------------------------------- arguments
+def _check_head(hidden, weight, bias):
+    check_float_tensor(hidden, "hidden")
+    check_float_tensor(weight, "weight")
+    if hidden.dim() == 0:
+        raise ValueError("hidden: expected at least 1 dimension (the hidden size last), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight: expected a 2-D (vocabulary, hidden) tensor, got shape {tuple(weight.shape)}"
+        )
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight: expected (V, {hidden.shape[-1]}) for hidden of size {hidden.shape[-1]}, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError("weight: the vocabulary (dim 0) has size 0")
+    for t, what in ((weight, "weight"), (bias, "bias")):
+        if t is None:
+            continue
+        if t.device != hidden.device:
+            raise ValueError(
+                f"{what}: expected a tensor on {hidden.device} (hidden's device), got {t.device}"
+            )
+        if t.dtype != hidden.dtype:
+            raise TypeError(f"{what}: expected hidden's dtype {hidden.dtype}, got {t.dtype}")
+    if bias is not None:
+        check_float_tensor(bias, "bias")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"hidden: expected a floating-point tensor, got {hidden.dtype}")
+
+
+def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
+    """The checked head: flattens the tokens, resolves the backend, applies _LinearHead."""
+    out_shape = hidden.shape[:-1]
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    if not h2.is_contiguous():
+        h2 = h2.contiguous()
+    name = _backend.resolve_backend(backend, hidden)
+    tgt = None if target is None else target.reshape(-1).long()
+    temperature = check_temperature(temperature, differentiable=True)
+    inv_t = inverse_temperature(temperature, out_shape, hidden.dtype, hidden.device)  # also validates
+    t_rows = None
+    if isinstance(temperature, torch.Tensor) and temperature.requires_grad and torch.is_grad_enabled():
+        t_rows = temperature.to(acc_dtype(hidden.dtype)).broadcast_to(out_shape).reshape(-1)
+        inv_t = (1.0 / t_rows).detach().contiguous()
+    if tgt is not None:  # once for all chunks (a CPU kernel would name the row in its chunk)
+        check_target_values(tgt, weight.shape[0], params[2] if kind == "ce" else params[0])
+    out = _LinearHead.apply(h2, weight, bias, t_rows, tgt, inv_t, kind, params, reduction, name)
+    return out, out_shape, tgt
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    entropy_weight: float = 0.0,
+    temperature: float | torch.Tensor = 1.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    z_loss_weight: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``entropy_regularized_cross_entropy(F.linear(hidden, weight, bias), target, ...)`` without
+    the (N, V) logits: the language-model loss straight from the last hidden states.
+
+    With ``entropy_weight=0`` and ``z_loss_weight=0`` it equals ``F.cross_entropy`` of the
+    linear layer's output (and ``F.linear_cross_entropy``). The tokens are processed in chunks
+    of bounded scratch; a "mean" or "sum" loss computes its gradients during the forward (three
+    matmuls in all), "none" recomputes each chunk's logits in the backward (see the module
+    Note).
+
+    Args:
+        hidden: (..., D) float32/float64/float16/bfloat16.
+        weight: (V, D), hidden's dtype and device (an ``lm_head.weight``).
+        target: integer token indices shaped like ``hidden`` without its last dimension.
+        bias: optional (V,).
+        entropy_weight, temperature, label_smoothing, ignore_index, reduction, z_loss_weight:
+            as :func:`thermokern.entropy_regularized_cross_entropy` (per-row and learnable
+            temperatures included).
+        backend: the backend of the row kernels (``"auto"``, ``"cpu"``, ``"cuda"``,
+            ``"triton"``; ``"reference"`` materialises the logits).
+
+    Returns:
+        The loss in float32 (float64 for float64), shaped like ``target`` for ``"none"``.
+        Differentiable w.r.t. hidden, weight, bias and a temperature tensor; the weight and bias
+        gradients are accumulated in fp32.
+    """
+    _check_head(hidden, weight, bias)
+    params = check_cross_entropy_args(
+        _as_logits_view(hidden, weight), target, entropy_weight, label_smoothing, ignore_index, reduction,
+        z_loss_weight, name="hidden", classes="hidden size last", class_dim="its last dim",
+    )  # fmt: skip
+    if _backend.resolve_backend(backend, hidden) == "reference":
+        return reference.linear_cross_entropy(
+            hidden, weight, target, bias=bias, entropy_weight=params[0], temperature=temperature,
+            label_smoothing=params[1], ignore_index=params[2], reduction=reduction, z_loss_weight=params[3],
+        )  # fmt: skip
+    loss, out_shape, _ = _run("ce", hidden, weight, bias, target, temperature, params, reduction, backend)
+    return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+def linear_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    backend: str = "auto",
+):
+    """``token_logprobs(F.linear(hidden, weight, bias), target, ...)`` without the (N, V) logits:
+    the log-probs of the sampled tokens (and the entropy) for RL fine-tuning, straight from the
+    last hidden states and ``lm_head.weight``.
+
+    Args and returns as :func:`thermokern.token_logprobs`, with ``hidden`` (..., D), ``weight``
+    (V, D) and an optional ``bias`` (V,) in place of the logits. The backward recomputes each
+    chunk's logits (the log-probs have one upstream gradient per token).
+    """
+    _check_head(hidden, weight, bias)
+    check_target(target, _as_logits_view(hidden, weight), "hidden", "its last dim")
+    ignore_index = check_int(ignore_index, "ignore_index")
+    if not isinstance(with_entropy, bool):
+        raise TypeError(f"with_entropy: expected a bool, got {type(with_entropy).__name__}")
+    if _backend.resolve_backend(backend, hidden) == "reference":
+        return reference.linear_token_logprobs(
+            hidden, weight, target, bias=bias, temperature=temperature, ignore_index=ignore_index,
+            with_entropy=with_entropy,
+        )  # fmt: skip
+    out, out_shape, tgt = _run(
+        "logprobs", hidden, weight, bias, target, temperature, (ignore_index,), None, backend
+    )
+    logp = out[0].reshape(out_shape)
+    if not with_entropy:
+        return logp
+    entropy = torch.where(tgt != ignore_index, out[1], torch.zeros_like(out[1]))
+    return logp, entropy.reshape(out_shape)
+
+
+def linear_softmax_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``softmax_entropy(F.linear(hidden, weight, bias))`` over the vocabulary, without the
+    (N, V) logits; shaped like ``hidden`` without its last dimension, float32 (float64 for
+    float64)."""
+    _check_head(hidden, weight, bias)
+    if _backend.resolve_backend(backend, hidden) == "reference":
+        return reference.linear_softmax_entropy(hidden, weight, bias=bias, temperature=temperature)
+    out, out_shape, _ = _run("entropy", hidden, weight, bias, None, temperature, (), None, backend)
+    return out.reshape(out_shape)
+
+
+def _as_logits_view(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A zero-size stand-in with the logits' shape and dtype, for the shared target checks."""
+    return hidden.new_empty(()).expand(*hidden.shape[:-1], weight.shape[0])

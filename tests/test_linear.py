@@ -1,0 +1,193 @@
+"""linear_cross_entropy, linear_token_logprobs, linear_softmax_entropy: every backend that runs
+here x dtype vs the float64 specification (F.linear then the logits-level op), gradients for
+hidden, weight, bias and the temperature, in many chunks; and the logits never exist in full."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _util import assert_close
+from conftest import cpu_backends
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import thermokern
+from thermokern import reference
+from thermokern.ops import linear
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+# (entropy_weight, label_smoothing, z_loss_weight)
+CE_PARAMS = [(0.0, 0.0, 0.0), (-0.3, 0.1, 1e-3)]
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    """Chunks of a few rows, so that every test crosses many chunk boundaries."""
+    monkeypatch.setattr(linear, "CHUNK_BYTES", {"cpu": 4096, "cuda": 4096})
+
+
+def _inputs(n, d, v, dtype, bias=True):
+    h = (torch.randn(n, d, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    w = (torch.randn(v, d, dtype=torch.float64) / d**0.5 * 3).to(dtype).requires_grad_(True)
+    b = (torch.randn(v, dtype=torch.float64) * 0.5).to(dtype).requires_grad_(True) if bias else None
+    t = torch.randint(0, v, (n,))
+    t[::4] = -100
+    return h, w, b, t
+
+
+def _f64(*ts):
+    return [None if t is None else t.detach().double().requires_grad_(True) for t in ts]
+
+
+def _grads(out, ins, g):
+    live = [t for t in ins if t is not None]
+    gs = torch.autograd.grad(out, live, g)
+    it = iter(gs)
+    return [None if t is None else next(it) for t in ins]
+
+
+def _check_grads(got, want, dtype):
+    for a, b in zip(got, want, strict=True):
+        if a is None:
+            continue
+        assert a.dtype == dtype
+        assert_close(a, b, dtype, grad=True, grad_scale=4.0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("params", CE_PARAMS, ids=str)
+def test_linear_cross_entropy(backend, dtype, reduction, params):
+    beta, eps, zw = params
+    h, w, b, t = _inputs(37, 16, 300, dtype)
+    kw = {"entropy_weight": beta, "label_smoothing": eps, "z_loss_weight": zw, "temperature": 0.9}
+    out = thermokern.linear_cross_entropy(h, w, t, bias=b, reduction=reduction, backend=backend, **kw)
+    h64, w64, b64 = _f64(h, w, b)
+    ref = reference.linear_cross_entropy(h64, w64, t, bias=b64, reduction=reduction, **kw)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == ref.shape
+    assert_close(out, ref.detach(), dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    _check_grads(_grads(out, [h, w, b], g.to(out.dtype)), _grads(ref, [h64, w64, b64], g), dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_token_logprobs(backend, dtype):
+    h, w, b, t = _inputs(29, 16, 300, dtype)
+    h = h.detach().reshape(29, 1, 16).requires_grad_(True)  # leading dims
+    t = t.reshape(29, 1)
+    temp = torch.rand(29, 1, dtype=torch.float64) + 0.5  # per row
+    logp, ent = thermokern.linear_token_logprobs(
+        h, w, t, bias=b, temperature=temp, with_entropy=True, backend=backend
+    )
+    h64, w64, b64 = _f64(h, w, b)
+    rl, re = reference.linear_token_logprobs(h64, w64, t, bias=b64, temperature=temp, with_entropy=True)
+    assert_close(logp, rl.detach(), dtype)
+    assert_close(ent, re.detach(), dtype)
+    gl, ge = torch.randn(rl.shape, dtype=torch.float64), torch.randn(rl.shape, dtype=torch.float64)
+    got = _grads((logp * gl.to(logp.dtype)).sum() + (ent * ge.to(ent.dtype)).sum(), [h, w, b], None)
+    want = _grads((rl * gl).sum() + (re * ge).sum(), [h64, w64, b64], None)
+    _check_grads(got, want, dtype)
+    only = thermokern.linear_token_logprobs(h, w, t, bias=b, temperature=temp, backend=backend)
+    assert torch.equal(only.detach(), logp.detach())
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_softmax_entropy(backend, dtype):
+    h, w, _, _ = _inputs(23, 16, 300, dtype, bias=False)
+    out = thermokern.linear_softmax_entropy(h, w, temperature=1.3, backend=backend)
+    h64, w64 = _f64(h, w)
+    ref = reference.linear_softmax_entropy(h64, w64, temperature=1.3)
+    assert_close(out, ref.detach(), dtype)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    _check_grads(_grads(out, [h, w], g.to(out.dtype)), _grads(ref, [h64, w64], g), dtype)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_equals_torch_without_extra_terms(backend):
+    h, w, b, t = _inputs(31, 8, 50, torch.float64)
+    out = thermokern.linear_cross_entropy(h, w, t, bias=b, backend=backend)
+    ref = F.cross_entropy(F.linear(h, w, b), t)
+    assert_close(out, ref, torch.float64)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_learnable_temperature_and_all_ignored(backend):
+    h, w, b, t = _inputs(13, 8, 60, torch.float64)
+    temp = torch.tensor([0.8], dtype=torch.float64, requires_grad=True)
+    out = thermokern.linear_cross_entropy(
+        h, w, t, bias=b, temperature=temp, entropy_weight=0.2, backend=backend
+    )
+    out.backward()
+    h64, w64, b64 = _f64(h, w, b)
+    t64 = temp.detach().clone().requires_grad_(True)
+    reference.linear_cross_entropy(h64, w64, t, bias=b64, temperature=t64, entropy_weight=0.2).backward()
+    assert_close(temp.grad, t64.grad, torch.float64, grad=True)
+    assert_close(h.grad, h64.grad, torch.float64, grad=True)
+    # every target ignored: "mean" is NaN (as in PyTorch), the gradients are zero
+    h.grad = None
+    loss = thermokern.linear_cross_entropy(h, w, torch.full_like(t, -100), backend=backend)
+    assert torch.isnan(loss)
+    loss.backward()
+    assert (h.grad == 0).all()
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):  # memory, not views (an expand is free)
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_logits_never_exist_in_full(reduction):
+    """No tensor as large as the (N, V) logits is ever created, forward or backward (the
+    largest are the weight gradient, V x D, and the chunks)."""
+    n, d, v = 64, 8, 1000
+    h, w, b, t = _inputs(n, d, v, torch.float32)
+    with _LargestTensor() as probe:
+        loss = thermokern.linear_cross_entropy(h, w, t, bias=b, reduction=reduction, backend="cpu")
+        loss.sum().backward()
+    assert probe.largest < n * v // 4, probe.largest
+
+
+def test_errors():
+    h, w, b, t = _inputs(4, 8, 10, torch.float32)
+    with pytest.raises(ValueError, match="weight"):
+        thermokern.linear_cross_entropy(h, w[:, :5], t)
+    with pytest.raises(ValueError, match="bias"):
+        thermokern.linear_cross_entropy(h, w, t, bias=b[:3])
+    with pytest.raises(TypeError, match="weight"):
+        thermokern.linear_cross_entropy(h, w.double(), t)
+    with pytest.raises(ValueError, match="target"):
+        thermokern.linear_token_logprobs(h, w, torch.full_like(t, 10))
+    with pytest.raises(ValueError, match="reduction"):
+        thermokern.linear_cross_entropy(h, w, t, reduction="avg")
+
+
+def test_modules():
+    layer = torch.nn.Linear(8, 50)
+    h = torch.randn(3, 5, 8, requires_grad=True)
+    t = torch.randint(0, 50, (3, 5))
+    loss_fn = thermokern.nn.LinearCrossEntropyLoss(entropy_weight=0.1, label_smoothing=0.05)
+    loss = loss_fn(h, layer.weight, t, layer.bias)
+    ref = thermokern.entropy_regularized_cross_entropy(layer(h), t, entropy_weight=0.1, label_smoothing=0.05)
+    assert_close(loss, ref.detach(), torch.float32)
+    loss.backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+    head = thermokern.nn.TokenLogprobsHead.from_linear(layer, temperature=0.7)
+    assert head.weight is layer.weight
+    logp, ent = head(h, t)
+    rl, re = thermokern.token_logprobs(layer(h), t, temperature=0.7, with_entropy=True)
+    assert_close(logp, rl.detach(), torch.float32)
+    assert_close(ent, re.detach(), torch.float32)
+    assert "vocab=50" in repr(head)
