@@ -24,6 +24,11 @@
 # Everything goes to $OUT: gpu_check.log, tests.xml, <gpu>-<stamp>.json/.png (at most 8 files,
 # the device tool's limit). The exit status is 1 when any step failed or was skipped.
 #
+# The device image (the device tool's KINDS.md: torch 2.11, Triton 3.6, Python 3.12, no
+# internet) lists no expecttest (not needed by opcheck in torch 2.11 or 2.14) and no setuptools
+# version; the info step prints both, and the build step stops with a clear message when
+# setuptools is older than pyproject.toml needs (carry a wheel then).
+#
 # Environment:
 #   PYTHON                 interpreter (default: python3 from PATH)
 #   OUT                    results folder (default: bench/results)
@@ -141,7 +146,7 @@ step_info() {
     "$PY" - <<'EOF'
 import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
-for dist in ("triton", "pytest", "pytest-xdist", "pytest-timeout", "pytest-benchmark", "hypothesis",
+for dist in ("triton", "setuptools", "numpy", "pybind11", "pytest", "pytest-xdist", "pytest-timeout", "pytest-benchmark", "hypothesis",
              "expecttest", "ninja", "matplotlib", "tqdm", "liger-kernel", "quack-kernels"):
     try:
         print(f"{dist} {md.version(dist)}")
@@ -160,6 +165,10 @@ step_build() {
     export THERMOKERN_CUDA_ARCHS="${THERMOKERN_CUDA_ARCHS:-90}"
     export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
     echo "CUDA_HOME=${CUDA_HOME:-} THERMOKERN_CUDA_ARCHS=$THERMOKERN_CUDA_ARCHS MAX_JOBS=$MAX_JOBS"
+    # pyproject's license string needs setuptools >= 77 (torch 2.11 wants < 82): on an image
+    # with an older one, carry a setuptools wheel (the device tool's README says how).
+    "$PY" -c 'import setuptools, sys; v = tuple(int(p) for p in setuptools.__version__.split(".")[:2]); sys.exit(v < (77, 0))' \
+        || { echo "build: setuptools $("$PY" -c 'import setuptools; print(setuptools.__version__)') < 77; carry a newer wheel"; return 1; }
     "$PY" -m pip install --no-build-isolation --no-deps -e . || return 1
     "$PY" - <<'EOF'
 import os, thermokern

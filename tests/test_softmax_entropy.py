@@ -327,17 +327,15 @@ _PTX_CHECK = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from thermokern.kernels import cross_entropy as ce, softmax_entropy as ent, token_logprobs as tlp
+from thermokern.kernels import cross_entropy as ce, softmax_entropy as ent
 
 kernels = (ent._softmax_entropy_fwd_kernel, ent._softmax_entropy_bwd_kernel, ce._cross_entropy_fwd_kernel,
-           ce._cross_entropy_bwd_kernel, tlp._token_logprobs_fwd_kernel, tlp._token_logprobs_bwd_kernel)
+           ce._cross_entropy_bwd_kernel)
 for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
     for kernel in kernels:
         consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
         if "HAS_ENTROPY" in kernel.arg_names:
             consts |= {"HAS_SMOOTHING": True, "HAS_ENTROPY": True, "HAS_Z_LOSS": True}
-        if "HAS_ENTROPY_GRAD" in kernel.arg_names:
-            consts |= {"HAS_ENTROPY_GRAD": True}
         types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
         sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, acc_ty if p.name.endswith("_ptr") else "i64")
                for p in kernel.params}
@@ -348,6 +346,6 @@ print("ok")
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
 def test_triton_entropy_kernels_compile_for_sm90():
-    """The entropy, cross-entropy and token log-prob kernels lower to sm_90 code without a GPU
-    (the interpreter runs them here but does not type-check them as the compiler does)."""
+    """The entropy and cross-entropy kernels lower to sm_90 code without a GPU (the interpreter
+    runs them here but does not type-check them as the compiler does)."""
     run_offline_triton_compile(_PTX_CHECK)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from _util import assert_close
+from _util import assert_close, run_offline_triton_compile
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
@@ -116,6 +116,33 @@ def test_errors():
         thermokern.token_logprobs(x, torch.zeros(4, dtype=torch.long), temperature=0.0)
     with pytest.raises(TypeError, match="logits"):
         thermokern.token_logprobs(torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+_PTX_CHECK = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from thermokern.kernels import token_logprobs as tlp
+
+for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+    for kernel in (tlp._token_logprobs_fwd_kernel, tlp._token_logprobs_bwd_kernel):
+        for grad_h in (False, True):
+            consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
+            if "HAS_ENTROPY_GRAD" in kernel.arg_names:
+                consts |= {"HAS_ENTROPY_GRAD": grad_h}
+            types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
+            sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, acc_ty if p.name.endswith("_ptr") else "i64")
+                   for p in kernel.params}
+            triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+print("ok")
+"""
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
+def test_triton_kernels_compile_for_sm90():
+    """The Triton kernels lower to sm_90 code without a GPU (the interpreter runs them here but
+    does not type-check them as the compiler does)."""
+    run_offline_triton_compile(_PTX_CHECK)
 
 
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")

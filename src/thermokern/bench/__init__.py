@@ -23,6 +23,7 @@ Public API: the names in ``__all__`` below (the submodules are implementation de
 from __future__ import annotations
 
 from . import specs as _specs  # noqa: F401  (registers every op in OPS)
+from .memory import PeakMemory
 from .providers import Provider
 from .registry import MODES, OPS, OpSpec, label, parse_dtype, parse_shape, register
 from .report import format_table, plot
@@ -34,6 +35,7 @@ __all__ = [
     "OPS",
     "SCHEMA",
     "OpSpec",
+    "PeakMemory",
     "Provider",
     "format_table",
     "label",
