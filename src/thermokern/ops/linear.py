@@ -95,10 +95,14 @@ class _Grads:
             self.temperature[rows] = -dot * inv_t
 
     def scaled(self, g, weight_dtype, bias_dtype):
+        """The gradients times the upstream scalar ``g`` (None: 1), in place (the buffers are
+        this object's and are used once), in the parameters' dtypes."""
+
         def s(t, dtype=None):
             if t is None:
                 return None
-            t = t * g.to(t.dtype) if g is not None else t
+            if g is not None:
+                t.mul_(g.to(t.dtype))
             return t if dtype is None else t.to(dtype)
 
         return s(self.hidden), s(self.weight, weight_dtype), s(self.bias, bias_dtype), s(self.temperature)
