@@ -24,8 +24,9 @@ A public function checks its arguments (thermokern._checks), resolves the backen
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -36,6 +37,38 @@ __all__ = ["KernelOp"]
 
 def _schema(name: str) -> torch.FunctionSchema:
     return getattr(torch.ops.thermokern, name).default._schema
+
+
+# The Python annotations of the schema types the kernels use (torch 2.11's triton_op infers a
+# schema from the function's signature even when it is given one: the signature must match).
+_ANNOTATIONS = {
+    "Tensor": torch.Tensor,
+    "Optional[Tensor]": Optional[torch.Tensor],  # noqa: UP045 (what infer_schema reads everywhere)
+    "List[Tensor]": list[torch.Tensor],
+    "float": float,
+    "Optional[float]": Optional[float],  # noqa: UP045
+    "int": int,
+    "List[int]": list[int],
+    "bool": bool,
+}
+
+
+def _signature(schema: torch.FunctionSchema) -> inspect.Signature:
+    """The Python signature of a schema (names, annotations, defaults, return type)."""
+    params = [
+        inspect.Parameter(
+            a.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=_ANNOTATIONS[str(a.type)],
+            default=a.default_value if a.has_default_value() else inspect.Parameter.empty,
+        )
+        for a in schema.arguments
+    ]
+    returns = [_ANNOTATIONS[str(r.type)] for r in schema.returns]
+    ret = (
+        None if not returns else returns[0] if len(returns) == 1 else tuple.__class_getitem__(tuple(returns))
+    )
+    return inspect.Signature(params, return_annotation=ret)
 
 
 class KernelOp:
@@ -164,6 +197,8 @@ class KernelOp:
             # take them in order.
             rest = (kwargs[n] if n in kwargs else defaults[n] for n in names[len(args) :])
             return launcher(*args, *rest)
+
+        impl.__signature__ = _signature(schema)  # type: ignore[attr-defined]
 
         qualname = f"thermokern::{self.triton_name()}"
         if self._traceable:
