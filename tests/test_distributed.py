@@ -197,6 +197,25 @@ def _check_cross_entropy(rank, device, backend, widths, dtype, seed, cases=CE_CA
         assert_close(gx, gr[..., s:e], dtype, grad=True, grad_scale=_grad_scale(g, temperature))
 
 
+def _check_token_logprobs(rank, device, backend, widths, dtype, seed):
+    c = sum(widths)
+    lead = (2, 3)
+    x = _full_logits(lead, c, dtype, seed, device)
+    t = (_randn(lead, seed + 3, device).abs() * 1000).long() % c
+    t[0, 1] = -100
+    xl = _local(x, widths, rank)
+    logp, h = td.token_logprobs(xl, t, temperature=0.8, with_entropy=True, backend=backend)
+    xr = x.detach().double().requires_grad_(True)
+    rl, rh = reference.token_logprobs(xr, t, temperature=0.8, with_entropy=True)
+    assert_close(logp, rl.detach(), dtype)
+    assert_close(h, rh.detach(), dtype)
+    gl, gh = _randn(lead, seed + 4, device), _randn(lead, seed + 5, device)
+    (gx,) = torch.autograd.grad((logp * gl.to(logp.dtype)).sum() + (h * gh.to(h.dtype)).sum(), xl)
+    (gr,) = torch.autograd.grad((rl * gl).sum() + (rh * gh).sum(), xr)
+    s, e = _bounds(widths, rank)
+    assert_close(gx, gr[..., s:e], dtype, grad=True, grad_scale=4.0)
+
+
 def _check_errors(rank, device, widths):
     """Errors are raised identically on every rank (before the collective, or after it from
     replicated data), so the ranks stay in step."""
@@ -263,6 +282,7 @@ def check_all(rank: int, world: int, device: str, backends: list[str], slow: tup
                 _check_entropy(rank, device, backend, widths, dtype, 100 * k + 1)
                 _check_logsumexp(rank, device, backend, widths, dtype, 100 * k + 1)
                 _check_cross_entropy(rank, device, backend, widths, dtype, 100 * k + 1)
+                _check_token_logprobs(rank, device, backend, widths, dtype, 100 * k + 1)
             _check_edge_cases(rank, device, backend, widths)
         widths = splits_for(world)[0]
         _check_entropy(rank, device, backend, widths, torch.bfloat16, 9, temps=(0.7,))

@@ -66,7 +66,13 @@ from thermokern.ops.cross_entropy import cross_entropy_bwd, reduce_loss
 from thermokern.ops.partition import partition_bwd, partition_fwd
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 
-__all__ = ["entropy_regularized_cross_entropy", "gather_samples", "logsumexp", "softmax_entropy"]
+__all__ = [
+    "entropy_regularized_cross_entropy",
+    "gather_samples",
+    "logsumexp",
+    "softmax_entropy",
+    "token_logprobs",
+]
 _INF = math.inf
 # Integers (shard starts and widths) travel in float statistics as two base-2^20 digits, each
 # exact in float32: any value below 2^44.
@@ -535,6 +541,41 @@ _GATHER_DTYPES = (
     torch.int32,
     torch.bool,
 )
+
+
+def token_logprobs(
+    logits_shard: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group: dist.ProcessGroup | None = None,
+    vocab_start: int | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    ignore_index: int = -100,
+    with_entropy: bool = False,
+    backend: str = "auto",
+):
+    """Vocabulary-parallel :func:`thermokern.token_logprobs`: log softmax(z)[target] (and the
+    entropy) over a vocabulary split across ranks, replicated on every rank; the gradient
+    w.r.t. ``logits_shard`` is the local slice of the single-device gradient.
+
+    Composed of the distributed cross-entropy (logp = -CE without smoothing, entropy or
+    z-loss) and, with ``with_entropy``, the distributed entropy: one all_gather of per-row
+    statistics each (two with ``with_entropy``; plus the shard widths when ``vocab_start`` is
+    None), never the logits. Arguments as :func:`entropy_regularized_cross_entropy` here and
+    :func:`thermokern.token_logprobs`; the entropy of 16-bit logits is rounded to their dtype
+    before it is returned in float32.
+    """
+    if not isinstance(with_entropy, bool):
+        raise TypeError(f"with_entropy: expected a bool, got {type(with_entropy).__name__}")
+    loss = entropy_regularized_cross_entropy(
+        logits_shard, target, group=group, vocab_start=vocab_start, temperature=temperature,
+        ignore_index=ignore_index, reduction="none", backend=backend,
+    )  # fmt: skip
+    logp = -loss
+    if not with_entropy:
+        return logp
+    h = softmax_entropy(logits_shard, group=group, temperature=temperature, backend=backend).to(logp.dtype)
+    return logp, torch.where(target != ignore_index, h, torch.zeros_like(h))
 
 
 def gather_samples(x: torch.Tensor, *, group=None) -> torch.Tensor:
