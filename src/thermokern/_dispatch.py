@@ -65,9 +65,12 @@ def _signature(schema: torch.FunctionSchema) -> inspect.Signature:
         for a in schema.arguments
     ]
     returns = [_ANNOTATIONS[str(r.type)] for r in schema.returns]
-    ret = (
-        None if not returns else returns[0] if len(returns) == 1 else tuple.__class_getitem__(tuple(returns))
-    )
+    if not returns:
+        ret = None
+    elif len(returns) == 1:
+        ret = returns[0]
+    else:
+        ret = tuple[tuple(returns)]  # tuple[Tensor, Tensor, ...]
     return inspect.Signature(params, return_annotation=ret)
 
 
