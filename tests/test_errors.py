@@ -202,3 +202,11 @@ def test_partition_op_checks_name_arguments():
         ops.partition_bwd(x, None, None, k, False, shift, total, torch.ones(2, 4), False)
     with pytest.raises(ValueError, match="weight_grad"):
         ops.partition_bwd(x, None, None, k, False, shift, total, torch.ones(2, 1), True)
+
+
+def test_kernel_declaration_without_its_schema():
+    """A Python package newer than its built extension fails at import with a clear message."""
+    from thermokern._dispatch import KernelOp
+
+    with pytest.raises(ImportError, match="older than the Python package"):
+        KernelOp("no_such_op", fake=lambda: None)

@@ -117,6 +117,11 @@ class KernelOp:
         self._traceable = traceable
         self._triton_op: Any = None
         if _backend._C is not None:
+            if not hasattr(torch.ops.thermokern, name):
+                raise ImportError(
+                    f"thermokern._C has no op {self.qualname}: the extension is older than the Python "
+                    "package; rebuild it with `pip install --no-build-isolation -e .`"
+                )
             torch.library.register_fake(self.qualname)(fake)
             if backward is not None:
                 torch.library.register_autograd(
