@@ -31,7 +31,7 @@ from thermokern._checks import (
     check_temperature,
     inverse_temperature,
 )
-from thermokern._dtypes import FLOAT_DTYPES, acc_dtype
+from thermokern._dtypes import acc_dtype
 from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
@@ -240,8 +240,6 @@ def _check_head(hidden, weight, bias):
         check_float_tensor(bias, "bias")
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"hidden: expected a floating-point tensor, got {hidden.dtype}")
 
 
 def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
