@@ -182,28 +182,26 @@ class _LinearHead(torch.autograd.Function):
             h = hidden[rows]
             k = inv_t if inv_t.numel() == 1 else inv_t[rows]
             logits = _logits(h, weight, bias)
+            # The row statistics every backward kernel needs are softmax_entropy_fwd's (the
+            # cross-entropy and log-prob forwards return the same ones, plus what is not needed).
+            stats = softmax_entropy_fwd(ctx.name, logits, k)
             if ctx.kind == "ce":
-                _, entropy, shift, log_norm = cross_entropy_fwd(
-                    ctx.name, logits, target[rows], k, *ctx.params
-                )
                 g = grad_out[rows].to(acc).contiguous()
-                gx = cross_entropy_bwd(
-                    ctx.name, g, logits, target[rows], k, entropy, shift, log_norm, *ctx.params
-                )
+                gx = cross_entropy_bwd(ctx.name, g, logits, target[rows], k, *stats, *ctx.params)
             elif ctx.kind == "logprobs":
-                _, entropy, shift, log_norm = token_logprobs_fwd(
-                    ctx.name, logits, target[rows], k, ctx.params[0]
-                )
                 g = grad_out[:, rows].to(acc)
                 gx = token_logprobs_bwd(
-                    ctx.name, g[0].contiguous(), g[1].contiguous(), logits, target[rows], k, entropy, shift,
-                    log_norm, ctx.params[0],
-                )  # fmt: skip
-            else:
-                entropy, shift, log_norm = softmax_entropy_fwd(ctx.name, logits, k)
-                gx = softmax_entropy_bwd(
-                    ctx.name, grad_out[rows].to(acc).contiguous(), logits, k, entropy, shift, log_norm
+                    ctx.name,
+                    g[0].contiguous(),
+                    g[1].contiguous(),
+                    logits,
+                    target[rows],
+                    k,
+                    *stats,
+                    ctx.params[0],
                 )
+            else:
+                gx = softmax_entropy_bwd(ctx.name, grad_out[rows].to(acc).contiguous(), logits, k, *stats)
             grads.add(rows, h, weight, logits, gx, k)
             del logits, gx
         gh, gw, gb, gt = grads.scaled(None, weight.dtype, ctx.bias_dtype)
@@ -245,9 +243,7 @@ def _check_head(hidden, weight, bias):
 def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
     """The checked head: flattens the tokens, resolves the backend, applies _LinearHead."""
     out_shape = hidden.shape[:-1]
-    h2 = hidden.reshape(-1, hidden.shape[-1])
-    if not h2.is_contiguous():
-        h2 = h2.contiguous()
+    h2 = hidden.reshape(-1, hidden.shape[-1])  # a view where the strides allow; matmuls read any
     name = _backend.resolve_backend(backend, hidden)
     tgt = None if target is None else target.reshape(-1).long()
     temperature = check_temperature(temperature, differentiable=True)
