@@ -224,6 +224,13 @@ def _block_and_warps(C: int) -> tuple[int, int]:
     return block, warps
 
 
+def _check_target(target: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n,) class indices of a row op with one target per row, as int64 the kernels read."""
+    if target.shape != (n,):
+        raise ValueError(f"target: expected shape ({n},), got {tuple(target.shape)}")
+    return target.to(torch.int64).contiguous()
+
+
 def _acc(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    _check_target,
     _empty,
     _launch_args,
     _load_inv_t,
@@ -152,12 +153,6 @@ def _weights(inv_t, acc_t, device, entropy_weight, label_smoothing, z_loss_weigh
     flags = {"HAS_SMOOTHING": eps != 0.0, "HAS_ENTROPY": beta != 0.0, "HAS_Z_LOSS": zw != 0.0}
     args = tuple(_acc_scalar(v, acc_t, device) if v != 0.0 else inv_t for v in (beta, eps, zw))
     return args, flags
-
-
-def _check_target(target: torch.Tensor, n: int) -> torch.Tensor:
-    if target.shape != (n,):
-        raise ValueError(f"target: expected shape ({n},), got {tuple(target.shape)}")
-    return target.to(torch.int64).contiguous()
 
 
 @launcher

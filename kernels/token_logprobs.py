@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    _check_target,
     _empty,
     _launch_args,
     _load_inv_t,
@@ -33,7 +34,6 @@ from ._common import (
     _wrap_triton,
     launcher,
 )
-from .cross_entropy import _check_target
 
 
 @triton.jit
