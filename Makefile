@@ -16,7 +16,9 @@ PY := $(BIN)/python
 PIP_DEPS_STAMP := $(BIN)/../.thermokern-deps
 
 TORCH_SPEC ?= torch>=2.6
-DEPS := "$(TORCH_SPEC)" "setuptools>=77" wheel pybind11 ninja cmake numpy pytest hypothesis pytest-benchmark expecttest
+DEPS := "$(TORCH_SPEC)" "setuptools>=77" wheel pybind11 ninja cmake numpy pytest hypothesis pytest-benchmark expecttest \
+  arviz transformers
+# arviz: the reference of the ESS / R-hat tests; transformers: the tiny causal LM of examples/grpo_head.py.
 # torch's CUDA wheels bring triton; a CPU-only torch gets it here for the interpreter.
 TRITON_DEP := $(shell [ "$$(uname -s)" = Linux ] && echo triton)
 
