@@ -313,6 +313,31 @@ def check_chains(x: object, name: str = "x") -> torch.Tensor:
     return x
 
 
+def check_chain_param(value: object, name: str, x: torch.Tensor) -> float | torch.Tensor:
+    """A sampler parameter (a step size, a temperature) that is either one finite number > 0
+    for every chain or a tensor of one value per chain of ``x``, shape ``(chains,)``.
+
+    A tensor is returned detached in x's accumulation dtype on x's device; its values are
+    checked (finite, > 0) where that costs no more than one read back (see :func:`can_sync`)."""
+    if not isinstance(value, torch.Tensor):
+        return check_positive(value, name)
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a number or a floating-point tensor, got a {value.dtype} tensor")
+    chains = x.shape[0]
+    if tuple(value.shape) != (chains,):
+        raise ValueError(
+            f"{name}: expected a number or one value per chain, shape ({chains},), got {tuple(value.shape)}"
+        )
+    if value.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {value.device}")
+    value = value.detach().to(acc_dtype(x.dtype))
+    if can_sync(value) and not bool(((value > 0) & (value < math.inf)).all()):
+        raise ValueError(
+            f"{name}: expected finite values > 0 for every chain, got {value.min().item()}..{value.max().item()}"
+        )
+    return value
+
+
 def check_sgld_lists(params, grads, counter_starts) -> None:
     """The list checks of the C++ sgld_step_ op, for the Triton and reference paths."""
     if not len(params) == len(grads) == len(counter_starts):

@@ -16,12 +16,20 @@ from collections.abc import Callable
 import torch
 
 from thermokern import _backend, reference
-from thermokern._checks import check_chains, check_float_tensor, check_positive, rng_tensor
+from thermokern._checks import check_chain_param, check_chains, check_float_tensor, rng_tensor
 from thermokern._dispatch import KernelOp
 from thermokern._dtypes import acc_dtype
-from thermokern.ops.langevin import langevin_step
+from thermokern.ops.langevin import langevin_args, langevin_step_fwd
 
-__all__ = ["energy_and_grad", "mala_accept", "mala_counters", "mala_step"]
+__all__ = [
+    "checked_accept",
+    "checked_proposal",
+    "energy_and_grad",
+    "mala_accept",
+    "mala_counters",
+    "mala_proposal",
+    "mala_step",
+]
 
 
 # ----------------------------------------------------------------------------- kernel
@@ -97,7 +105,74 @@ def energy_and_grad(
     return e.detach().to(acc_dtype(x.dtype)), g.detach().to(x.dtype)
 
 
+def _chain_scale(x: torch.Tensor, step_size, temperature):
+    """Per-chain parameters as a change of variables (see [Per-chain step sizes] below):
+    ``(s, 1 / T)`` of shape (chains, 1, ..., 1) in the accumulation dtype, or None when both
+    parameters are plain numbers (the kernels take those directly)."""
+    if not isinstance(step_size, torch.Tensor) and not isinstance(temperature, torch.Tensor):
+        return None
+    acc = acc_dtype(x.dtype)
+    view = (x.shape[0],) + (1,) * (x.dim() - 1)
+    eta = torch.as_tensor(step_size, dtype=acc, device=x.device)
+    t = torch.as_tensor(temperature, dtype=acc, device=x.device)
+    s = (eta * t).sqrt()
+    return s.expand(x.shape[0]).reshape(view), t.reciprocal().expand(x.shape[0]).reshape(view)
+
+
+def _to_unit(v: torch.Tensor, factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return (v.to(factor.dtype) * factor).to(like.dtype)
+
+
+# [Per-chain step sizes]
+# The kernels take one step size eta and one temperature T for all chains. A chain c with its
+# own (eta_c, T_c) is run through them in the coordinates y = x / s_c, s_c = sqrt(eta_c T_c),
+# with the energy E / T_c at unit step size and temperature: there the proposal is
+#   y' = y - s_c dE/dx / T_c + sqrt(2) xi,   i.e.   x' = s_c y' = x - eta_c dE/dx + sqrt(2 eta_c T_c) xi,
+# exactly chain c's own Langevin proposal with the same noise xi, and since the change of
+# variables is linear its Jacobian cancels in the acceptance ratio: log alpha is chain c's own.
+# A rejected chain keeps its x bit for bit (x_new is chosen from x and x', never rescaled).
+
+
 # ----------------------------------------------------------------------------- public API
+def mala_proposal(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    step_size: float | torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    seed: int | torch.Tensor,
+    offset: int | torch.Tensor = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The Langevin proposal ``x' = x - eta dE/dx + sqrt(2 eta T) xi`` of a MALA step, where
+    ``eta`` and ``T`` may be one value per chain (tensors of shape ``(chains,)``).
+
+    With numbers this is :func:`thermokern.langevin_step`; with per-chain values it is the same
+    kernel in rescaled coordinates ([Per-chain step sizes] in this module), drawing the same
+    noise ``xi`` at ``(seed, offset)``. Not differentiable (a sampler update).
+    """
+    check_chains(x)
+    grad, _, _, _, _, seed_t, offset_t = langevin_args(x, grad, 1.0, 1.0, None, None, None, seed, offset)
+    eta = check_chain_param(step_size, "step_size", x)
+    t = check_chain_param(temperature, "temperature", x)
+    return checked_proposal(x, grad, eta, t, seed_t, offset_t, _backend.resolve_backend(backend, x))
+
+
+def checked_proposal(x, grad, eta, t, seed_t, offset_t, name: str) -> torch.Tensor:
+    """:func:`mala_proposal` with every argument already checked (grad in x's dtype and shape,
+    seed and offset tensors, the backend resolved): what the samplers call every step."""
+    with torch.no_grad():
+        x, grad = x.detach(), grad.detach()
+        scale = _chain_scale(x, eta, t)
+        if scale is None:
+            sigma = reference.langevin_noise_std(eta, t, None)
+            return langevin_step_fwd(name, x, grad, seed_t, offset_t, eta, sigma, None, None, None)
+        s, inv_t = scale
+        y, gy = _to_unit(x, s.reciprocal(), x), _to_unit(grad, s * inv_t, x)
+        y_prop = langevin_step_fwd(name, y, gy, seed_t, offset_t, 1.0, math.sqrt(2.0), None, None, None)
+        return _to_unit(y_prop, s, x)
+
+
 def mala_accept(
     x: torch.Tensor,
     x_prop: torch.Tensor,
@@ -106,8 +181,8 @@ def mala_accept(
     energy: torch.Tensor,
     energy_prop: torch.Tensor,
     *,
-    step_size: float,
-    temperature: float = 1.0,
+    step_size: float | torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
     seed: int | torch.Tensor,
     offset: int | torch.Tensor = 0,
     backend: str = "auto",
@@ -127,7 +202,8 @@ def mala_accept(
         x_prop: the proposals, x's shape (cast to x's dtype).
         grad, grad_prop: dE/dx at ``x`` and at ``x_prop`` (cast to x's dtype).
         energy, energy_prop: (chains,) energies (cast to the accumulation dtype).
-        step_size, temperature: eta > 0 and T > 0 of the proposal.
+        step_size, temperature: eta > 0 and T > 0 of the proposal: numbers, or tensors of one
+            value per chain, shape ``(chains,)`` ([Per-chain step sizes] in this module).
         seed, offset: the step's Philox key and first counter (ints or 0-dim int64 tensors on
             x's device).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
@@ -155,26 +231,48 @@ def mala_accept(
             )
         if t.device != x.device:
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
-    eta = check_positive(step_size, "step_size")
-    t = check_positive(temperature, "temperature")
+    eta = check_chain_param(step_size, "step_size", x)
+    t = check_chain_param(temperature, "temperature", x)
     seed_t = rng_tensor(seed, "seed", x.device)
     offset_t = rng_tensor(offset, "offset", x.device)
     x, x_prop, grad, grad_prop = (v.detach() for v in (x, x_prop, grad, grad_prop))
     x_prop, grad, grad_prop = (v.to(x.dtype) for v in (x_prop, grad, grad_prop))
     energy, energy_prop = energy.detach().to(acc), energy_prop.detach().to(acc)
     name = _backend.resolve_backend(backend, x)
+    return checked_accept(x, x_prop, grad, grad_prop, energy, energy_prop, eta, t, seed_t, offset_t, name)
+
+
+def checked_accept(x, x_prop, grad, grad_prop, energy, energy_prop, eta, t, seed_t, offset_t, name: str):
+    """:func:`mala_accept` with every argument already checked and converted (x_prop, the
+    gradients in x's dtype, the energies in its accumulation dtype, seed and offset tensors,
+    the backend resolved): what the samplers call every step."""
+    chains = x.shape[0]
     with torch.no_grad():
-        return mala_accept_kernel(
-            name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t
-        )
+        scale = _chain_scale(x, eta, t)
+        if scale is None:
+            return mala_accept_kernel(
+                name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t
+            )
+        s, inv_t = scale
+        unit = s.reciprocal()
+        g_unit = s * inv_t
+        inv_t = inv_t.reshape(chains)
+        _, accepted, log_alpha = mala_accept_kernel(
+            name, _to_unit(x, unit, x), _to_unit(x_prop, unit, x), _to_unit(grad, g_unit, x),
+            _to_unit(grad_prop, g_unit, x), energy * inv_t, energy_prop * inv_t, seed_t, offset_t,
+            1.0, 1.0,
+        )  # fmt: skip
+        keep = accepted.reshape((chains,) + (1,) * (x.dim() - 1))
+        x_new = torch.where(keep, x_prop, x).contiguous()
+        return x_new, accepted, log_alpha
 
 
 def mala_step(
     x: torch.Tensor,
     energy_fn: Callable[[torch.Tensor], torch.Tensor],
     *,
-    step_size: float,
-    temperature: float = 1.0,
+    step_size: float | torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
     seed: int | torch.Tensor,
     offset: int | torch.Tensor = 0,
     backend: str = "auto",
@@ -214,8 +312,9 @@ def mala_step(
         x: float32/64/16/bf16 tensor, at least 1-D (dim 0: chains). 16-bit inputs compute in
             float32.
         energy_fn: ``x -> (chains,)`` differentiable energies.
-        step_size: eta > 0.
-        temperature: T > 0.
+        step_size: eta > 0, or a tensor of one step size per chain, shape ``(chains,)``
+            (run in rescaled coordinates: [Per-chain step sizes] in thermokern/ops/mala.py).
+        temperature: T > 0, or one temperature per chain (a ``(chains,)`` tensor).
         seed: Philox key, an int or a 0-dim int64 tensor on x's device.
         offset: first counter, an int >= 0 or a 0-dim int64 tensor on x's device.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (the
@@ -239,23 +338,14 @@ def mala_step(
         (torch.Size([4096, 2]), torch.bool)
     """
     check_chains(x)
-    eta = check_positive(step_size, "step_size")
-    t = check_positive(temperature, "temperature")
+    eta = check_chain_param(step_size, "step_size", x)
+    t = check_chain_param(temperature, "temperature", x)
     seed_t = rng_tensor(seed, "seed", x.device)
     offset_t = rng_tensor(offset, "offset", x.device)
     name = _backend.resolve_backend(backend, x)
     x = x.detach()
     energy, grad = energy_and_grad(energy_fn, x)
-    with torch.no_grad():
-        x_prop = langevin_step(
-            x,
-            grad,
-            step_size=eta,
-            temperature=t,
-            seed=seed_t,
-            offset=offset_t,
-            backend=name,
-        )
+    x_prop = mala_proposal(x, grad, step_size=eta, temperature=t, seed=seed_t, offset=offset_t, backend=name)
     energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
     x_new, accepted, _ = mala_accept(
         x,

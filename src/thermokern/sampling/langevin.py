@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 import torch
 
 from thermokern import _backend, reference
-from thermokern._checks import check_float_tensor, check_int
+from thermokern._checks import check_chain_param, check_finite, check_float_tensor, check_int
 from thermokern._dtypes import acc_dtype
-from thermokern.ops.langevin import checked_step_, langevin_args, langevin_step
-from thermokern.ops.mala import energy_and_grad, mala_accept
+from thermokern.ops.langevin import checked_step_, langevin_args
+from thermokern.ops.mala import checked_accept, checked_proposal, energy_and_grad
 from thermokern.sampling.graph import _check_capturable, _run_graphed
 from thermokern.sampling.schedules import ScheduleLike, schedule_values
 from thermokern.sampling.streams import _resolve_stream, counters_per_step, step_rng
@@ -41,9 +41,13 @@ class SampleStats(NamedTuple):
         acceptance_rate: MALA: the fraction of chains that accepted at each step; ULA: None.
         accept_prob: MALA: the mean of min(1, alpha) at each step (a lower-variance estimate
             of the acceptance rate); ULA: None.
-        step_size: the step size used at each step.
+        step_size: the step size used at each step (per-chain step sizes: their mean over
+            the chains).
         temperature: the temperature used at each step (ULA with ``noise_scale`` ignores it).
         counters_per_step: Philox counters each step used (offset of step k = k times this).
+        adapted_step_size: with per-chain step sizes (a ``step_size`` tensor, or adaptation by
+            ``target_accept``), each chain's step size at the end of the run, shape (chains,),
+            on the samples' device (pass it back as ``step_size`` to continue); else None.
     """
 
     energy: torch.Tensor
@@ -53,6 +57,7 @@ class SampleStats(NamedTuple):
     step_size: torch.Tensor
     temperature: torch.Tensor
     counters_per_step: int
+    adapted_step_size: torch.Tensor | None = None
 
     @property
     def mean_acceptance(self) -> float | None:
@@ -73,6 +78,48 @@ def _progress_bar(n_steps: int):
     return tqdm(total=n_steps, desc="langevin_sample", unit="step", leave=False)
 
 
+class _DualAveraging:
+    """Per-chain step-size adaptation by dual averaging (Hoffman & Gelman 2014, Algorithm 5),
+    on device tensors and updated in place (no host synchronisation; capturable in a CUDA
+    graph).
+
+    After adaptation step ``m`` (1-based) with acceptance probability ``a_m = min(1, alpha)``:
+    ``H_m = (1 - 1/(m + t0)) H_{m-1} + (delta - a_m) / (m + t0)``,
+    ``log eta_m = mu - sqrt(m) / gamma * H_m`` and ``log etabar_m = m^-kappa log eta_m +
+    (1 - m^-kappa) log etabar_{m-1}``, with ``mu = log(10 eta_0)``, gamma 0.05, t0 10,
+    kappa 0.75. Steps ``1 .. adapt_steps`` use ``eta_m``; from then on the step size is frozen
+    at ``etabar_{adapt_steps}``.
+    """
+
+    GAMMA, T0, KAPPA = 0.05, 10.0, 0.75
+
+    def __init__(self, eta: torch.Tensor, target_accept: float, adapt_steps: int):
+        self.eta = eta  # (chains,), read by every step
+        self.delta = target_accept
+        self.adapt_steps = adapt_steps
+        self.mu = (10.0 * eta).log()
+        self.m = torch.zeros((), dtype=eta.dtype, device=eta.device)
+        self.hbar = torch.zeros_like(eta)
+        self.log_eta_bar = torch.zeros_like(eta)
+
+    def update(self, accept_prob: torch.Tensor) -> None:
+        m = self.m.add_(1.0)
+        w = (m + self.T0).reciprocal()
+        hbar = (1.0 - w) * self.hbar + w * (self.delta - accept_prob)
+        log_eta = self.mu - m.sqrt() / self.GAMMA * hbar
+        mk = m.pow(-self.KAPPA)
+        log_eta_bar = mk * log_eta + (1.0 - mk) * self.log_eta_bar
+        adapting = m <= self.adapt_steps
+        self.hbar.copy_(torch.where(adapting, hbar, self.hbar))
+        self.log_eta_bar.copy_(torch.where(adapting, log_eta_bar, self.log_eta_bar))
+        self.eta.copy_(
+            torch.where(m < self.adapt_steps, log_eta.exp(), self.log_eta_bar.exp()).where(adapting, self.eta)
+        )
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.eta, self.m, self.hbar, self.log_eta_bar]
+
+
 class _Sampler:
     """The state and the step of one langevin_sample run (eager or captured in a CUDA graph).
 
@@ -81,8 +128,15 @@ class _Sampler:
     returns the step's statistics as 0-dim tensors (no host synchronisation).
     """
 
-    def __init__(self, energy_fn, x, backend, metropolis, noise_scale, grad_clip, clamp, want_stats):
+    def __init__(
+        self, energy_fn, x, backend, metropolis, noise_scale, grad_clip, clamp, want_stats,
+        chain_eta=None, adapt=None,
+    ):  # fmt: skip
         self.energy_fn = energy_fn
+        # Per-chain step sizes ((chains,) tensor, updated in place by ``adapt``); None: each
+        # step gets its step size as a number.
+        self.chain_eta = chain_eta
+        self.adapt = adapt
         self.x = x
         self.chains = x.shape[0]
         self.backend = backend  # the proposal's and the accept/reject's
@@ -106,13 +160,20 @@ class _Sampler:
     def step(self, eta: float, temperature: float) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
         x = self.x
+        if self.chain_eta is not None:
+            eta = self.chain_eta
+            if self.want_stats:
+                stats["step_size"] = eta.mean()
         if not self.metropolis:
             energy, grad = energy_and_grad(self.energy_fn, x)
             if self.want_stats:
                 stats["energy"] = energy.mean()
                 stats["grad_norm"] = self._grad_norm(grad)
-            sigma = reference.langevin_noise_std(eta, temperature, self.noise_scale)
             with torch.no_grad():
+                if self.chain_eta is not None:
+                    x.copy_(self._propose(grad, eta, temperature))
+                    return stats
+                sigma = reference.langevin_noise_std(eta, temperature, self.noise_scale)
                 checked_step_(
                     x, grad.to(x.dtype), self.seed, self.offset, float(eta), sigma, self.grad_clip,
                     self.lo, self.hi, self.backend,
@@ -122,44 +183,34 @@ class _Sampler:
         if self.want_stats:
             stats["energy"] = energy.mean()
             stats["grad_norm"] = self._grad_norm(grad)
-        with torch.no_grad():
-            x_prop = langevin_step(
-                x,
-                grad,
-                step_size=eta,
-                temperature=temperature,
-                seed=self.seed,
-                offset=self.offset,
-                backend=self.backend,
-            )
+        x_prop = self._propose(grad, eta, temperature)
         energy_prop, grad_prop = energy_and_grad(self.energy_fn, x_prop)
         with torch.no_grad():
-            x_new, accepted, log_alpha = mala_accept(
-                x,
-                x_prop,
-                grad,
-                grad_prop,
-                energy,
-                energy_prop,
-                step_size=eta,
-                temperature=temperature,
-                seed=self.seed,
-                offset=self.offset,
-                backend=self.backend,
-            )
+            x_new, accepted, log_alpha = checked_accept(
+                x, x_prop, grad, grad_prop, energy, energy_prop, eta, temperature, self.seed,
+                self.offset, self.backend,
+            )  # fmt: skip
             x.copy_(x_new)
             energy.copy_(torch.where(accepted, energy_prop, energy))
             keep = accepted.reshape((self.chains,) + (1,) * (x.dim() - 1))
             grad.copy_(torch.where(keep, grad_prop, grad))
+            if self.want_stats or self.adapt is not None:
+                accept_prob = torch.nan_to_num(log_alpha, nan=-math.inf).clamp(max=0.0).exp()
             if self.want_stats:
-                acc_t = energy.dtype
-                stats["acceptance_rate"] = accepted.to(acc_t).mean()
-                la = torch.nan_to_num(log_alpha, nan=-math.inf)
-                stats["accept_prob"] = la.clamp(max=0.0).exp().mean()
+                stats["acceptance_rate"] = accepted.to(energy.dtype).mean()
+                stats["accept_prob"] = accept_prob.mean()
+            if self.adapt is not None:
+                self.adapt.update(accept_prob)
         return stats
 
+    def _propose(self, grad: torch.Tensor, eta, temperature: float) -> torch.Tensor:
+        return checked_proposal(self.x, grad, eta, temperature, self.seed, self.offset, self.backend)
+
     def state(self) -> list[torch.Tensor]:
-        return [t for t in (self.x, self.energy, self.grad) if t is not None]
+        tensors = [self.x, self.energy, self.grad, self.chain_eta]
+        if self.adapt is not None:
+            tensors += self.adapt.state()[1:]  # (adapt.eta is chain_eta)
+        return [t for t in tensors if t is not None]
 
 
 def langevin_sample(
@@ -167,7 +218,7 @@ def langevin_sample(
     x0: torch.Tensor,
     *,
     n_steps: int,
-    step_size: ScheduleLike,
+    step_size: ScheduleLike | torch.Tensor,
     temperature: ScheduleLike = 1.0,
     noise_scale: float | None = None,
     grad_clip: float | None = None,
@@ -180,6 +231,9 @@ def langevin_sample(
     backend: str = "auto",
     stream: int | None = None,
     group: Any = None,
+    target_accept: float | None = None,
+    adapt_steps: int = 0,
+    thin: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, SampleStats]:
     """Run ``n_steps`` of Langevin dynamics on the chains ``x0`` (dim 0) under ``energy_fn``.
 
@@ -202,6 +256,24 @@ def langevin_sample(
     ``("cosine", 0.1, 0.01)``, where ``t = step / (n_steps - 1)`` runs from 0 at the first step
     to 1 at the last), or a callable ``step -> value``. Every value must be finite and > 0.
 
+    Per-chain step sizes: ``step_size`` may be a tensor of one step size per chain, shape
+    ``(chains,)`` (e.g. the ``adapted_step_size`` of an earlier run's stats); the chains then
+    move in rescaled coordinates through the same kernels ([Per-chain step sizes] in
+    thermokern/ops/mala.py). ULA takes them without ``noise_scale``, ``grad_clip`` and ``clamp``.
+
+    Step-size adaptation (MALA): with ``target_accept`` set, each chain's step size is adapted
+    during the first ``adapt_steps`` steps by dual averaging (Hoffman & Gelman 2014) toward
+    that acceptance probability (0.574 is optimal for MALA in high dimension), starting from
+    ``step_size`` (a number or a per-chain tensor), and then frozen; the adaptation runs on the
+    device without host synchronisation. The adaptation steps are warm-up: they do not satisfy
+    detailed balance, so use the samples after them (``thin`` does). The stats report the
+    adapted step sizes (``adapted_step_size``).
+
+    Trajectories: ``thin=k`` returns, instead of the final states, the states after every
+    ``k``-th step that follows the adaptation, shape ``(chains, (n_steps - adapt_steps) // k,
+    *x0.shape[1:])``: the (chain, draw, *event) layout of :func:`thermokern.sampling.ess` and
+    :func:`thermokern.sampling.rhat`.
+
     Random numbers: step ``k`` uses Philox key ``seed`` and offset ``k * counters_per_step``
     (:func:`step_rng`, :func:`counters_per_step`), so no step reuses noise; the same
     arguments reproduce a run exactly on a given backend. Under torch.distributed (sharded
@@ -222,7 +294,8 @@ def langevin_sample(
         energy_fn: ``x -> (chains,)`` differentiable energies.
         x0: initial states (not modified), float32/64/16/bf16, at least 1-D.
         n_steps: number of steps (>= 0).
-        step_size: eta (> 0) or a schedule of it.
+        step_size: eta (> 0), a schedule of it, or a tensor of one step size per chain,
+            shape ``(chains,)`` (floating point, on x0's device).
         temperature: T (> 0) or a schedule of it.
         noise_scale: ULA only: sigma overriding sqrt(2 eta T).
         grad_clip: ULA only: clamp each gradient element to [-g, g].
@@ -240,16 +313,25 @@ def langevin_sample(
             single-process stream. ``stream=r`` in one process reproduces rank ``r``; passing
             the same stream on every rank gives all ranks the same noise.
         group: the process group whose rank picks the stream (None: the default group).
+        target_accept: MALA: the acceptance probability (in (0, 1)) toward which each chain's
+            step size is adapted during the first ``adapt_steps`` steps; None: no adaptation.
+        adapt_steps: the number of adaptation steps (0 <= adapt_steps <= n_steps; > 0 with
+            ``target_accept``).
+        thin: None: return the final states; an int k >= 1: return the trajectory of every
+            k-th state after the adaptation (see above).
 
     Returns:
         The final states (a new contiguous tensor of x0's shape and dtype, not requiring
-        grad), and with ``return_stats`` a ``(samples, SampleStats)`` pair.
+        grad) or with ``thin`` the trajectory, and with ``return_stats`` a
+        ``(samples, SampleStats)`` pair.
 
     Raises:
         TypeError: non-callable ``energy_fn``, non-float ``x0``, bad argument types.
         ValueError: bad n_steps, step sizes or temperatures <= 0, ``metropolis`` with
             noise_scale/grad_clip/clamp, ``cuda_graph`` with a varying schedule, energies of a
-            shape other than ``(chains,)``.
+            shape other than ``(chains,)``, ``target_accept`` outside (0, 1) or without
+            ``metropolis``, ``adapt_steps`` without ``target_accept`` or outside
+            [0, n_steps], a per-chain step size with a schedule-only option, ``thin`` < 1.
         RuntimeError: ``cuda_graph=True`` on CPU tensors (or without CUDA).
         ImportError: ``progress=True`` without tqdm installed.
 
@@ -271,7 +353,44 @@ def langevin_sample(
     n_steps = int(n_steps)
     check_int(seed, "seed")
     stream = _resolve_stream(stream, group)
-    etas = schedule_values(step_size, n_steps, "step_size")
+    check_int(adapt_steps, "adapt_steps")
+    if target_accept is not None:
+        target_accept = check_finite(target_accept, "target_accept")
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"target_accept: expected a value in (0, 1), got {target_accept}")
+        if not metropolis:
+            raise ValueError(
+                "target_accept: step-size adaptation needs metropolis=True (it adapts MALA's acceptance rate)"
+            )
+        if not 0 < adapt_steps <= n_steps:
+            raise ValueError(
+                f"adapt_steps: expected 0 < adapt_steps <= n_steps ({n_steps}) with target_accept, got {adapt_steps}"
+            )
+    elif adapt_steps != 0:
+        raise ValueError("adapt_steps: set target_accept too (the acceptance probability to adapt toward)")
+    if thin is not None and check_int(thin, "thin") < 1:
+        raise ValueError(f"thin: expected an int >= 1 (or None), got {thin}")
+    chain_eta = None
+    if isinstance(step_size, torch.Tensor) or target_accept is not None:
+        if not isinstance(step_size, (torch.Tensor, numbers.Real)) or isinstance(step_size, bool):
+            raise TypeError(
+                "step_size: per-chain step sizes and adaptation need a number or a (chains,) "
+                f"tensor, not a schedule; got {type(step_size).__name__}"
+            )
+        chain_eta = check_chain_param(step_size, "step_size", x0)
+        chain_eta = (
+            torch.full((x0.shape[0],), chain_eta, dtype=acc_dtype(x0.dtype), device=x0.device)
+            if not isinstance(chain_eta, torch.Tensor)
+            else chain_eta.clone()
+        )
+        for name, value in (("noise_scale", noise_scale), ("grad_clip", grad_clip), ("clamp", clamp)):
+            if value is not None:
+                raise ValueError(
+                    f"{name}: not supported with per-chain step sizes; pass a number as step_size"
+                )
+        etas = [math.nan] * n_steps  # (the chains' own; reported as their mean)
+    else:
+        etas = schedule_values(step_size, n_steps, "step_size")
     temps = schedule_values(temperature, n_steps, "temperature")
     if metropolis:
         for name, value in (("noise_scale", noise_scale), ("grad_clip", grad_clip), ("clamp", clamp)):
@@ -281,21 +400,32 @@ def langevin_sample(
                     "proposal x - eta dE/dx + sqrt(2 eta T) xi); use metropolis=False"
                 )
     if cuda_graph:
-        _check_capturable(x0, etas, temps)
+        _check_capturable(x0, etas if chain_eta is None else [], temps)
     bar = _progress_bar(n_steps) if progress else None
     name = _backend.resolve_backend(backend, x0)
     want_stats = return_stats or (progress and metropolis)
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     counters = counters_per_step(x, metropolis)
-    sampler = _Sampler(energy_fn, x, name, metropolis, noise_scale, grad_clip, clamp, want_stats)
+    adapt = None if target_accept is None else _DualAveraging(chain_eta, target_accept, adapt_steps)
+    sampler = _Sampler(
+        energy_fn, x, name, metropolis, noise_scale, grad_clip, clamp, want_stats, chain_eta, adapt
+    )
     keys = ("energy", "grad_norm") + (("acceptance_rate", "accept_prob") if metropolis else ())
+    keys += ("step_size",) if chain_eta is not None else ()
     acc = acc_dtype(x.dtype)
     bufs = {k: torch.zeros(n_steps, dtype=acc, device=x.device) for k in keys} if want_stats else {}
     every = max(1, n_steps // 20)
+    traj = None
+    if thin is not None:
+        draws = (n_steps - adapt_steps) // thin
+        traj = x.new_empty((x.shape[0], draws) + tuple(x.shape[1:]))
 
     def after_step(k: int, stats: dict[str, torch.Tensor]) -> None:
         for key, value in stats.items():
             bufs[key][k] = value  # a device copy, no synchronisation
+        after = k + 1 - adapt_steps
+        if traj is not None and after > 0 and after % thin == 0:
+            traj[:, after // thin - 1].copy_(x)
         if bar is not None:
             bar.update(1)
             if metropolis and (k + 1) % every == 0:
@@ -316,16 +446,18 @@ def langevin_sample(
     finally:
         if bar is not None:
             bar.close()
+    out = x if traj is None else traj
     if not return_stats:
-        return x
+        return out
     cpu = {k: v.to("cpu", torch.float64) for k, v in bufs.items()}
     stats = SampleStats(
         energy=cpu["energy"],
         grad_norm=cpu["grad_norm"],
         acceptance_rate=cpu.get("acceptance_rate"),
         accept_prob=cpu.get("accept_prob"),
-        step_size=torch.tensor(etas, dtype=torch.float64),
+        step_size=cpu["step_size"] if chain_eta is not None else torch.tensor(etas, dtype=torch.float64),
         temperature=torch.tensor(temps, dtype=torch.float64),
         counters_per_step=counters,
+        adapted_step_size=chain_eta,
     )
-    return x, stats
+    return out, stats
