@@ -60,11 +60,11 @@ def mala_counters(x: torch.Tensor | tuple[int, ...] | torch.Size) -> int:
 
 
 def energy_and_grad(
-    energy_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    energy_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, name: str = "energy_fn"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(E(x), dE/dx)`` for a batch of chains (dim 0 of ``x``), both detached.
 
-    ``energy_fn`` gets a leaf copy of ``x`` that requires grad (grad mode on, whatever the
+    ``energy_fn`` (called ``name`` in error messages) gets a leaf copy of ``x`` that requires grad (grad mode on, whatever the
     caller's mode) and must return one energy per chain, shape ``(chains,)``. The gradient is
     ``torch.autograd.grad(E.sum(), x)``: parameters of ``energy_fn`` get no ``.grad``.
 
@@ -78,25 +78,25 @@ def energy_and_grad(
         RuntimeError: the energies do not depend on ``x`` through autograd.
     """
     if not callable(energy_fn):
-        raise TypeError(f"energy_fn: expected a callable x -> energies, got {type(energy_fn).__name__}")
+        raise TypeError(f"{name}: expected a callable x -> energies, got {type(energy_fn).__name__}")
     chains = x.shape[0]
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         e = energy_fn(xr)
         if not isinstance(e, torch.Tensor) or not e.is_floating_point():
             what = f"a {e.dtype} tensor" if isinstance(e, torch.Tensor) else type(e).__name__
-            raise TypeError(f"energy_fn: expected a floating-point tensor of energies, got {what}")
+            raise TypeError(f"{name}: expected a floating-point tensor of energies, got {what}")
         if tuple(e.shape) != (chains,):
             hint = " (squeeze the last dimension)" if tuple(e.shape) == (chains, 1) else ""
             raise ValueError(
-                f"energy_fn: expected one energy per chain, shape ({chains},) for x of shape "
+                f"{name}: expected one energy per chain, shape ({chains},) for x of shape "
                 f"{tuple(x.shape)}, got shape {tuple(e.shape)}{hint}"
             )
         if e.device != x.device:
-            raise ValueError(f"energy_fn: expected energies on {x.device} (x's device), got {e.device}")
+            raise ValueError(f"{name}: expected energies on {x.device} (x's device), got {e.device}")
         if not e.requires_grad:
             raise RuntimeError(
-                "energy_fn: its output does not depend on x through autograd (computed under "
+                f"{name}: its output does not depend on x through autograd (computed under "
                 "torch.no_grad(), detached, or constant?); the sampler needs dE/dx"
             )
         (g,) = torch.autograd.grad(e.sum(), xr, allow_unused=True)

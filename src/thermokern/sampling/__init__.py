@@ -1,4 +1,6 @@
-"""Samplers for energy-based models: ``langevin_sample``, ``ReplayBuffer`` and schedules.
+"""Samplers for energy-based models and their diagnostics: ``langevin_sample`` (with step-size
+adaptation), ``ais`` (log Z), ``replica_exchange``, ``ess`` / ``rhat``, ``ReplayBuffer`` and
+schedules.
 
 The package's modules, each importing only those above it:
 
@@ -12,6 +14,11 @@ The package's modules, each importing only those above it:
 * :mod:`~thermokern.sampling.langevin`: :func:`langevin_sample` (ULA / MALA, the step loop)
   and :class:`SampleStats`.
 * :mod:`~thermokern.sampling.replay`: :class:`ReplayBuffer`, the persistent chains of PCD.
+* :mod:`~thermokern.sampling.ais`: :func:`ais`, annealed importance sampling of log Z, and
+  :func:`free_energy_difference`.
+* :mod:`~thermokern.sampling.tempering`: :func:`replica_exchange` (parallel tempering).
+* :mod:`~thermokern.sampling.diagnostics`: :func:`ess` and :func:`rhat` (rank-normalised, split;
+  Vehtari et al. 2021), in the (chain, draw, *event) layout.
 
 From the rest of thermokern the package uses the public ops and the functions their modules
 share on purpose (``ops.langevin.langevin_args`` / ``checked_step_``, ``_checks``,
@@ -21,6 +28,8 @@ share on purpose (``ops.langevin.langevin_args`` / ``checked_step_``, ``_checks`
 
 from __future__ import annotations
 
+from thermokern.sampling.ais import AISResult, FreeEnergyResult, ais, free_energy_difference
+from thermokern.sampling.diagnostics import ess, rhat
 from thermokern.sampling.langevin import SampleStats, langevin_sample
 from thermokern.sampling.replay import ReplayBuffer
 from thermokern.sampling.schedules import (
@@ -45,22 +54,31 @@ from thermokern.sampling.streams import (
     step_rng,
     stream_seed,
 )
+from thermokern.sampling.tempering import ReplicaExchangeStats, replica_exchange
 
 __all__ = [
     "STREAM_STRIDE",
+    "AISResult",
     "Constant",
     "Cosine",
+    "FreeEnergyResult",
     "Geometric",
     "Linear",
     "ReplayBuffer",
+    "ReplicaExchangeStats",
     "SampleStats",
     "Schedule",
+    "ais",
     "constant",
     "cosine",
     "counters_per_step",
+    "ess",
+    "free_energy_difference",
     "geometric",
     "langevin_sample",
     "linear",
+    "replica_exchange",
+    "rhat",
     "schedule",
     "schedule_values",
     "step_rng",

@@ -1,4 +1,5 @@
-"""The CUDA-graph runner of :func:`~thermokern.sampling.langevin_sample` (``cuda_graph=True``).
+"""The CUDA-graph runner of the samplers' ``cuda_graph=True`` (``langevin_sample``, ``ais``,
+``replica_exchange``).
 
 One sampler step (energy forward, gradient, update, and for MALA the proposal and
 accept/reject) is captured once into a ``torch.cuda.CUDAGraph`` and replayed every step; the
@@ -9,12 +10,8 @@ Philox key and offset live in 0-dim int64 device tensors that are refilled befor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from thermokern.sampling.langevin import _Sampler
 
 __all__: list[str] = []
 
@@ -39,27 +36,30 @@ def _check_capturable(x0: torch.Tensor, etas: Sequence[float], temps: Sequence[f
             )
 
 
-def _run_graphed(sampler: _Sampler, n_steps, eta, temperature, set_rng, after_step) -> None:
-    """Capture one step of ``sampler`` in a CUDA graph and replay it ``n_steps`` times.
+def _run_graphed(step, state, n_steps, before_step, after_step) -> None:
+    """Capture ``step()`` (one sampler step on the tensors ``state``, returning its statistics
+    as 0-dim tensors) in a CUDA graph and replay it ``n_steps`` times; ``before_step(k)``
+    refills the per-step device tensors (the Philox key and offset, a level's beta) before
+    replay ``k`` and ``after_step(k, stats)`` reads the statistics after it.
 
     The warm-up (required before capture: it lets autograd and the allocator settle on a side
     stream) runs on the real state, which is saved and restored around it, so the replays
     produce what the eager loop would.
     """
-    saved = [t.clone() for t in sampler.state()]
+    saved = [t.clone() for t in state]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        set_rng(0)
+        before_step(0)
         for _ in range(2):
-            sampler.step(eta, temperature)
+            step()
     torch.cuda.current_stream().wait_stream(side)
-    for t, s in zip(sampler.state(), saved):
+    for t, s in zip(state, saved):
         t.copy_(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_stats = sampler.step(eta, temperature)
+        static_stats = step()
     for k in range(n_steps):
-        set_rng(k)
+        before_step(k)
         graph.replay()
         after_step(k, static_stats)

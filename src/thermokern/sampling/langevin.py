@@ -26,7 +26,7 @@ from thermokern.ops.langevin import checked_step_, langevin_args
 from thermokern.ops.mala import checked_accept, checked_proposal, energy_and_grad
 from thermokern.sampling.graph import _check_capturable, _run_graphed
 from thermokern.sampling.schedules import ScheduleLike, schedule_values
-from thermokern.sampling.streams import _resolve_stream, counters_per_step, step_rng
+from thermokern.sampling.streams import _resolve_stream, counters_per_step, fill_rng
 
 __all__ = ["SampleStats", "langevin_sample"]
 
@@ -67,15 +67,15 @@ class SampleStats(NamedTuple):
         return float(self.acceptance_rate.mean())
 
 
-def _progress_bar(n_steps: int):
+def _progress_bar(n_steps: int, desc: str = "langevin_sample"):
     try:
         from tqdm.auto import tqdm
     except ImportError:
         raise ImportError(
-            "langevin_sample: progress=True needs tqdm, which is not installed "
+            f"{desc}: progress=True needs tqdm, which is not installed "
             "(pip install tqdm), or pass progress=False"
         ) from None
-    return tqdm(total=n_steps, desc="langevin_sample", unit="step", leave=False)
+    return tqdm(total=n_steps, desc=desc, unit="step", leave=False)
 
 
 class _DualAveraging:
@@ -432,13 +432,12 @@ def langevin_sample(
                 bar.set_postfix(accept=f"{float(bufs['acceptance_rate'][: k + 1].mean()):.3f}")
 
     def set_rng(k: int) -> None:
-        s, off = step_rng(seed, k, counters, stream)
-        sampler.seed.fill_(s - 2**64 if s >= 2**63 else s)
-        sampler.offset.fill_(off)
+        fill_rng(sampler.seed, sampler.offset, seed, k, counters, stream)
 
     try:
         if cuda_graph and n_steps > 0:
-            _run_graphed(sampler, n_steps, etas[0], temps[0], set_rng, after_step)
+            eta0 = etas[0]
+            _run_graphed(lambda: sampler.step(eta0, temps[0]), sampler.state(), n_steps, set_rng, after_step)
         else:
             for k in range(n_steps):
                 set_rng(k)

@@ -81,6 +81,22 @@ def step_rng(seed: int, step: int, counters: int, stream: int | None = None) -> 
     return seed, stream * STREAM_STRIDE + offset
 
 
+def fill_rng(
+    seed_t: torch.Tensor,
+    offset_t: torch.Tensor,
+    seed: int,
+    step: int,
+    counters: int,
+    stream: int | None = None,
+) -> None:
+    """Write step ``step``'s Philox key and offset (:func:`step_rng`) into the 0-dim int64
+    device tensors the kernels read (in place: no host synchronisation; a captured CUDA graph
+    sees the new values at its next replay)."""
+    s, off = step_rng(seed, step, counters, stream)
+    seed_t.fill_(s - 2**64 if s >= 2**63 else s)
+    offset_t.fill_(off)
+
+
 def stream_seed(seed: int, stream: int | None) -> int:
     """The generator seed of stream (rank) ``stream`` for a run seeded with ``seed``:
     ``(seed + stream * 0x9E3779B97F4A7C15) mod 2**64`` (``seed`` itself for stream None or 0).
