@@ -102,7 +102,9 @@ def energy_and_grad(
         (g,) = torch.autograd.grad(e.sum(), xr, allow_unused=True)
     if g is None:  # depends on parameters only: a flat energy in x
         g = torch.zeros_like(x)
-    return e.detach().to(acc_dtype(x.dtype)), g.detach().to(x.dtype)
+    # (contiguous: the gradient of e.g. c * x.sum() is an expanded view, and samplers write
+    # into the gradients they keep)
+    return e.detach().to(acc_dtype(x.dtype)), g.detach().to(x.dtype).contiguous()
 
 
 def _chain_scale(x: torch.Tensor, step_size, temperature):
