@@ -354,6 +354,8 @@ def test_replica_exchange_backends_and_swaps(backend):
     assert st.swap_acceptance.shape == (3,) and bool(
         ((st.swap_acceptance >= 0) & (st.swap_acceptance <= 1)).all()
     )
+    traj = sampling.replica_exchange(_gauss(), x0, backend=backend, thin=2, **kw)
+    assert traj.shape == (4, 16, 3, 2) and torch.equal(traj[:, :, -1], got)
     ula = sampling.replica_exchange(_gauss(), x0, metropolis=False, backend=backend, **kw)
     assert ula.shape == (4, 16, 2) and bool(torch.isfinite(ula).all())
 

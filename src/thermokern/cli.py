@@ -126,8 +126,39 @@ def _add_demo(sub) -> None:
         "--langevin-steps", type=int, default=20, metavar="K", help="sampler steps per iteration (default 20)"
     )
     e.add_argument("--metropolis", action="store_true", help="MALA instead of unadjusted Langevin")
+    e.add_argument(
+        "--exchange-steps",
+        type=int,
+        default=600,
+        metavar="K",
+        help="replica-exchange steps for the samples of exp(-E) (default 600; 200 are burn-in)",
+    )
+    e.add_argument(
+        "--exchange-chains",
+        type=int,
+        default=1000,
+        metavar="C",
+        help="replica-exchange chains (default 1000)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true", help="no progress lines")
+    a = demos.add_parser(
+        "ais",
+        help="train the 2-D energy-based model, then estimate its log Z by annealed importance sampling",
+    )
+    a.add_argument(
+        "--out", default="ais_demo.png", metavar="PATH", help="PNG to write (default ais_demo.png)"
+    )
+    a.add_argument("--steps", type=int, default=1500, metavar="N", help="training iterations (default 1500)")
+    a.add_argument(
+        "--levels",
+        default="4,16,64,256,1024",
+        metavar="K1,K2,...",
+        help="numbers of annealing temperatures to compare (default 4,16,64,256,1024)",
+    )
+    a.add_argument("--chains", type=int, default=1024, metavar="C", help="AIS chains (default 1024)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def demo(args) -> int:
@@ -135,13 +166,19 @@ def demo(args) -> int:
 
     if importlib.util.find_spec("matplotlib") is None:
         print(
-            "thermokern demo ebm: the PNG needs matplotlib, which is not installed: "
+            f"thermokern demo {args.demo}: the PNG needs matplotlib, which is not installed: "
             "pip install 'thermokern[demo]' (or pip install matplotlib)",
             file=sys.stderr,
         )
         return 2
-    if args.steps < 1 or args.langevin_steps < 1:
-        print("thermokern demo ebm: --steps and --langevin-steps must be >= 1", file=sys.stderr)
+    if args.demo == "ais":
+        return _demo_ais(args)
+    if args.steps < 1 or args.langevin_steps < 1 or args.exchange_steps <= 200 or args.exchange_chains < 1:
+        print(
+            "thermokern demo ebm: --steps, --langevin-steps and --exchange-chains must be >= 1, "
+            "--exchange-steps > 200",
+            file=sys.stderr,
+        )
         return 2
     from thermokern import demo as ebm
 
@@ -159,8 +196,42 @@ def demo(args) -> int:
         seed=args.seed,
         log=log,
     )
+    result["exchange"] = ebm.sample_exchange(
+        result["model"], chains=args.exchange_chains, n_steps=args.exchange_steps, seed=args.seed
+    )
+    if log:
+        ex = result["exchange"]
+        log(
+            f"  replica exchange: T=1 acceptance {ex['acceptance']:.3f}, R-hat {ex['rhat']:.3f}, "
+            f"bulk ESS {ex['ess']:.0f}, swap acceptance {min(ex['swap_acceptance']):.2f}.."
+            f"{max(ex['swap_acceptance']):.2f}"
+        )
     ebm.plot(result, args.out)
     print(f"wrote {args.out} (training {result['seconds']:.1f} s)")
+    return 0
+
+
+def _demo_ais(args) -> int:
+    try:
+        levels = tuple(int(k) for k in args.levels.split(","))
+    except ValueError:
+        levels = ()
+    if args.steps < 1 or args.chains < 2 or not levels or min(levels) < 1:
+        print(
+            "thermokern demo ais: --steps >= 1, --chains >= 2 and --levels a comma-separated list "
+            "of ints >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    from thermokern import demo as ebm
+
+    log = None if args.quiet else print
+    if log:
+        log(f"thermokern demo ais: training the 8gaussians EBM ({args.steps} PCD iterations)")
+    result = ebm.train("8gaussians", iterations=args.steps, seed=args.seed, log=None)
+    study = ebm.ais_study(result["model"], levels=levels, chains=args.chains, seed=args.seed, log=log)
+    ebm.plot_ais(study, args.out)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -167,6 +167,7 @@ def replica_exchange(
     return_stats: bool = False,
     backend: str = "auto",
     cuda_graph: bool = False,
+    thin: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ReplicaExchangeStats]:
     """Replica exchange (parallel tempering) of the chains ``x0`` under ``energy_fn``.
 
@@ -203,10 +204,15 @@ def replica_exchange(
             ``"reference"``).
         cuda_graph: capture one step as a CUDA graph and replay it (CUDA tensors and a
             capturable ``energy_fn``; see :func:`langevin_sample`).
+        thin: None: return the final states; an int k >= 1: return the trajectory of the states
+            after every k-th step, shape ``(R, chains, n_steps // k, *event)``, so that
+            ``samples[0]`` is the T_0 replica in the (chain, draw, *event) layout of
+            :func:`thermokern.sampling.ess` / :func:`thermokern.sampling.rhat`.
 
     Returns:
-        The final states, shape ``(R, chains, *event)`` (replica r at ``temperatures[r]``), and
-        with ``return_stats`` a ``(samples, ReplicaExchangeStats)`` pair.
+        The final states, shape ``(R, chains, *event)`` (replica r at ``temperatures[r]``), or
+        with ``thin`` the trajectory, and with ``return_stats`` a
+        ``(samples, ReplicaExchangeStats)`` pair.
 
     Raises:
         TypeError: non-callable ``energy_fn``, non-float ``x0``, bad argument types.
@@ -243,6 +249,8 @@ def replica_exchange(
     if swap_every < 1:
         raise ValueError(f"swap_every: expected an int >= 1, got {swap_every}")
     check_int(seed, "seed")
+    if thin is not None and check_int(thin, "thin") < 1:
+        raise ValueError(f"thin: expected an int >= 1 (or None), got {thin}")
     if cuda_graph and x0.device.type != "cuda":
         raise RuntimeError(
             f"cuda_graph=True needs CUDA tensors (x0 is on {x0.device}); pass cuda_graph=False"
@@ -254,6 +262,8 @@ def replica_exchange(
     run = _Replicas(energy_fn, x, temps, etas, chains, metropolis, name)
     counters = run.move_counters + (max(n_rep - 1, 0) * chains + 3) // 4
     bar = _progress_bar(n_steps, "replica_exchange") if progress else None
+    event = tuple(x0.shape[1:])
+    traj = None if thin is None else x.new_empty((n_rep, chains, n_steps // thin) + event)
 
     def before_step(k: int) -> None:
         fill_rng(run.seed, run.offset, seed, k, counters)
@@ -261,6 +271,8 @@ def replica_exchange(
         run.parity.fill_((k // swap_every) % 2)
 
     def after_step(k: int, stats: dict[str, torch.Tensor]) -> None:
+        if traj is not None and (k + 1) % thin == 0:
+            traj[:, :, (k + 1) // thin - 1].copy_(x.view((n_rep, chains) + event))
         if bar is not None:
             bar.update(1)
 
@@ -274,7 +286,7 @@ def replica_exchange(
     finally:
         if bar is not None:
             bar.close()
-    samples = x.view((n_rep, chains) + tuple(x0.shape[1:]))
+    samples = x.view((n_rep, chains) + event) if traj is None else traj
     if not return_stats:
         return samples
     rounds = (n_steps + swap_every - 1) // swap_every  # rounds 0, 1, ... alternate parities
