@@ -13,6 +13,7 @@ exist: ``test_nccl_multi_gpu`` below (selected by bench/gpu_check.sh's "gpu" fil
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import math
@@ -26,10 +27,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _util import assert_close as _assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import thermokern
 from thermokern import distributed as td
 from thermokern import reference
+from thermokern.ops import linear
 
 
 def assert_close(actual, expected, dtype, **kw):
@@ -267,6 +270,234 @@ def _check_no_rows(rank, device, backend, widths):
     assert td.logsumexp(x, backend=backend).shape == (0,)
 
 
+# ----------------------------------------------------------------------------- tensor-parallel heads
+def linear_splits_for(world: int) -> list[tuple[int, ...]]:
+    """Uneven vocabulary shards of the LM-head weight (an empty one in the second)."""
+    return [(5, 7, 4), (6, 0, 5)] if world == 3 else splits_for(world)
+
+
+@contextlib.contextmanager
+def _small_chunks(nbytes=96):
+    """Chunks of a few tokens (one to six here), so that every head call crosses chunks."""
+    saved = linear.CHUNK_BYTES
+    linear.CHUNK_BYTES = {"cpu": nbytes, "cuda": nbytes}
+    try:
+        yield
+    finally:
+        linear.CHUNK_BYTES = saved
+
+
+def _head_full(c, dtype, seed, device, lead, d=8):
+    """The same hidden (lead, d), full weight (c, d) and bias (c,) on every rank."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(*lead, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(c, d, generator=gen, dtype=torch.float64) * (3 / d**0.5)
+    b = torch.randn(c, generator=gen, dtype=torch.float64) * 0.5
+    return [x.to(dtype).to(device) for x in (h, w, b)]
+
+
+def _leaves(*ts):
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in ts]
+
+
+def _head_targets(c, lead, ignore_index, seed, device):
+    t = torch.randint(0, c, lead, generator=torch.Generator().manual_seed(seed))
+    t[0, ::2] = ignore_index
+    t[1, 0], t[1, 1] = c - 1, 0  # targets in the first and the last shard
+    return t.to(device)
+
+
+def _check_head_grads(got, want, sl, dtype):
+    """got: (hidden, weight shard, bias shard, temperature) gradients; want: the single-device
+    ones with the full weight and bias, of which this rank's rows ``sl`` are compared."""
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if a is None:
+            continue
+        b = b[sl] if i in (1, 2) else b
+        assert_close(a, b, dtype, grad=True, grad_scale=4.0)
+
+
+# (entropy_weight, label_smoothing, z_loss_weight, temperature, reduction, ignore_index,
+#  explicit vocab_start, bias)
+LINEAR_CE_CASES = [
+    (0.0, 0.0, 0.0, 1.0, "mean", -100, False, True),  # the plain LM loss
+    (0.5, 0.1, 1e-2, 0.8, "none", -100, True, True),  # every term; the backward recomputes chunks
+    (-0.3, 0.2, 0.0, "per-row", "sum", 3, False, False),  # a class index as ignore_index; no bias
+    (0.2, 0.0, 1e-3, "learnable", "mean", -100, True, True),  # d/dT summed over the ranks
+]
+
+
+def _check_linear_cross_entropy(rank, device, backend, widths, dtype, seed, cases=LINEAR_CE_CASES):
+    """td.linear_cross_entropy vs thermokern.linear_cross_entropy (float64, the full weight)."""
+    c = sum(widths)
+    lead = (3, 5)
+    s, e = _bounds(widths, rank)
+    hidden, weight, bias = _head_full(c, dtype, seed, device, lead)
+    for i, (beta, eps, zw, temp, reduction, ignore_index, explicit, with_bias) in enumerate(cases):
+        t = _head_targets(c, lead, ignore_index, seed + 10 + i, device)
+        if temp == "per-row":
+            temp = (0.5 + _randn(lead, seed + 20 + i, device).abs()).to(torch.float32)
+        learnable = temp == "learnable"
+        temp = torch.tensor([0.8], dtype=torch.float64, device=device) if learnable else temp
+        kw = {
+            "entropy_weight": beta,
+            "label_smoothing": eps,
+            "z_loss_weight": zw,
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+        }
+        h, w, b, tt = _leaves(
+            hidden, weight[s:e], bias[s:e] if with_bias else None, temp if learnable else None
+        )
+        out = td.linear_cross_entropy(
+            h, w, t, bias_shard=b, vocab_start=s if explicit else None,
+            temperature=tt if learnable else temp, backend=backend, **kw,
+        )  # fmt: skip
+        h64, w64, b64, t64 = _leaves(
+            hidden.double(),
+            weight.double(),
+            bias.double() if with_bias else None,
+            temp if learnable else None,
+        )
+        ref = thermokern.linear_cross_entropy(
+            h64, w64, t, bias=b64, temperature=t64 if learnable else temp, backend=backend, **kw
+        )
+        assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert out.shape == ref.shape
+        assert_close(out, ref.detach(), dtype)
+        g = _randn(ref.shape, seed + 30 + i, device)
+        got = _grads(out, [h, w, b, tt], g.to(out.dtype))
+        want = _grads(ref, [h64, w64, b64, t64], g)
+        _check_head_grads(got, want, slice(s, e), dtype)
+
+
+def _grads(out, ins, g):
+    live = [t for t in ins if t is not None]
+    it = iter(torch.autograd.grad(out, live, g))
+    return [None if t is None else next(it) for t in ins]
+
+
+def _check_linear_token_logprobs(rank, device, backend, widths, dtype, seed):
+    """td.linear_token_logprobs (with and without the entropy) vs the single-device op."""
+    c = sum(widths)
+    lead = (4, 3)
+    s, e = _bounds(widths, rank)
+    hidden, weight, bias = _head_full(c, dtype, seed, device, lead)
+    t = _head_targets(c, lead, -100, seed + 1, device)
+    temp = (0.5 + _randn(lead, seed + 2, device).abs()).to(torch.float32)
+    for with_entropy in (True, False):
+        h, w, b = _leaves(hidden, weight[s:e], bias[s:e])
+        out = td.linear_token_logprobs(
+            h, w, t, bias_shard=b, temperature=temp, with_entropy=with_entropy, backend=backend
+        )
+        h64, w64, b64 = _leaves(hidden.double(), weight.double(), bias.double())
+        ref = thermokern.linear_token_logprobs(
+            h64, w64, t, bias=b64, temperature=temp, with_entropy=with_entropy, backend=backend
+        )
+        outs, refs = (out, ref) if with_entropy else ((out,), (ref,))
+        loss, ref_loss = 0, 0
+        for j, (o, r) in enumerate(zip(outs, refs, strict=True)):
+            assert o.shape == lead and o.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+            assert_close(o, r.detach(), dtype)
+            assert bool((o[t == -100] == 0).all())
+            g = _randn(lead, seed + 3 + j, device)
+            loss, ref_loss = loss + (o * g.to(o.dtype)).sum(), ref_loss + (r * g).sum()
+        got = _grads(loss, [h, w, b, None], None)
+        want = _grads(ref_loss, [h64, w64, b64, None], None)
+        _check_head_grads(got, want, slice(s, e), dtype)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The largest storage (in elements) any op creates."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+def _check_linear_heads_misc(rank, world, device, backend):
+    """The logits never exist in full on a rank (the kernel backends); no tokens; every
+    target ignored."""
+    widths = [300 - 50 * (r % 2) for r in range(world)]
+    c, n, s = sum(widths), 64, sum(widths[:rank])
+    hidden, weight, bias = _head_full(c, torch.float32, 4, device, (n,))
+    t = _head_targets(c, (4, 16), -100, 5, device).reshape(n)
+    for reduction in ("mean", "none") if backend != "reference" else ():
+        h, w, b = _leaves(hidden, weight[s : s + widths[rank]], bias[s : s + widths[rank]])
+        with _small_chunks(4096), _LargestTensor() as probe:
+            loss = td.linear_cross_entropy(h, w, t, bias_shard=b, reduction=reduction, backend=backend)
+            loss.sum().backward()
+        assert probe.largest < n * widths[rank] // 4, probe.largest  # the chunks: 4096 bytes
+    h, w = _leaves(hidden[:0], weight[s : s + widths[rank]])
+    loss = td.linear_cross_entropy(h, w, t[:0], reduction="sum", backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.shape == h.shape and bool((w.grad == 0).all())
+    h, w = _leaves(hidden[:5], weight[s : s + widths[rank]])
+    loss = td.linear_cross_entropy(h, w, torch.full_like(t[:5], -100), backend=backend)
+    assert torch.isnan(loss)  # "mean" of no rows, as the single-device op
+    loss.backward()
+    assert bool((h.grad == 0).all()) and bool((w.grad == 0).all())
+
+
+def _check_linear_errors(rank, device, widths):
+    """Errors of the heads, raised on every rank alike (the ranks stay in step)."""
+    c = sum(widths)
+    s, e = _bounds(widths, rank)
+    hidden, weight, bias = _head_full(c, torch.float32, 6, device, (4,))
+    w = weight[s:e]
+    t = torch.zeros(4, dtype=torch.long, device=device)
+    ce = td.linear_cross_entropy
+    with pytest.raises(ValueError, match=r"weight_shard: expected \(V, 8\)"):
+        ce(hidden, w[:, :5], t)
+    with pytest.raises(ValueError, match="bias_shard: expected shape"):
+        ce(hidden, w, t, bias_shard=bias[:1] if e - s != 1 else bias[:2])
+    with pytest.raises(TypeError, match="bias_shard: expected hidden's dtype"):
+        ce(hidden, w, t, bias_shard=bias[s:e].double())
+    with pytest.raises(ValueError, match="target: expected shape"):
+        td.linear_token_logprobs(hidden, w, t[:3])
+    with pytest.raises(ValueError, match="vocab_start: the shards do not tile"):
+        ce(hidden, w, t, vocab_start=0 if len(widths) > 1 else 1)
+    with pytest.raises(ValueError, match="vocab_start: expected a value >= 0"):
+        ce(hidden, w, t, vocab_start=-1)
+    bad = t.clone()
+    bad[2] = c  # one past the vocabulary (only the layout tells)
+    with pytest.raises(ValueError, match=r"target: class index .* at row 2"):
+        ce(hidden, w, bad)
+    with pytest.raises(ValueError, match=r"target: class index .* at row 2"):
+        td.linear_token_logprobs(hidden, w, bad, vocab_start=s)
+    with pytest.raises(ValueError, match="reduction"):
+        ce(hidden, w, t, reduction="avg")
+    with pytest.raises(TypeError, match="with_entropy"):
+        td.linear_token_logprobs(hidden, w, t, with_entropy=1)
+    assert torch.isfinite(ce(hidden, w, t, vocab_start=s))  # still in step
+
+
+def check_linear_heads(rank, world, device, backend, slow=False):
+    """The tensor-parallel heads on every split (float32 and float64), bfloat16 once, the
+    scratch bound, no tokens. ``slow`` (the Triton interpreter): one case."""
+    with _small_chunks():
+        if slow:
+            widths = linear_splits_for(world)[0]
+            _check_linear_cross_entropy(rank, device, backend, widths, torch.float32, 1, LINEAR_CE_CASES[1:2])
+            _check_linear_token_logprobs(rank, device, backend, widths, torch.float32, 1)
+            return
+        for k, widths in enumerate(linear_splits_for(world)):
+            for dtype in (torch.float64, torch.float32):
+                _check_linear_cross_entropy(rank, device, backend, widths, dtype, 100 * k + 1)
+                _check_linear_token_logprobs(rank, device, backend, widths, dtype, 100 * k + 1)
+        widths = linear_splits_for(world)[0]
+        _check_linear_cross_entropy(rank, device, backend, widths, torch.bfloat16, 9, LINEAR_CE_CASES[1:2])
+        _check_linear_token_logprobs(rank, device, backend, widths, torch.bfloat16, 9)
+    _check_linear_heads_misc(rank, world, device, backend)
+
+
 def check_all(rank: int, world: int, device: str, backends: list[str], slow: tuple[str, ...] = ()) -> None:
     """Every check on this rank (the process group is initialised). Backends in ``slow`` (the
     Triton interpreter) run one split, one dtype and one cross-entropy case."""
@@ -276,6 +507,7 @@ def check_all(rank: int, world: int, device: str, backends: list[str], slow: tup
             _check_entropy(rank, device, backend, widths, torch.float32, 1, temps=("per-row",))
             _check_logsumexp(rank, device, backend, widths, torch.float32, 1)
             _check_cross_entropy(rank, device, backend, widths, torch.float32, 1, CE_CASES[1:2])
+            check_linear_heads(rank, world, device, backend, slow=True)
             continue
         for k, widths in enumerate(splits_for(world)):
             for dtype in (torch.float32, torch.float64):
@@ -288,7 +520,9 @@ def check_all(rank: int, world: int, device: str, backends: list[str], slow: tup
         _check_entropy(rank, device, backend, widths, torch.bfloat16, 9, temps=(0.7,))
         _check_cross_entropy(rank, device, backend, widths, torch.bfloat16, 9, CE_CASES[1:3])
         _check_no_rows(rank, device, backend, widths)
+        check_linear_heads(rank, world, device, backend)
     _check_errors(rank, device, splits_for(world)[0])
+    _check_linear_errors(rank, device, linear_splits_for(world)[0])
 
 
 def _check_example(device):
@@ -434,6 +668,10 @@ def test_errors_without_process_group():
         td.logsumexp(x)
     with pytest.raises(RuntimeError, match="group"):
         td.entropy_regularized_cross_entropy(x, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="group"):
+        td.linear_cross_entropy(x, torch.zeros(3, 5), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="group"):
+        td.linear_token_logprobs(x, torch.zeros(3, 5), torch.zeros(2, dtype=torch.long))
     assert thermokern.distributed is td
     assert os.environ.get("TRITON_INTERPRET") is not None  # conftest ran first (the ranks inherit it)
 

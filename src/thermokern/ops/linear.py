@@ -6,7 +6,9 @@ bounded (independent of N); per chunk, the logits come from one matmul (the vend
 the input dtype with fp32 accumulation), the row statistics, loss and logit gradient from this
 project's row kernels (the ``KernelOp``s of ops/cross_entropy.py, ops/token_logprobs.py and
 ops/softmax_entropy.py), and the gradients w.r.t. hidden, weight and bias from two more
-matmuls; the weight and bias gradients accumulate in fp32.
+matmuls; the weight and bias gradients accumulate in fp32. The chunk sweep (``head_chunks``),
+the gradient buffers (``HeadGrads``) and the argument handling (``check_head``,
+``head_inputs``) also serve thermokern.distributed's tensor-parallel heads.
 
 [Note: when the gradient is computed]
 A loss reduced to a scalar ("mean" or "sum") has one upstream gradient for every row, known
@@ -58,6 +60,24 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return out
 
 
+def head_chunks(hidden, weight, bias, inv_t, vocab: int | None = None):
+    """The chunk sweep of the heads (shared with thermokern.distributed's tensor-parallel heads):
+    yields ``(rows, h, k, logits)`` per chunk of tokens: the slice of rows, their hidden states,
+    their 1/T (the single element, or one per row) and the chunk's contiguous logits. ``vocab``
+    is the width the chunk size is computed for (default: the weight's rows; the distributed
+    heads pass the widest shard so that every rank cuts the same chunks). The caller drops its
+    reference to ``logits`` before the next chunk, so that one chunk exists at a time."""
+    n = hidden.shape[0]
+    step = _chunk_rows(n, weight.shape[0] if vocab is None else vocab, hidden.dtype, hidden.device)
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        h = hidden[rows]
+        k = inv_t if inv_t.numel() == 1 else inv_t[rows]
+        logits = _logits(h, weight, bias)
+        yield rows, h, k, logits
+        del logits
+
+
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc += a @ b with acc in float32 (float64 for float64): 16-bit inputs go through the
     BLAS with an fp32 output where torch offers one (CUDA), else as fp32 copies of the chunk."""
@@ -69,9 +89,10 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
-class _Grads:
+class HeadGrads:
     """The gradients w.r.t. hidden (per row), weight and bias (fp32 sums) and, for a learnable
-    temperature, the temperature per row, filled chunk by chunk."""
+    temperature, the temperature per row, filled chunk by chunk (shared with
+    thermokern.distributed, where each rank's are its partial sums)."""
 
     def __init__(self, hidden, weight, bias, needs, per_row_t: bool):
         acc = acc_dtype(weight.dtype)
@@ -115,26 +136,19 @@ class _LinearHead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, temperature, target, inv_t, kind, params, reduction, name):
-        n = hidden.shape[0]
-        vocab = weight.shape[0]
         acc = acc_dtype(hidden.dtype)
-        step = _chunk_rows(n, vocab, hidden.dtype, hidden.device)
         needs = ctx.needs_input_grad[:3]
         learn_t = temperature is not None and ctx.needs_input_grad[3]
         # [Note: when the gradient is computed]: now for a scalar loss, else in the backward.
         scalar = kind == "ce" and reduction != "none"
         now = scalar and (any(needs) or learn_t)
-        grads = _Grads(hidden, weight, bias, needs, learn_t) if now else None
+        grads = HeadGrads(hidden, weight, bias, needs, learn_t) if now else None
         if scalar:  # the output is the reduced loss, whose gradient w.r.t. each row's loss is row_g
             count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
             row_g = torch.ones((), dtype=acc, device=hidden.device)
             row_g = row_g / count if count is not None else row_g
         outs = []
-        for start in range(0, n, step):
-            rows = slice(start, min(start + step, n))
-            h = hidden[rows]
-            k = inv_t if inv_t.numel() == 1 else inv_t[rows]
-            logits = _logits(h, weight, bias)
+        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t):
             if kind == "ce":
                 loss, entropy, shift, log_norm = cross_entropy_fwd(name, logits, target[rows], k, *params)
                 outs.append(loss)
@@ -171,17 +185,11 @@ class _LinearHead(torch.autograd.Function):
             gh, gw, gb, gt = ctx.grads.scaled(grad_out.reshape(()), ctx.weight_dtype, ctx.bias_dtype)
             return gh, gw, gb, gt, *none
         hidden, weight, bias, target, inv_t = ctx.saved_tensors
-        n = hidden.shape[0]
-        step = _chunk_rows(n, weight.shape[0], hidden.dtype, hidden.device)
         needs = ctx.needs_input_grad[:3]
         learn_t = ctx.needs_input_grad[3]
-        grads = _Grads(hidden, weight, bias, needs, learn_t)
+        grads = HeadGrads(hidden, weight, bias, needs, learn_t)
         acc = acc_dtype(hidden.dtype)
-        for start in range(0, n, step):
-            rows = slice(start, min(start + step, n))
-            h = hidden[rows]
-            k = inv_t if inv_t.numel() == 1 else inv_t[rows]
-            logits = _logits(h, weight, bias)
+        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t):
             # The row statistics every backward kernel needs are softmax_entropy_fwd's (the
             # cross-entropy and log-prob forwards return the same ones, plus what is not needed).
             stats = softmax_entropy_fwd(ctx.name, logits, k)
@@ -209,23 +217,26 @@ class _LinearHead(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- arguments
-def _check_head(hidden, weight, bias):
+def check_head(hidden, weight, bias, *, weight_name="weight", bias_name="bias", allow_empty=False):
+    """The checks of a head's hidden (..., D), weight (V, D) and bias (V,) (shared with
+    thermokern.distributed, whose weight and bias are ``weight_shard`` and ``bias_shard`` and
+    may have no rows on a rank: ``allow_empty``)."""
     check_float_tensor(hidden, "hidden")
-    check_float_tensor(weight, "weight")
+    check_float_tensor(weight, weight_name)
     if hidden.dim() == 0:
         raise ValueError("hidden: expected at least 1 dimension (the hidden size last), got a 0-d tensor")
     if weight.dim() != 2:
         raise ValueError(
-            f"weight: expected a 2-D (vocabulary, hidden) tensor, got shape {tuple(weight.shape)}"
+            f"{weight_name}: expected a 2-D (vocabulary, hidden) tensor, got shape {tuple(weight.shape)}"
         )
     if weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
-            f"weight: expected (V, {hidden.shape[-1]}) for hidden of size {hidden.shape[-1]}, "
+            f"{weight_name}: expected (V, {hidden.shape[-1]}) for hidden of size {hidden.shape[-1]}, "
             f"got shape {tuple(weight.shape)}"
         )
-    if weight.shape[0] == 0:
-        raise ValueError("weight: the vocabulary (dim 0) has size 0")
-    for t, what in ((weight, "weight"), (bias, "bias")):
+    if weight.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{weight_name}: the vocabulary (dim 0) has size 0")
+    for t, what in ((weight, weight_name), (bias, bias_name)):
         if t is None:
             continue
         if t.device != hidden.device:
@@ -235,16 +246,19 @@ def _check_head(hidden, weight, bias):
         if t.dtype != hidden.dtype:
             raise TypeError(f"{what}: expected hidden's dtype {hidden.dtype}, got {t.dtype}")
     if bias is not None:
-        check_float_tensor(bias, "bias")
+        check_float_tensor(bias, bias_name)
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+            raise ValueError(f"{bias_name}: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
-    """The checked head: flattens the tokens, resolves the backend, applies _LinearHead."""
+def head_inputs(hidden, target, temperature):
+    """The tokens flattened for :class:`_LinearHead` (shared with thermokern.distributed):
+    ``(h2, tgt, inv_t, t_rows, out_shape)`` with hidden as (N, D) (a view where the strides
+    allow; matmuls read any), the target as (N,) int64 (or None), 1/T as the kernels take it and,
+    for a temperature tensor that requires grad, T per row in the accumulation dtype (the input
+    autograd differentiates; then inv_t is its detached inverse), else None."""
     out_shape = hidden.shape[:-1]
-    h2 = hidden.reshape(-1, hidden.shape[-1])  # a view where the strides allow; matmuls read any
-    name = _backend.resolve_backend(backend, hidden)
+    h2 = hidden.reshape(-1, hidden.shape[-1])
     tgt = None if target is None else target.reshape(-1).long()
     temperature = check_temperature(temperature, differentiable=True)
     inv_t = inverse_temperature(temperature, out_shape, hidden.dtype, hidden.device)  # also validates
@@ -252,6 +266,13 @@ def _run(kind, hidden, weight, bias, target, temperature, params, reduction, bac
     if isinstance(temperature, torch.Tensor) and temperature.requires_grad and torch.is_grad_enabled():
         t_rows = temperature.to(acc_dtype(hidden.dtype)).broadcast_to(out_shape).reshape(-1)
         inv_t = (1.0 / t_rows).detach().contiguous()
+    return h2, tgt, inv_t, t_rows, out_shape
+
+
+def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
+    """The checked head: flattens the tokens, resolves the backend, applies _LinearHead."""
+    name = _backend.resolve_backend(backend, hidden)
+    h2, tgt, inv_t, t_rows, out_shape = head_inputs(hidden, target, temperature)
     if tgt is not None:  # once for all chunks (a CPU kernel would name the row in its chunk)
         check_target_values(tgt, weight.shape[0], params[2] if kind == "ce" else params[0])
     out = _LinearHead.apply(h2, weight, bias, t_rows, tgt, inv_t, kind, params, reduction, name)
@@ -297,9 +318,9 @@ def linear_cross_entropy(
         Differentiable w.r.t. hidden, weight, bias and a temperature tensor; the weight and bias
         gradients are accumulated in fp32.
     """
-    _check_head(hidden, weight, bias)
+    check_head(hidden, weight, bias)
     params = check_cross_entropy_args(
-        _as_logits_view(hidden, weight), target, entropy_weight, label_smoothing, ignore_index, reduction,
+        as_logits_view(hidden, weight), target, entropy_weight, label_smoothing, ignore_index, reduction,
         z_loss_weight, name="hidden", classes="hidden size last", class_dim="its last dim",
     )  # fmt: skip
     if _backend.resolve_backend(backend, hidden) == "reference":
@@ -330,8 +351,8 @@ def linear_token_logprobs(
     (V, D) and an optional ``bias`` (V,) in place of the logits. The backward recomputes each
     chunk's logits (the log-probs have one upstream gradient per token).
     """
-    _check_head(hidden, weight, bias)
-    check_target(target, _as_logits_view(hidden, weight), "hidden", "its last dim")
+    check_head(hidden, weight, bias)
+    check_target(target, as_logits_view(hidden, weight), "hidden", "its last dim")
     ignore_index = check_int(ignore_index, "ignore_index")
     if not isinstance(with_entropy, bool):
         raise TypeError(f"with_entropy: expected a bool, got {type(with_entropy).__name__}")
@@ -361,13 +382,14 @@ def linear_softmax_entropy(
     """``softmax_entropy(F.linear(hidden, weight, bias))`` over the vocabulary, without the
     (N, V) logits; shaped like ``hidden`` without its last dimension, float32 (float64 for
     float64)."""
-    _check_head(hidden, weight, bias)
+    check_head(hidden, weight, bias)
     if _backend.resolve_backend(backend, hidden) == "reference":
         return reference.linear_softmax_entropy(hidden, weight, bias=bias, temperature=temperature)
     out, out_shape, _ = _run("entropy", hidden, weight, bias, None, temperature, (), None, backend)
     return out.reshape(out_shape)
 
 
-def _as_logits_view(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A zero-size stand-in with the logits' shape and dtype, for the shared target checks."""
+def as_logits_view(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A zero-size stand-in with the logits' shape and dtype, for the shared target checks
+    (also thermokern.distributed's, with a shard's width)."""
     return hidden.new_empty(()).expand(*hidden.shape[:-1], weight.shape[0])
