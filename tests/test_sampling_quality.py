@@ -107,12 +107,13 @@ def test_per_chain_errors():
 # ----------------------------------------------------------------------------- adaptation
 def test_adapted_mala_reaches_target_acceptance():
     """Dual averaging toward 0.574 on a 10-D Gaussian of unequal scales: after 400 adaptation
-    steps the acceptance of the next 200 steps (512 chains: its sd ~0.003) is within 0.05 of
-    the target (the adapted step sizes scatter a little per chain; deterministic well inside)."""
+    steps the acceptance of the next 200 steps (256 chains: its sd ~0.004) is within 0.05 of
+    the target (measured ~0.60: dual averaging approaches from above; the bound is > 5 sd
+    away, false-failure rate < 1e-6)."""
     torch.manual_seed(3)
     scales = torch.linspace(0.5, 2.0, 10)
     energy = lambda x: 0.5 * (x / scales).square().sum(1)
-    x0 = torch.randn(512, 10)
+    x0 = torch.randn(256, 10)
     _, stats = sampling.langevin_sample(
         energy, x0, n_steps=600, step_size=1e-3, metropolis=True, target_accept=0.574,
         adapt_steps=400, return_stats=True,
@@ -120,7 +121,7 @@ def test_adapted_mala_reaches_target_acceptance():
     after = float(stats.accept_prob[400:].mean())
     assert abs(after - 0.574) < 0.05, after
     eta = stats.adapted_step_size
-    assert eta.shape == (512,) and bool((eta > 0.05).all())
+    assert eta.shape == (256,) and bool((eta > 0.05).all())
     # frozen after the adaptation: the reported per-step mean no longer moves
     assert torch.equal(stats.step_size[400:], stats.step_size[400:401].expand(200))
     assert stats.step_size[0] == pytest.approx(1e-3)
@@ -217,21 +218,21 @@ def test_ais_gaussian_log_z():
 
 def test_ais_mixture_error_shrinks_with_levels():
     """A 2-D mixture of two separated modes (weights 0.25 / 0.75): with 3 levels the weights
-    degenerate and the estimate is off; with 200 levels it is within 3 standard errors of the
-    exact log Z. Over 8 seeds the mean absolute error with 200 levels is below half that with
-    3 levels (a factor of >10 is typical; false-failure rate well below 1%)."""
+    degenerate and the estimate is off; with 100 levels it is within 3 standard errors of the
+    exact log Z. Over 5 seeds the mean absolute error with 100 levels is below half that with
+    3 levels (a factor of ~10 is typical; false-failure rate well below 1%)."""
     energy, exact = _mixture([0.25, 0.75], [[-2.0, 0.0], [2.0, 1.0]], 0.6)
-    errs = {3: [], 200: []}
-    for seed in range(8):
+    errs = {3: [], 100: []}
+    for seed in range(5):
         torch.manual_seed(seed)
         x0 = torch.randn(256, 2, dtype=torch.float64)
         for k, found in errs.items():
             res = sampling.ais(energy, x0, betas=k, n_steps=1, step_size=0.1, seed=seed)
             found.append(float(res.log_z) - exact)
-            if k == 200 and seed == 0:
+            if k == 100 and seed == 0:
                 assert abs(found[-1]) < 3 * float(res.log_z_stderr)
-    fine = sum(abs(e) for e in errs[200]) / 8
-    coarse = sum(abs(e) for e in errs[3]) / 8
+    fine = sum(abs(e) for e in errs[100]) / 5
+    coarse = sum(abs(e) for e in errs[3]) / 5
     assert fine < 0.5 * coarse and fine < 0.1, (fine, coarse)
 
 

@@ -287,7 +287,7 @@ def plot(result: dict[str, Any], path: str) -> None:
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, color="tab:orange")
     how = "MALA" if result["metropolis"] else "Langevin"
     axes[1].set_title(
-        f"PCD chains (training negatives)\nbuffer + {result['final_steps']} {how} steps: not equilibrium",
+        f"PCD chains (training negatives)\nreplay buffer + {result['final_steps']} {how} steps",
         fontsize=9,
     )
     ex = result["exchange"]
@@ -325,7 +325,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         f"thermokern demo ebm: {result['iterations']} PCD iterations in {result['seconds']:.0f} s (CPU)",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.02, 1, 0.94))
     _save(fig, path)
     plt.close(fig)
 
