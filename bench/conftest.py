@@ -15,8 +15,9 @@ one (op, provider, shape, dtype, mode) case of the ``thermokern.bench`` registry
 ``benchmark.extra_info`` the effective bandwidth (minimal bytes / median time), the copy
 bandwidth of the same byte count and the percentage of it, the max abs error against float64,
 and the compile time for ``compile``. The row-reduction suites (bench_softmax_entropy.py,
-bench_cross_entropy.py, bench_partition.py) take their parameters from :func:`row_op_cases`:
-(op, provider) x shape x dtype x mode, shapes small enough for a CPU run of a few minutes.
+bench_cross_entropy.py, bench_partition.py) take their parameters from :func:`row_op_cases`,
+the language-model heads (bench_linear.py) from :func:`linear_op_cases`: (op, provider) x
+shape x dtype x mode, shapes small enough for a CPU run of a few minutes.
 Compare runs with ``--benchmark-autosave`` / ``--benchmark-compare``.
 """
 
@@ -37,19 +38,32 @@ def _default_device() -> str:
 
 ROW_SHAPES = {"cuda": [(4096, 32000), (1024, 131072)], "cpu": [(256, 4096), (32, 32000)]}
 ROW_DTYPES = [torch.float32, torch.bfloat16]
+# (tokens, hidden, vocab): a Llama-3 8B head and a smaller one on a GPU; a small head on a CPU
+LINEAR_SHAPES = {"cuda": [(8192, 4096, 128256), (4096, 2048, 32000)], "cpu": [(256, 512, 32000)]}
 
 
 def row_op_cases(*ops: str):
     """The parametrisation of a row-reduction suite: (op spec, provider) cases of ``ops`` on
     the benchmark device x its shapes x dtypes x modes (read at collection time, after
     pytest_configure has set the device)."""
+    return op_cases(ops, ROW_SHAPES, ROW_DTYPES)
+
+
+def linear_op_cases(*ops: str):
+    """:func:`row_op_cases` for the language-model heads: (tokens, hidden, vocab) shapes."""
+    return op_cases(ops, LINEAR_SHAPES, ROW_DTYPES)
+
+
+def op_cases(ops, shapes: dict, dtypes: list):
+    """(op spec, provider) cases of ``ops`` on the benchmark device x ``shapes[device type]`` x
+    ``dtypes`` x modes (those of each op's spec)."""
     device = _default_device()
     cases = [(bench.OPS[op], p) for op in ops for p in bench.OPS[op].providers(device)[0]]
     marks = (
         pytest.mark.parametrize("mode", bench.MODES),
-        pytest.mark.parametrize("dtype", ROW_DTYPES, ids=bench.label),
+        pytest.mark.parametrize("dtype", dtypes, ids=bench.label),
         pytest.mark.parametrize(
-            "shape", ROW_SHAPES["cuda" if device.startswith("cuda") else "cpu"], ids=bench.label
+            "shape", shapes["cuda" if device.startswith("cuda") else "cpu"], ids=bench.label
         ),
         pytest.mark.parametrize("case", cases, ids=bench.label),
     )
@@ -145,7 +159,8 @@ def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
     reference), and the effective bandwidth (minimal bytes / median time) next to the copy
     bandwidth of the same byte count. A NaN error, or one above ``max_err``, fails the test
     before timing. In-place providers get a fresh copy of the input before every round
-    (untimed).
+    (untimed); the op's other differentiable tensors (``spec.leaves``, a weight) have their
+    gradients cleared with the input's.
     """
 
     def run_case(spec, provider, shape, dtype, mode, max_err=None):
@@ -155,7 +170,8 @@ def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
         xs = [spec.make_input(shape, dtype, bench_device, gen) for _ in range(k)]
         x = xs[0]
         grad = spec.make_grad(x, gen)
-        prepare, call, inputs = bench.make_calls(provider, mode, xs, grad)
+        leaves = spec.leaves(x) if spec.leaves is not None else ()
+        prepare, call, inputs = bench.make_calls(provider, mode, xs, grad, leaves)
         cuda = x.is_cuda
 
         def sync():
@@ -181,7 +197,7 @@ def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
 
         if provider.exact and spec.has_reference:
             prepare(0)
-            value = bench.result_of_call(mode, call, inputs)
+            value = bench.result_of_call(mode, call, inputs, leaves)
             err = bench.max_abs_err(value, spec.reference(x, grad, mode))
             extra["max_abs_err"] = err
             del value

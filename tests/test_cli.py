@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from thermokern import bench, cli
 
@@ -51,3 +52,34 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert {r["mode"] for r in rows if r["op"] == "langevin_step"} == {"fwd"}
     table = bench.format_table(result)
     assert "softmax_entropy" in table and "langevin_step" in table and "32x1000" in table
+
+
+def test_tiny_linear_head_benchmark_run():
+    ops = ["linear_cross_entropy", "linear_entropy_regularized_cross_entropy", "linear_token_logprobs"]
+    result = bench.run(
+        ops=ops,
+        shapes=["16x8x100", "32x1000"],  # a head is tokens x hidden x vocab: the 2-D shape is skipped
+        quick=True,
+        progress=False,
+        out=None,
+        providers=["cpu", "eager", "torch_chunked", "matmuls"],
+    )
+    rows = result["rows"]
+    assert {r["op"] for r in rows} == set(ops)
+    assert {r["shape"] for r in rows} == {"16x8x100"}
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    assert sum("32x1000 skipped" in n for n in result["notes"]) == len(ops)
+    # no peer has the entropy term: they are compared at beta = 0 only
+    assert {r["provider"] for r in rows if r["op"] == ops[1]} == {"cpu", "eager", "matmuls"}
+    for r in rows:
+        assert "error" not in r and r["median_ms"] > 0, r
+        if r["provider"] == "matmuls":
+            assert r["max_abs_err"] is None, r  # a floor, not a loss
+        else:
+            assert r["max_abs_err"] < 1e-4, r
+    # fwd+bwd compares the gradients w.r.t. hidden and weight, joined
+    spec = bench.OPS["linear_cross_entropy"]
+    gen = torch.Generator().manual_seed(0)
+    x = spec.make_input((16, 8, 100), torch.float32, "cpu", gen)
+    ref = spec.reference(x, spec.make_grad(x, gen), "fwd+bwd")
+    assert ref.shape == (16 * 8 + 100 * 8,) and spec.reference(x, None, "fwd").shape == ()

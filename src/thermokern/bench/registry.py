@@ -104,6 +104,17 @@ class OpSpec:
             slices of the elements) instead of one value per row.
         has_reference: whether outputs are compared with ``reference_chunks`` (a sampler's
             output depends on its random numbers: no error column).
+        reduced: the output is one scalar (a loss reduced over the rows): the ``fwd`` reference
+            is a scalar (one ``(1,)`` chunk) and ``make_grad`` gives a scalar.
+        leaves: ``leaves(x) -> tuple of tensors``: the op's other differentiable inputs (a
+            weight), found from the input ``x``; ``None`` for ops of ``x`` alone. In ``fwd+bwd``
+            they require grad and their gradients are cleared with the input's before every call
+            (untimed); the gradient compared with the reference is then the input's and theirs,
+            flattened and joined in that order (``reference_chunks`` yields slices of that flat
+            vector). In ``fwd`` they do not require grad.
+        shape_dims: the names of the dimensions of a shape (``("tokens", "hidden", "vocab")``):
+            shapes with another number of dimensions are skipped (with a note) instead of run;
+            ``None``: any shape (the last dimension is the reduced one).
     """
 
     name: str
@@ -119,11 +130,27 @@ class OpSpec:
     modes: tuple[str, ...] = MODES
     elementwise: bool = False
     has_reference: bool = True
+    reduced: bool = False
+    leaves: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+    shape_dims: tuple[str, ...] | None = None
 
     def reference(self, x: torch.Tensor, grad: torch.Tensor | None, mode: str) -> torch.Tensor:
-        """float64 output (``fwd``, shaped like the op's output) or input gradient (``fwd+bwd``)."""
-        out = torch.cat([chunk for _, chunk in self.reference_chunks(x, grad, mode)])
-        return out.reshape(x.shape[:-1]) if mode == "fwd" and not self.elementwise else out.reshape(x.shape)
+        """float64 output (``fwd``, shaped like the op's output) or input gradient (``fwd+bwd``;
+        for an op with :attr:`leaves`, the flat joined gradient of the input and the leaves)."""
+        out = torch.cat([chunk.reshape(-1) for _, chunk in self.reference_chunks(x, grad, mode)])
+        if mode == "fwd":
+            return out.reshape(() if self.reduced else x.shape if self.elementwise else x.shape[:-1])
+        return out if self.leaves is not None else out.reshape(x.shape)
+
+    def compared_numel(self, x: torch.Tensor, mode: str) -> int:
+        """Elements of what the error is measured on: the output (``fwd``) or the gradient."""
+        if mode == "fwd":
+            return 1 if self.reduced else x.numel() if self.elementwise else x.numel() // max(x.shape[-1], 1)
+        return x.numel() + sum(t.numel() for t in (self.leaves(x) if self.leaves is not None else ()))
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        """Whether ``shape`` has the dimensions this op's shapes have (see :attr:`shape_dims`)."""
+        return self.shape_dims is None or len(shape) == len(self.shape_dims)
 
 
 OPS: dict[str, OpSpec] = {}

@@ -2,8 +2,9 @@
 provider, measure its error against float64 and its peak extra memory, and put the numbers
 next to a ``dst.copy_(src)`` of the input's size measured in the same run.
 
-``fwd+bwd`` clears the gradients (untimed) before each call; in-place providers get their
-input restored (untimed) before each call. ``compile`` is warmed up (compiled) before timing;
+``fwd+bwd`` clears the gradients (untimed) before each call (the input's and those of the op's
+other differentiable tensors, :attr:`OpSpec.leaves`); in-place providers get their input
+restored (untimed) before each call. ``compile`` is warmed up (compiled) before timing;
 the first call's time, compilation included, is reported separately as ``compile_s``.
 """
 
@@ -76,9 +77,18 @@ class _Progress:
             self._bar.close()
 
 
-def max_abs_err(value: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest ``|value - ref|`` in float64 (0 for empty tensors, NaN if any difference is NaN)."""
-    diff = (value.detach().to(torch.float64) - ref).abs()
+def joined(value: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """A tuple of gradients (the input's, then the leaves', as :func:`result_of_call` returns
+    them for an op with :attr:`OpSpec.leaves`) as one flat float64 tensor; a tensor as it is."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.cat([v.detach().reshape(-1).to(torch.float64) for v in value])
+
+
+def max_abs_err(value: torch.Tensor | Sequence[torch.Tensor], ref: torch.Tensor) -> float:
+    """Largest ``|value - ref|`` in float64 (0 for empty tensors, NaN if any difference is NaN);
+    a tuple of gradients is compared as :func:`joined` flattens it."""
+    diff = (joined(value).detach().to(torch.float64) - ref).abs()
     if diff.numel() == 0:
         return 0.0
     if torch.isnan(diff).any():
@@ -92,16 +102,17 @@ class _Reference:
 
     def __init__(self, spec: OpSpec, x: torch.Tensor, grad: torch.Tensor | None, mode: str):
         self.spec, self.x, self.grad, self.mode = spec, x, grad, mode
-        numel = x.numel() if mode != "fwd" or spec.elementwise else x.numel() // max(x.shape[-1], 1)
+        numel = spec.compared_numel(x, mode)
         self.full: torch.Tensor | None = None
         if numel * 8 <= 0.1 * free_bytes(x.device):
             self.full = spec.reference(x, grad, mode)
 
-    def max_abs_err(self, value: torch.Tensor) -> float:
+    def max_abs_err(self, value: torch.Tensor | Sequence[torch.Tensor]) -> float:
         if self.full is not None:
             return max_abs_err(value, self.full)
-        value = value.detach()
-        rows = value.reshape(-1) if self.mode == "fwd" else value.reshape(-1, value.shape[-1])
+        value = joined(value).detach()
+        flat = self.mode == "fwd" or self.spec.leaves is not None
+        rows = value.reshape(-1) if flat else value.reshape(-1, value.shape[-1])
         worst = 0.0
         for sl, chunk in self.spec.reference_chunks(self.x, self.grad, self.mode):
             err = max_abs_err(rows[sl], chunk)
@@ -112,16 +123,24 @@ class _Reference:
 
 
 def make_calls(
-    prov: Provider, mode: str, xs: Sequence[torch.Tensor], grad: torch.Tensor | None
+    prov: Provider,
+    mode: str,
+    xs: Sequence[torch.Tensor],
+    grad: torch.Tensor | None,
+    leaves: Sequence[torch.Tensor] = (),
 ) -> tuple[Callable[[int], None], Callable[[int], Any], list[torch.Tensor]]:
     """Build ``(prepare, call, inputs)`` for one provider and mode.
 
     ``call(i)`` runs the op on input copy ``i % len(xs)`` (``fwd``: returns the output;
     ``fwd+bwd``: forward then ``.backward(grad)``, the gradient lands in ``inputs[i].grad``);
     ``prepare(i)`` is the untimed part before each call (clears the gradients; restores the
-    input of an in-place provider).
+    input of an in-place provider). ``leaves`` (the op's other differentiable tensors,
+    :attr:`OpSpec.leaves`, shared by the input copies) require grad in ``fwd+bwd`` only, and
+    ``prepare`` clears their gradients too.
     """
     fn = prov.make()
+    for t in leaves:
+        t.requires_grad_(mode == "fwd+bwd")
     if mode == "fwd" and prov.inplace:
         originals = [x.detach() for x in xs]
         inputs = [x.clone() for x in originals]
@@ -147,7 +166,7 @@ def make_calls(
         inputs = [x.detach().requires_grad_(True) for x in xs]
 
         def prepare(i: int) -> None:
-            for t in inputs:
+            for t in (*inputs, *leaves):
                 t.grad = None
 
         def call(i: int):
@@ -158,10 +177,16 @@ def make_calls(
     return prepare, call, inputs
 
 
-def result_of_call(mode: str, call: Callable[[int], Any], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Run ``call(0)`` once and return what the error is measured on (output or input gradient)."""
+def result_of_call(
+    mode: str, call: Callable[[int], Any], inputs: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor] = ()
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Run ``call(0)`` once and return what the error is measured on: the output, or the input
+    gradient (with ``leaves``: the tuple of the input's and the leaves' gradients, nothing
+    allocated; :func:`max_abs_err` joins them)."""
     out = call(0)
-    return out if mode == "fwd" else inputs[0].grad
+    if mode == "fwd":
+        return out
+    return (inputs[0].grad, *(t.grad for t in leaves)) if leaves else inputs[0].grad
 
 
 def _measure_provider(
@@ -177,7 +202,8 @@ def _measure_provider(
 ) -> dict[str, Any]:
     """Time one provider on one case; returns the row's measured fields."""
     row: dict[str, Any] = {}
-    prepare, call, inputs = make_calls(prov, mode, xs, grad)
+    leaves = spec.leaves(xs[0]) if spec.leaves is not None else ()
+    prepare, call, inputs = make_calls(prov, mode, xs, grad, leaves)
 
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     warmup = st.warmup
@@ -194,7 +220,7 @@ def _measure_provider(
     # one untimed call for the error and the peak extra memory
     prepare(0)
     mem.start()
-    value = result_of_call(mode, call, inputs)
+    value = result_of_call(mode, call, inputs, leaves)
     row["peak_mem_mib"] = mem.stop()
     row["max_abs_err"] = ref.max_abs_err(value) if (ref is not None and prov.exact) else None
     del value
@@ -300,6 +326,13 @@ def run(
                 notes.append(f"{name}: requested providers not available here: {', '.join(sorted(missing))}")
             provs = [p for p in provs if p.name in want]
         shp = [parse_shape(s) for s in shapes] if shapes is not None else spec.default_shapes(device, quick)
+        skipped = [s for s in shp if not spec.accepts_shape(s)]
+        if skipped:
+            notes.append(
+                f"{name}: shape {', '.join(format_shape(s) for s in skipped)} skipped: its shapes are "
+                + " x ".join(spec.shape_dims or ())
+            )
+            shp = [s for s in shp if spec.accepts_shape(s)]
         dts = [parse_dtype(d) for d in dtypes] if dtypes is not None else spec.default_dtypes(device, quick)
         op_modes = [m for m in mode_list if m in spec.modes]
         if len(op_modes) < len(mode_list):

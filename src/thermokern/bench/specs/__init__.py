@@ -3,7 +3,9 @@
 
 Each module holds its op's eager baseline, providers, input and gradient makers, float64
 reference chunks, default shapes and dtypes, and the :func:`~thermokern.bench.register` call.
-``_rows`` has the helpers the row-reduction ops share.
+``_rows`` has the helpers the row-reduction ops share; ``linear`` registers the three
+language-model heads (``linear_cross_entropy``, ``linear_entropy_regularized_cross_entropy``,
+``linear_token_logprobs``); ``ais`` times annealed importance sampling against eager loops.
 """
 
 from . import (  # noqa: F401, I001  (registration order = run order, not alphabetical)
@@ -11,6 +13,8 @@ from . import (  # noqa: F401, I001  (registration order = run order, not alphab
     cross_entropy,
     logsumexp,
     thermo_stats,
+    linear,
     langevin_step,
     langevin_sample,
+    ais,
 )
