@@ -191,3 +191,28 @@ def test_modules():
     assert_close(logp, rl.detach(), torch.float32)
     assert_close(ent, re.detach(), torch.float32)
     assert "vocab=50" in repr(head)
+
+
+def test_gradients_are_handed_over_not_copied(monkeypatch):
+    """The weight and hidden gradients computed in the forward become ``.grad`` as they are
+    (autograd copies a gradient that something else still references: a whole (V, D) fp32
+    buffer); and a second backward through the graph is refused, not silently zero."""
+    from thermokern.ops import linear as lin
+
+    seen = {}
+    scaled = lin.HeadGrads.scaled
+
+    def spy(self, *args):
+        out = scaled(self, *args)
+        seen.update(hidden=out[0].data_ptr(), weight=out[1].data_ptr())
+        return out
+
+    monkeypatch.setattr(lin.HeadGrads, "scaled", spy)
+    hidden = torch.randn(6, 4, requires_grad=True)
+    weight = torch.randn(9, 4, requires_grad=True)
+    target = torch.randint(0, 9, (6,))
+    loss = thermokern.linear_cross_entropy(hidden, weight, target)
+    loss.backward(retain_graph=True)
+    assert weight.grad.data_ptr() == seen["weight"] and hidden.grad.data_ptr() == seen["hidden"]
+    with pytest.raises(RuntimeError, match="backward through this graph a second time"):
+        loss.backward()

@@ -96,6 +96,7 @@ class HeadGrads:
 
     def __init__(self, hidden, weight, bias, needs, per_row_t: bool):
         acc = acc_dtype(weight.dtype)
+        self.used = False
         self.hidden = torch.empty_like(hidden) if needs[0] else None
         self.weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
         self.bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if needs[2] else None
@@ -119,6 +120,14 @@ class HeadGrads:
         """The gradients times the upstream scalar ``g`` (None: 1), in place (the buffers are
         this object's and are used once), in the parameters' dtypes."""
 
+        if self.used:
+            raise RuntimeError(
+                "linear head: backward through this graph a second time is not supported (its "
+                "gradients were computed once, in the forward); recompute the loss instead of "
+                "retain_graph=True"
+            )
+        self.used = True
+
         def s(t, dtype=None):
             if t is None:
                 return None
@@ -126,7 +135,11 @@ class HeadGrads:
                 t.mul_(g.to(t.dtype))
             return t if dtype is None else t.to(dtype)
 
-        return s(self.hidden), s(self.weight, weight_dtype), s(self.bias, bias_dtype), s(self.temperature)
+        out = s(self.hidden), s(self.weight, weight_dtype), s(self.bias, bias_dtype), s(self.temperature)
+        # Hold no reference to what is returned: autograd hands a gradient that nothing else
+        # references over to ``.grad`` as it is, but copies one that something still holds.
+        self.hidden = self.weight = self.bias = self.temperature = None
+        return out
 
 
 class _LinearHead(torch.autograd.Function):
