@@ -135,10 +135,13 @@ class _Annealer:
         """E_beta = E0 + beta (E / T - E0) at x and its gradient, from ``parts(x)``."""
         e, e0, g = parts[:3]
         g0 = parts[3] if len(parts) == 4 else x
-        ec = torch.lerp(e0, e * self.inv_t, self.beta)
-        acc = self.beta.dtype
-        gc = torch.lerp(g0.to(acc), g.to(acc) * self.inv_t, self.beta).to(x.dtype)
-        return ec, gc
+        if self.inv_t != 1.0:
+            e, g = e * self.inv_t, g * self.inv_t
+        ec = torch.lerp(e0, e, self.beta)
+        if g.dtype == self.beta.dtype:
+            return ec, torch.lerp(g0, g, self.beta)
+        acc = self.beta.dtype  # (16-bit x: mix in float32)
+        return ec, torch.lerp(g0.to(acc), g.to(acc), self.beta).to(x.dtype)
 
     def step(self, eta: float) -> dict[str, torch.Tensor]:
         x = self.x
@@ -162,7 +165,7 @@ class _Annealer:
             x.copy_(x_new)
             keep = accepted.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
             for cur, new in zip(self.cache, prop):
-                cur.copy_(torch.where(accepted if cur.dim() == 1 else keep, new, cur))
+                torch.where(accepted if cur.dim() == 1 else keep, new, cur, out=cur)
         return {"acceptance_rate": accepted.to(e.dtype).mean()}
 
     def state(self) -> list[torch.Tensor]:
