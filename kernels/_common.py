@@ -1,4 +1,5 @@
-"""Pieces shared by the Triton kernels of kernels/softmax_entropy.py and kernels/cross_entropy.py.
+"""Pieces shared by the Triton row kernels of kernels/softmax_entropy.py, kernels/cross_entropy.py
+and kernels/token_logprobs.py (and a few launcher helpers every kernel module uses).
 
 One program per row; each program walks its row in blocks of BLOCK_C columns keeping scalar
 online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 1/T:
@@ -6,9 +7,11 @@ online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 
     log p = k(x - m) - log d.
 k comes from a 1-D accumulation-dtype tensor of 1 element (one 1/T for every row) or N (one
 per row): the kernels read ``inv_t_ptr + row * INV_T_STRIDE`` with INV_T_STRIDE 0 or 1.
-Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The launchers go
-through ``torch.library.wrap_triton`` (by way of :func:`_wrap_triton`) so that ``torch.compile``
-can trace them when they run inside a ``triton_op``.
+Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The row kernels take
+their tensors, then (C, row_stride, inv_t_ptr), then their scalars, then INV_T_STRIDE, ACC and
+BLOCK_C; :class:`_RowLaunch` launches them so. The launchers go through
+``torch.library.wrap_triton`` (by way of :func:`_wrap_triton`) so that ``torch.compile`` can
+trace them when they run inside a ``triton_op``.
 
 The ``@triton.jit`` helpers here are inlined into the kernels that call them.
 """
@@ -60,9 +63,11 @@ _fix_interpreter_index()
 
 
 @triton.jit
-def _load_inv_t(inv_t_ptr, row, INV_T_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """1/T of ``row`` (INV_T_STRIDE 0: one 1/T for every row; 1: one per row)."""
-    return tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
+def _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """(row, x_row, inv_t) of this program's row: its index (int64), its first element and its
+    1/T (INV_T_STRIDE 0: one 1/T for every row; 1: one per row)."""
+    row = tl.program_id(0).to(tl.int64)
+    return row, x_ptr + row * row_stride, tl.load(inv_t_ptr + row * INV_T_STRIDE).to(ACC)
 
 
 @triton.jit
@@ -103,6 +108,20 @@ def _row_stats(
 
 
 @triton.jit
+def _store_row_stats(row, entropy_ptr, shift_ptr, log_norm_ptr, entropy, shift, log_norm):
+    """Write the statistics a forward saves for its backward, (entropy, shift, log_norm) of ``row``."""
+    tl.store(shift_ptr + row, shift)
+    tl.store(log_norm_ptr + row, log_norm)
+    tl.store(entropy_ptr + row, entropy)
+
+
+@triton.jit
+def _load_shift_norm(row, shift_ptr, log_norm_ptr, ACC: tl.constexpr):
+    """(shift, log_norm) the forward saved for ``row``: with 1/T, all :func:`_log_p` needs."""
+    return tl.load(shift_ptr + row).to(ACC), tl.load(log_norm_ptr + row).to(ACC)
+
+
+@triton.jit
 def _log_p(x, shift, log_norm, inv_t):
     """log p = k(x - m) - log d from the statistics the forward saved."""
     return (x - shift) * inv_t - log_norm
@@ -121,6 +140,13 @@ def _target(x_row, target_ptr, row, C, ACC: tl.constexpr):
     in_range = (tgt >= 0) & (tgt < C)
     x_y = tl.load(x_row + tl.where(in_range, tgt, 0), mask=in_range, other=0.0).to(ACC)
     return tgt, in_range, x_y
+
+
+@triton.jit
+def _per_target(value, tgt, in_range, ignore_index, ACC: tl.constexpr):
+    """A per-row output of a row op with one target: ``value``, 0 on a row whose target is
+    ignore_index, NaN for any other out-of-range target (whose logit was not read)."""
+    return tl.where(tgt == ignore_index, 0.0, tl.where(in_range, value, float("nan"))).to(ACC)
 
 
 @triton.jit
@@ -251,14 +277,48 @@ def _inv_t_arg(inv_t: torch.Tensor, n: int, acc_t: torch.dtype) -> tuple[torch.T
     return inv_t.contiguous(), 1
 
 
-def _launch_args(logits: torch.Tensor, inv_t: torch.Tensor):
-    """(N, C, accumulation torch dtype, inv_t as the kernels read it, kernel meta-parameters).
+class _RowLaunch:
+    """The launch of a row kernel over (N, C) ``logits`` (unit stride along C) and 1/T ``inv_t``
+    (see :func:`_inv_t_arg`): one program per row, with the row kernels' argument convention,
+    their tensors, then (C, row stride, inv_t), then their scalars, then the meta-parameters
+    INV_T_STRIDE, ACC, BLOCK_C (and num_warps).
 
-    The meta-parameters (INV_T_STRIDE, ACC, BLOCK_C, num_warps) go to the launch as keywords.
+    ``target``: the (N,) class indices of a row op with one target per row, checked and held as
+    ``target`` in the int64 the kernels read.
     """
-    N, C = logits.shape
-    acc_t, acc_tl = _acc(logits.dtype)
-    inv_t, inv_t_stride = _inv_t_arg(inv_t, N, acc_t)
-    block, warps = _block_and_warps(C)
-    meta = {"INV_T_STRIDE": inv_t_stride, "ACC": acc_tl, "BLOCK_C": block, "num_warps": warps}
-    return N, C, acc_t, inv_t, meta
+
+    def __init__(self, logits: torch.Tensor, inv_t: torch.Tensor, target: torch.Tensor | None = None):
+        self.logits = logits
+        self.N, self.C = logits.shape
+        self.acc_t, acc_tl = _acc(logits.dtype)
+        self.inv_t, inv_t_stride = _inv_t_arg(inv_t, self.N, self.acc_t)
+        self.target = None if target is None else _check_target(target, self.N)
+        block, warps = _block_and_warps(self.C)
+        self.meta = {"INV_T_STRIDE": inv_t_stride, "ACC": acc_tl, "BLOCK_C": block, "num_warps": warps}
+
+    def row_outputs(self, count: int) -> tuple[torch.Tensor, ...]:
+        """``count`` new per-row outputs, (N,) in the accumulation dtype."""
+        return tuple(_empty(self.N, self.acc_t, self.logits.device) for _ in range(count))
+
+    def grad_output(self) -> torch.Tensor:
+        """A new gradient of the logits, (N, C), contiguous, in their dtype."""
+        return _empty((self.N, self.C), self.logits.dtype, self.logits.device)
+
+    def upstream(self, grad: torch.Tensor) -> torch.Tensor:
+        """An (N,) upstream gradient as the backward kernels read it: contiguous, in the
+        accumulation dtype."""
+        return grad.to(self.acc_t).contiguous()
+
+    @staticmethod
+    def saved(entropy: torch.Tensor, shift: torch.Tensor, log_norm: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The (entropy, shift, log_norm) a forward returned, as the backward kernels read them."""
+        return entropy.contiguous(), shift.contiguous(), log_norm.contiguous()
+
+    def __call__(self, kernel, tensors: tuple, scalars: tuple = (), **flags) -> None:
+        """``kernel(*tensors, C, row stride, inv_t, *scalars, **flags, **meta)`` over the rows
+        (no launch when there are none)."""
+        if self.N == 0:
+            return
+        _wrap_triton(kernel)[(self.N,)](
+            *tensors, self.C, self.logits.stride(0), self.inv_t, *scalars, **flags, **self.meta
+        )

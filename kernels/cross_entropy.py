@@ -28,14 +28,14 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    _check_target,
-    _empty,
-    _launch_args,
-    _load_inv_t,
+    _load_shift_norm,
+    _per_target,
+    _row_start,
     _row_stats,
+    _RowLaunch,
     _store_row_grad,
+    _store_row_stats,
     _target,
-    _wrap_triton,
     launcher,
 )
 
@@ -62,11 +62,8 @@ def _cross_entropy_fwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * row_stride
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     tgt, in_range, x_y = _target(x_row, target_ptr, row, C, ACC)  # out of range: loss NaN below
-    ignored = tgt == ignore_index
     # Reference the smoothing sum is taken against: x_y when finite (differences near the
     # target are exact), else 0 so that an infinite x_y never meets itself (inf - inf).
     ref = tl.where(tl.abs(x_y) < float("inf"), x_y, 0.0).to(ACC)
@@ -83,11 +80,8 @@ def _cross_entropy_fwd_kernel(
     if HAS_Z_LOSS:
         lse = m * inv_t + log_d
         loss += tl.load(zw_ptr).to(ACC) * lse * lse
-    loss = tl.where(ignored, 0.0, tl.where(in_range, loss, float("nan"))).to(ACC)
-    tl.store(loss_ptr + row, loss)
-    tl.store(shift_ptr + row, m)
-    tl.store(log_norm_ptr + row, log_d)
-    tl.store(entropy_ptr + row, h)
+    tl.store(loss_ptr + row, _per_target(loss, tgt, in_range, ignore_index, ACC))
+    _store_row_stats(row, entropy_ptr, shift_ptr, log_norm_ptr, h, m, log_d)
 
 
 @triton.jit
@@ -113,12 +107,9 @@ def _cross_entropy_bwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * row_stride
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     tgt = tl.load(target_ptr + row).to(tl.int64)
-    mx = tl.load(shift_ptr + row).to(ACC)
-    ln = tl.load(log_norm_ptr + row).to(ACC)
+    mx, ln = _load_shift_norm(row, shift_ptr, log_norm_ptr, ACC)
     # p_j is weighted by w_j = 1 + beta (log p_j + H) + 2 zw lse = w0 + beta log p_j.
     w0 = tl.full((), 1.0, ACC)
     beta = tl.zeros((), ACC)
@@ -146,12 +137,13 @@ def _acc_scalar(value: float, acc_t: torch.dtype, device: torch.device) -> torch
     return torch.full((1,), value, dtype=acc_t, device=device)
 
 
-def _weights(inv_t, acc_t, device, entropy_weight, label_smoothing, z_loss_weight):
+def _weights(rows: _RowLaunch, entropy_weight, label_smoothing, z_loss_weight):
     """(beta, eps, zw) kernel arguments and HAS_* flags; a zero weight is never read, so its
     argument is any tensor of the right dtype (inv_t)."""
     beta, eps, zw = float(entropy_weight), float(label_smoothing), float(z_loss_weight)
     flags = {"HAS_SMOOTHING": eps != 0.0, "HAS_ENTROPY": beta != 0.0, "HAS_Z_LOSS": zw != 0.0}
-    args = tuple(_acc_scalar(v, acc_t, device) if v != 0.0 else inv_t for v in (beta, eps, zw))
+    device = rows.logits.device
+    args = tuple(_acc_scalar(v, rows.acc_t, device) if v != 0.0 else rows.inv_t for v in (beta, eps, zw))
     return args, flags
 
 
@@ -171,32 +163,11 @@ def cross_entropy_fwd(
     accumulation dtype (float64 for float64 logits, else float32), on the logits' device, 1
     element (the same 1/T for every row) or N (one per row).
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    target = _check_target(target, N)
-    loss, entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(4))
-    if N == 0:
-        return loss, entropy, shift, log_norm
-    (beta, eps, zw), flags = _weights(
-        inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
-    )
-    _wrap_triton(_cross_entropy_fwd_kernel)[(N,)](
-        logits,
-        target,
-        loss,
-        entropy,
-        shift,
-        log_norm,
-        C,
-        logits.stride(0),
-        inv_t,
-        beta,
-        eps,
-        zw,
-        int(ignore_index),
-        **flags,
-        **meta,
-    )
-    return loss, entropy, shift, log_norm
+    rows = _RowLaunch(logits, inv_t, target)
+    outputs = rows.row_outputs(4)  # loss, entropy, shift, log_norm
+    weights, flags = _weights(rows, entropy_weight, label_smoothing, z_loss_weight)
+    rows(_cross_entropy_fwd_kernel, (logits, rows.target, *outputs), (*weights, int(ignore_index)), **flags)
+    return outputs
 
 
 @launcher
@@ -218,30 +189,10 @@ def cross_entropy_bwd(
     ``grad``: (N,) upstream gradient of the per-row loss; the other arguments as given to /
     returned by :func:`cross_entropy_fwd`.
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    target = _check_target(target, N)
-    grad_x = _empty((N, C), logits.dtype, logits.device)
-    if N == 0:
-        return grad_x
-    (beta, eps, zw), flags = _weights(
-        inv_t, acc_t, logits.device, entropy_weight, label_smoothing, z_loss_weight
-    )
-    _wrap_triton(_cross_entropy_bwd_kernel)[(N,)](
-        grad.to(acc_t).contiguous(),
-        logits,
-        target,
-        entropy.contiguous(),
-        shift.contiguous(),
-        log_norm.contiguous(),
-        grad_x,
-        C,
-        logits.stride(0),
-        inv_t,
-        beta,
-        eps,
-        zw,
-        int(ignore_index),
-        **flags,
-        **meta,
-    )
+    rows = _RowLaunch(logits, inv_t, target)
+    grad_x = rows.grad_output()
+    weights, flags = _weights(rows, entropy_weight, label_smoothing, z_loss_weight)
+    saved = rows.saved(entropy, shift, log_norm)
+    tensors = (rows.upstream(grad), logits, rows.target, *saved, grad_x)
+    rows(_cross_entropy_bwd_kernel, tensors, (*weights, int(ignore_index)), **flags)
     return grad_x

@@ -127,14 +127,37 @@ def _as_block(n0, n1, n2, n3):
 
 
 @triton.jit
+def _counters(first, BLOCK_C: tl.constexpr):
+    """(c, offs): the BLOCK_C counters c = first, first + 1, ... (int64) and the (BLOCK_C, 4)
+    offsets 4c + j of the elements they own (element 4c + j takes word j of counter c)."""
+    c = first + tl.arange(0, BLOCK_C)
+    return c, c[:, None] * 4 + tl.arange(0, 4)[None, :]
+
+
+@triton.jit
+def _noise(seed_ptr, offset_ptr, ctr, ACC: tl.constexpr):
+    """The (BLOCK_C, 4) standard normals of Philox counters offset + ctr under key seed, in
+    element order (row i: the four normals of counter offset + ctr[i]; see :func:`_counters`)."""
+    n0, n1, n2, n3 = _normal4(tl.load(seed_ptr), tl.load(offset_ptr) + ctr, ACC)
+    return _as_block(n0, n1, n2, n3)
+
+
+@triton.jit
 def _param(bits, ACC: tl.constexpr):
     """A double passed as its int64 bit pattern, rounded to ACC."""
     return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True).to(ACC)
 
 
 @triton.jit
-def _value(x, g, noise, neg_step, sigma, clip, HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr):
-    """v = x - eta clip(g) + sigma n before the clamp (NaN propagates through the clip)."""
+def _value(
+    x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip,
+    HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """v = x - eta clip(g) + sigma n before the clamp, n the noise of counters c (NaN propagates
+    through the clip)."""
+    noise = x  # unused without HAS_NOISE
+    if HAS_NOISE:
+        noise = _noise(seed_ptr, offset_ptr, c, ACC)
     if HAS_CLIP:
         g = tl.where(g < -clip, -clip, tl.where(g > clip, clip, g))
     v = x + neg_step * g
@@ -163,26 +186,12 @@ def _langevin_step_fwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # counters (4 elements each) per program
 ):
-    c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = c[:, None] * 4 + tl.arange(0, 4)[None, :]
+    c, offs = _counters(tl.program_id(0).to(tl.int64) * BLOCK_C, BLOCK_C)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC)
-    noise = x
-    if HAS_NOISE:
-        seed = tl.load(seed_ptr)
-        n0, n1, n2, n3 = _normal4(seed, tl.load(offset_ptr) + c, ACC)
-        noise = _as_block(n0, n1, n2, n3)
-    v = _value(
-        x,
-        g,
-        noise,
-        -_param(step_bits, ACC),
-        _param(sigma_bits, ACC),
-        _param(clip_bits, ACC),
-        HAS_NOISE,
-        HAS_CLIP,
-    )
+    neg_step, sigma, clip = -_param(step_bits, ACC), _param(sigma_bits, ACC), _param(clip_bits, ACC)
+    v = _value(x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip, HAS_NOISE, HAS_CLIP, ACC)
     if HAS_LO:
         lo = _param(lo_bits, ACC)
         v = tl.where(v < lo, lo, v)
@@ -214,8 +223,7 @@ def _langevin_step_bwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     BLOCK_C: tl.constexpr,  # counters per program
 ):
-    c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = c[:, None] * 4 + tl.arange(0, 4)[None, :]
+    c, offs = _counters(tl.program_id(0).to(tl.int64) * BLOCK_C, BLOCK_C)
     mask = offs < n
     go = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(ACC)
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -224,12 +232,8 @@ def _langevin_step_bwd_kernel(
     keep = mask
     if HAS_LO or HAS_HI:  # recompute v to see where the clamp was inactive
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-        noise = x
-        if HAS_NOISE:
-            seed = tl.load(seed_ptr)
-            n0, n1, n2, n3 = _normal4(seed, tl.load(offset_ptr) + c, ACC)
-            noise = _as_block(n0, n1, n2, n3)
-        v = _value(x, g, noise, neg_step, _param(sigma_bits, ACC), clip, HAS_NOISE, HAS_CLIP)
+        sigma = _param(sigma_bits, ACC)
+        v = _value(x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip, HAS_NOISE, HAS_CLIP, ACC)
         # (a NaN v fails every comparison: no gradient, as in torch.clamp's backward)
         if HAS_LO:
             keep = keep & (v > _param(lo_bits, ACC))
@@ -251,10 +255,9 @@ def _philox_words_kernel(
     n_ctr,  # number of counters
     BLOCK_C: tl.constexpr,  # counters per program
 ):
-    c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c, offs = _counters(tl.program_id(0).to(tl.int64) * BLOCK_C, BLOCK_C)
     w0, w1, w2, w3 = tl.randint4x(tl.load(seed_ptr), tl.load(offset_ptr) + c)
     words = _as_block(w0, w1, w2, w3).to(tl.int32, bitcast=True)
-    offs = c[:, None] * 4 + tl.arange(0, 4)[None, :]
     tl.store(out_ptr + offs, words, mask=offs < 4 * n_ctr)
 
 
@@ -270,33 +273,34 @@ def _block_c() -> tuple[int, int]:
     return (4096, 4) if _interpreting() else (256, 4)
 
 
-def _meta(dtype, noise_std, grad_clip, lo, hi) -> dict:
+def _launch(kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi) -> None:
+    """Launch a step kernel over the elements of ``x`` with the step kernels' argument
+    convention: ``kernel(*tensors, seed, offset, n, <the five parameters as float64 bits>,
+    HAS_NOISE, HAS_CLIP, HAS_LO, HAS_HI, ACC, BLOCK_C)``, one program per BLOCK_C counters."""
+    n = x.numel()
+    if n == 0:
+        return
     block_c, warps = _block_c()
-    return {
-        "HAS_NOISE": noise_std != 0.0,
-        "HAS_CLIP": grad_clip is not None,
-        "HAS_LO": lo is not None,
-        "HAS_HI": hi is not None,
-        "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
-        "BLOCK_C": block_c,
-        "num_warps": warps,
-    }
-
-
-def _params(step_size, noise_std, grad_clip, lo, hi) -> tuple[int, ...]:
-    return tuple(_f64_bits(v) for v in (step_size, noise_std, grad_clip, lo, hi))
+    _wrap_triton(kernel)[(triton.cdiv((n + 3) // 4, block_c),)](
+        *tensors,
+        seed,
+        offset,
+        n,
+        *[_f64_bits(v) for v in (step_size, noise_std, grad_clip, lo, hi)],
+        HAS_NOISE=noise_std != 0.0,
+        HAS_CLIP=grad_clip is not None,
+        HAS_LO=lo is not None,
+        HAS_HI=hi is not None,
+        ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
 
 
 def _launch_fwd(x, grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi) -> None:
     """Write the step of contiguous ``x`` into contiguous ``out`` (may be ``x``)."""
-    n = x.numel()
-    if n == 0:
-        return
-    meta = _meta(x.dtype, noise_std, grad_clip, lo, hi)
-    grid = (triton.cdiv((n + 3) // 4, meta["BLOCK_C"]),)
-    _wrap_triton(_langevin_step_fwd_kernel)[grid](
-        x, grad.contiguous(), out, seed, offset, n, *_params(step_size, noise_std, grad_clip, lo, hi), **meta
-    )
+    tensors = (x, grad.contiguous(), out)
+    _launch(_langevin_step_fwd_kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi)
 
 
 @launcher
@@ -357,24 +361,8 @@ def langevin_step_bwd(
     """(grad_x, grad_grad) of langevin_step, contiguous, x's dtype (see the schema's note)."""
     grad_x = _empty(x.shape, x.dtype, x.device)
     grad_grad = _empty(x.shape, x.dtype, x.device)
-    n = x.numel()
-    if n == 0:
-        return grad_x, grad_grad
-    n_ctr = (n + 3) // 4
-    meta = _meta(x.dtype, noise_std, grad_clip, lo, hi)
-    grid = (triton.cdiv(n_ctr, meta["BLOCK_C"]),)
-    _wrap_triton(_langevin_step_bwd_kernel)[grid](
-        grad_out.to(x.dtype).contiguous(),
-        x.contiguous(),
-        grad.contiguous(),
-        grad_x,
-        grad_grad,
-        seed,
-        offset,
-        n,
-        *_params(step_size, noise_std, grad_clip, lo, hi),
-        **meta,
-    )
+    tensors = (grad_out.to(x.dtype).contiguous(), x.contiguous(), grad.contiguous(), grad_x, grad_grad)
+    _launch(_langevin_step_bwd_kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi)
     return grad_x, grad_grad
 
 

@@ -146,6 +146,43 @@ def _finish(m, d, s1, s2, flag, winf):
 
 
 @triton.jit
+def _store_stats(
+    shift_ptr, sum_ptr, m1_ptr, m2_ptr, j0, lanes, ok, m, d, s1, s2, flag, winf, MOMENTS: tl.constexpr
+):  # fmt: skip
+    """Write the (shift, sum, m1, m2) of outputs j0 + lanes where ``ok`` from their online
+    statistics (see :func:`_finish`); m1 and m2 only with MOMENTS. A single output: lanes 0, ok
+    True. (The scalar int64 j0 is added to the pointers first: the lanes stay int32.)"""
+    shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
+    tl.store(shift_ptr + j0 + lanes, shift, mask=ok)
+    tl.store(sum_ptr + j0 + lanes, total, mask=ok)
+    if MOMENTS:
+        tl.store(m1_ptr + j0 + lanes, m1, mask=ok)
+        tl.store(m2_ptr + j0 + lanes, m2, mask=ok)
+
+
+@triton.jit
+def _output_consts(
+    scale_ptr, shift_ptr, log_norm_ptr, coef_ptr, j, ok,
+    SCALE_STRIDE: tl.constexpr, NEGATE: tl.constexpr, NCOEF: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """What the backward needs of outputs j where ``ok`` (True for a single output), in ACC:
+    (k, k_x, shift, log_norm, c0, c1, c2), k_x = -k when NEGATE (the factor of grad_x), the
+    forward's shift and log_norm, the NCOEF coefficients (c1, c2 are c0 beyond NCOEF, unused)."""
+    k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=ok, other=1.0).to(ACC)
+    k_x = -k if NEGATE else k
+    shift = tl.load(shift_ptr + j, mask=ok, other=0.0).to(ACC)
+    log_norm = tl.load(log_norm_ptr + j, mask=ok, other=0.0).to(ACC)
+    c0 = tl.load(coef_ptr + j * NCOEF, mask=ok, other=0.0).to(ACC)
+    c1 = c0
+    c2 = c0
+    if NCOEF >= 2:
+        c1 = tl.load(coef_ptr + j * NCOEF + 1, mask=ok, other=0.0).to(ACC)
+    if NCOEF >= 3:
+        c2 = tl.load(coef_ptr + j * NCOEF + 2, mask=ok, other=0.0).to(ACC)
+    return k, k_x, shift, log_norm, c0, c1, c2
+
+
+@triton.jit
 def _grads(
     x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF: tl.constexpr, HAS_WEIGHT: tl.constexpr
 ):
@@ -166,7 +203,38 @@ def _grads(
     return gx, tl.where(keep, g, 0.0)
 
 
-# ----------------------------------------------------------------------------- forward kernels
+# ----------------------------------------------------------------------------- layouts
+
+
+@triton.jit
+def _row_offsets(r0, R, base, w_base, m_base, W_S1, M_S1, BLOCK_R: tl.constexpr):
+    """(valid, offs, w_offs, m_offs) of the block of elements r0 .. r0 + BLOCK_R - 1 of a row
+    (rows layout): in bounds, and their int64 offsets in x, the weight and the mask from the
+    row's first element of each (base, w_base, m_base)."""
+    rr = tl.arange(0, BLOCK_R)
+    r = (r0 + rr).to(tl.int64)
+    return r0 + rr < R, base + r, w_base + r * W_S1, m_base + r * M_S1
+
+
+@triton.jit
+def _column_block(I, BLOCK_I: tl.constexpr):
+    """(o, i0, ci, col_ok) of this program of a column kernel (grid axis 0: o * cdiv(I, BLOCK_I)
+    + block): its outer index o, its first column i0 (int64), the column lanes ci and which of
+    i0 + ci exist."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_ib = tl.cdiv(I, BLOCK_I)
+    o = pid // n_ib
+    i0 = (pid % n_ib) * BLOCK_I
+    ci = tl.arange(0, BLOCK_I)
+    return o, i0, ci, i0 + ci < I
+
+
+@triton.jit
+def _tile_steps(I, W_S1, M_S1, BLOCK_R: tl.constexpr):
+    """int64 scalar advances of the x, weight and mask offsets from one block of BLOCK_R rows to
+    the next."""
+    rows = tl.full((), BLOCK_R, tl.int64)
+    return rows * I, rows * W_S1, rows * M_S1
 
 
 @triton.jit
@@ -179,6 +247,9 @@ def _tile_offsets(
     rr = tl.arange(0, BLOCK_R)[:, None].to(TILE_IDX)
     ci = tl.arange(0, BLOCK_I)[None, :].to(TILE_IDX)
     return rr * I + ci, rr * W_S1 + ci * W_S2, rr * M_S1 + ci * M_S2
+
+
+# ----------------------------------------------------------------------------- forward kernels
 
 
 @triton.jit
@@ -209,36 +280,26 @@ def _partition_fwd_rows_kernel(
     w_base = row * W_S0
     m_base = row * M_S0
     k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
-    rr = tl.arange(0, BLOCK_R)
     m = tl.full((), float("-inf"), ACC)
     d = tl.zeros((), ACC)
     s1 = tl.zeros((), ACC)
     s2 = tl.zeros((), ACC)
     flag = tl.zeros((), tl.int32)
     for r0 in range(0, R, BLOCK_R):
-        valid = r0 + rr < R
-        r = (r0 + rr).to(tl.int64)
+        valid, offs, w_offs, m_offs = _row_offsets(r0, R, base, w_base, m_base, W_S1, M_S1, BLOCK_R)
         x, w, _, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, base + r, w_base + r * W_S1, m_base + r * M_S1, valid,
-            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
-        )  # fmt: skip
+            x_ptr, w_ptr, mask_ptr, offs, w_offs, m_offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
         m, d, s1, s2, flag = _online_update(m, d, s1, s2, flag, x, w, inc, k, HAS_WEIGHT, MOMENTS, ACC)
     winf = tl.zeros((), ACC)
     if flag == 1:  # rare: an included +inf and no NaN; sum the weights of the +inf elements
         for r0 in range(0, R, BLOCK_R):
-            valid = r0 + rr < R
-            r = (r0 + rr).to(tl.int64)
+            valid, offs, w_offs, m_offs = _row_offsets(r0, R, base, w_base, m_base, W_S1, M_S1, BLOCK_R)
             x, w, _, inc = _load_elements(
-                x_ptr, w_ptr, mask_ptr, base + r, w_base + r * W_S1, m_base + r * M_S1, valid,
-                NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
-            )  # fmt: skip
+                x_ptr, w_ptr, mask_ptr, offs, w_offs, m_offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+            )
             winf += tl.sum(_inf_weight(x, w, inc, HAS_WEIGHT), axis=0)
-    shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
-    tl.store(shift_ptr + row, shift)
-    tl.store(sum_ptr + row, total)
-    if MOMENTS:
-        tl.store(m1_ptr + row, m1)
-        tl.store(m2_ptr + row, m2)
+    _store_stats(shift_ptr, sum_ptr, m1_ptr, m2_ptr, row, 0, True, m, d, s1, s2, flag, winf, MOMENTS)
 
 
 @triton.jit
@@ -269,12 +330,7 @@ def _partition_fwd_cols_kernel(
     BLOCK_I: tl.constexpr,
     TILE_IDX: tl.constexpr,  # int32, or int64 when a tile spans 2^31 elements (_tile_idx)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n_ib = tl.cdiv(I, BLOCK_I)
-    o = pid // n_ib
-    i0 = (pid % n_ib) * BLOCK_I  # first column of this program (int64)
-    ci = tl.arange(0, BLOCK_I)
-    col_ok = i0 + ci < I
+    o, i0, ci, col_ok = _column_block(I, BLOCK_I)
     j0 = o * I + i0  # first output of this program
     k = tl.load(scale_ptr + (j0 + ci) * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
     tile, w_tile, m_tile = _tile_offsets(I, W_S1, W_S2, M_S1, M_S2, TILE_IDX, BLOCK_R, BLOCK_I)
@@ -285,9 +341,7 @@ def _partition_fwd_cols_kernel(
     s2 = tl.zeros((BLOCK_I,), ACC)
     flag = tl.zeros((BLOCK_I,), tl.int32)
     # Scalar int64 bases of the current block of rows; in-tile offsets stay int32.
-    step = tl.full((), BLOCK_R, tl.int64) * I
-    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
-    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
+    step, w_step, m_step = _tile_steps(I, W_S1, M_S1, BLOCK_R)
     x_blk = x_ptr + (o * R * I + i0)
     w_blk = w_ptr + (o * W_S0 + i0 * W_S2)
     m_blk = mask_ptr + (o * M_S0 + i0 * M_S2)
@@ -314,12 +368,7 @@ def _partition_fwd_cols_kernel(
             x_blk += step
             w_blk += w_step
             m_blk += m_step
-    shift, total, m1, m2 = _finish(m, d, s1, s2, flag, winf)
-    tl.store(shift_ptr + j0 + ci, shift, mask=col_ok)
-    tl.store(sum_ptr + j0 + ci, total, mask=col_ok)
-    if MOMENTS:
-        tl.store(m1_ptr + j0 + ci, m1, mask=col_ok)
-        tl.store(m2_ptr + j0 + ci, m2, mask=col_ok)
+    _store_stats(shift_ptr, sum_ptr, m1_ptr, m2_ptr, j0, ci, col_ok, m, d, s1, s2, flag, winf, MOMENTS)
 
 
 # ----------------------------------------------------------------------------- backward kernels
@@ -357,27 +406,15 @@ def _partition_bwd_rows_kernel(
     base = row * R
     w_base = row * W_S0
     m_base = row * M_S0
-    k = tl.load(scale_ptr + row * SCALE_STRIDE).to(ACC)
-    k_x = -k if NEGATE else k
-    shift = tl.load(shift_ptr + row).to(ACC)
-    log_norm = tl.load(log_norm_ptr + row).to(ACC)
-    c0 = tl.load(coef_ptr + row * NCOEF).to(ACC)
-    c1 = c0
-    c2 = c0
-    if NCOEF >= 2:
-        c1 = tl.load(coef_ptr + row * NCOEF + 1).to(ACC)
-    if NCOEF >= 3:
-        c2 = tl.load(coef_ptr + row * NCOEF + 2).to(ACC)
-    rr = tl.arange(0, BLOCK_R)
+    k, k_x, shift, log_norm, c0, c1, c2 = _output_consts(
+        scale_ptr, shift_ptr, log_norm_ptr, coef_ptr, row, True, SCALE_STRIDE, NEGATE, NCOEF, ACC
+    )
     out_t = gx_ptr.dtype.element_ty
     for r0 in range(r_start, r_end, BLOCK_R):
-        valid = r0 + rr < R
-        r = (r0 + rr).to(tl.int64)
-        offs = base + r
+        valid, offs, w_offs, m_offs = _row_offsets(r0, R, base, w_base, m_base, W_S1, M_S1, BLOCK_R)
         x, w, keep, inc = _load_elements(
-            x_ptr, w_ptr, mask_ptr, offs, w_base + r * W_S1, m_base + r * M_S1, valid,
-            NEGATE, HAS_WEIGHT, HAS_MASK, ACC,
-        )  # fmt: skip
+            x_ptr, w_ptr, mask_ptr, offs, w_offs, m_offs, valid, NEGATE, HAS_WEIGHT, HAS_MASK, ACC
+        )
         gx, g = _grads(x, w, keep, inc, k_x, k, shift, log_norm, c0, c1, c2, NCOEF, HAS_WEIGHT)
         tl.store(gx_ptr + offs, gx.to(out_t), mask=valid)
         if WEIGHT_GRAD:
@@ -415,26 +452,13 @@ def _partition_bwd_cols_kernel(
     BLOCK_I: tl.constexpr,
     TILE_IDX: tl.constexpr,  # int32, or int64 when a tile spans 2^31 elements (_tile_idx)
 ):
-    pid = tl.program_id(0).to(tl.int64)
     r_start = tl.program_id(1) * CHUNK_R
     r_end = tl.minimum(r_start + CHUNK_R, R)
-    n_ib = tl.cdiv(I, BLOCK_I)
-    o = pid // n_ib
-    i0 = (pid % n_ib) * BLOCK_I  # first column of this program (int64)
-    ci = tl.arange(0, BLOCK_I)
-    col_ok = i0 + ci < I
+    o, i0, ci, col_ok = _column_block(I, BLOCK_I)
     j = o * I + i0 + ci
-    k = tl.load(scale_ptr + j * SCALE_STRIDE, mask=col_ok, other=1.0).to(ACC)
-    k_x = -k if NEGATE else k
-    shift = tl.load(shift_ptr + j, mask=col_ok, other=0.0).to(ACC)
-    log_norm = tl.load(log_norm_ptr + j, mask=col_ok, other=0.0).to(ACC)
-    c0 = tl.load(coef_ptr + j * NCOEF, mask=col_ok, other=0.0).to(ACC)
-    c1 = c0
-    c2 = c0
-    if NCOEF >= 2:
-        c1 = tl.load(coef_ptr + j * NCOEF + 1, mask=col_ok, other=0.0).to(ACC)
-    if NCOEF >= 3:
-        c2 = tl.load(coef_ptr + j * NCOEF + 2, mask=col_ok, other=0.0).to(ACC)
+    k, k_x, shift, log_norm, c0, c1, c2 = _output_consts(
+        scale_ptr, shift_ptr, log_norm_ptr, coef_ptr, j, col_ok, SCALE_STRIDE, NEGATE, NCOEF, ACC
+    )
     tile, w_tile, m_tile = _tile_offsets(I, W_S1, W_S2, M_S1, M_S2, TILE_IDX, BLOCK_R, BLOCK_I)
     rr = tl.arange(0, BLOCK_R)[:, None]
     # Scalar int64 offsets of the first row of this chunk; in-tile offsets stay int32.
@@ -442,9 +466,7 @@ def _partition_bwd_cols_kernel(
     x_off = o * R * I + r_start64 * I + i0  # x, grad_x and grad_weight share the layout
     w_off = o * W_S0 + r_start64 * W_S1 + i0 * W_S2
     m_off = o * M_S0 + r_start64 * M_S1 + i0 * M_S2
-    step = tl.full((), BLOCK_R, tl.int64) * I
-    w_step = tl.full((), BLOCK_R, tl.int64) * W_S1
-    m_step = tl.full((), BLOCK_R, tl.int64) * M_S1
+    step, w_step, m_step = _tile_steps(I, W_S1, M_S1, BLOCK_R)
     out_t = gx_ptr.dtype.element_ty
     for r0 in range(r_start, r_end, BLOCK_R):
         valid = (r0 + rr < R) & col_ok[None, :]

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import _interpreting, launcher
-from .langevin import _as_block, _f64_bits, _normal4, _param
+from .langevin import _counters, _f64_bits, _noise, _param
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -65,8 +65,7 @@ def _sgld_step_kernel(
     n = tl.load(row + 2)
     start = tl.load(row + 3)
     first = tl.load(row + 4)
-    c = (pid - first) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = c[:, None] * 4 + tl.arange(0, 4)[None, :]
+    c, offs = _counters((pid - first) * BLOCK_C, BLOCK_C)
     mask = offs < n
     x = tl.load(p_ptr + offs, mask=mask, other=0.0).to(ACC)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -74,8 +73,7 @@ def _sgld_step_kernel(
         g = g + _param(wd_bits, ACC) * x
     v = x + -_param(lr_bits, ACC) * g
     if HAS_NOISE:
-        n0, n1, n2, n3 = _normal4(tl.load(seed_ptr), tl.load(offset_ptr) + start + c, ACC)
-        v = v + _param(sigma_bits, ACC) * _as_block(n0, n1, n2, n3)
+        v = v + _param(sigma_bits, ACC) * _noise(seed_ptr, offset_ptr, start + c, ACC)
     tl.store(p_ptr + offs, v.to(DTYPE), mask=mask)
 
 

@@ -12,13 +12,13 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    _empty,
-    _launch_args,
-    _load_inv_t,
+    _load_shift_norm,
     _log_p,
+    _row_start,
     _row_stats,
+    _RowLaunch,
+    _store_row_stats,
     _unless_p_zero,
-    _wrap_triton,
     launcher,
 )
 
@@ -36,13 +36,9 @@ def _softmax_entropy_fwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
-    x_row = x_ptr + row * row_stride
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     m, log_d, h, _ = _row_stats(x_row, C, inv_t, 0.0, SUM_X=False, ACC=ACC, BLOCK_C=BLOCK_C)
-    tl.store(shift_ptr + row, m)
-    tl.store(log_norm_ptr + row, log_d)
-    tl.store(entropy_ptr + row, h)
+    _store_row_stats(row, entropy_ptr, shift_ptr, log_norm_ptr, h, m, log_d)
 
 
 @triton.jit
@@ -60,14 +56,11 @@ def _softmax_entropy_bwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * row_stride
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     g_row = grad_x_ptr + row * C
     cols = tl.arange(0, BLOCK_C)
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
     coef = -tl.load(grad_ptr + row).to(ACC) * inv_t
-    mx = tl.load(shift_ptr + row).to(ACC)
-    ln = tl.load(log_norm_ptr + row).to(ACC)
+    mx, ln = _load_shift_norm(row, shift_ptr, log_norm_ptr, ACC)
     h = tl.load(entropy_ptr + row).to(ACC)
     for c0 in range(0, C, BLOCK_C):
         mask = c0 + cols < C
@@ -86,13 +79,9 @@ def softmax_entropy_fwd(
     ``inv_t``: 1-D, accumulation dtype (float64 for float64 logits, else float32), on the
     logits' device, 1 element (the same 1/T for every row) or N (one 1/T per row).
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(3))
-    if N == 0:
-        return entropy, shift, log_norm
-    _wrap_triton(_softmax_entropy_fwd_kernel)[(N,)](
-        logits, entropy, shift, log_norm, C, logits.stride(0), inv_t, **meta
-    )
+    rows = _RowLaunch(logits, inv_t)
+    entropy, shift, log_norm = rows.row_outputs(3)
+    rows(_softmax_entropy_fwd_kernel, (logits, entropy, shift, log_norm))
     return entropy, shift, log_norm
 
 
@@ -109,20 +98,8 @@ def softmax_entropy_bwd(
 
     ``inv_t`` as for :func:`softmax_entropy_fwd` (the same tensor the forward got).
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    grad_x = _empty((N, C), logits.dtype, logits.device)
-    if N == 0:
-        return grad_x
-    _wrap_triton(_softmax_entropy_bwd_kernel)[(N,)](
-        grad.to(acc_t).contiguous(),
-        logits,
-        entropy.contiguous(),
-        shift.contiguous(),
-        log_norm.contiguous(),
-        grad_x,
-        C,
-        logits.stride(0),
-        inv_t,
-        **meta,
-    )
+    rows = _RowLaunch(logits, inv_t)
+    grad_x = rows.grad_output()
+    saved = rows.saved(entropy, shift, log_norm)
+    rows(_softmax_entropy_bwd_kernel, (rows.upstream(grad), logits, *saved, grad_x))
     return grad_x

@@ -23,15 +23,15 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    _check_target,
-    _empty,
-    _launch_args,
-    _load_inv_t,
+    _load_shift_norm,
     _log_p,
+    _per_target,
+    _row_start,
     _row_stats,
+    _RowLaunch,
     _store_row_grad,
+    _store_row_stats,
     _target,
-    _wrap_triton,
     launcher,
 )
 
@@ -52,18 +52,12 @@ def _token_logprobs_fwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * row_stride
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     tgt, in_range, x_y = _target(x_row, target_ptr, row, C, ACC)  # out of range: logp NaN below
-    ignored = tgt == ignore_index
     m, log_d, h, _ = _row_stats(x_row, C, inv_t, 0.0, SUM_X=False, ACC=ACC, BLOCK_C=BLOCK_C)
     logp = _log_p(x_y, m, log_d, inv_t)
-    logp = tl.where(ignored, 0.0, tl.where(in_range, logp, float("nan"))).to(ACC)
-    tl.store(logp_ptr + row, logp)
-    tl.store(shift_ptr + row, m)
-    tl.store(log_norm_ptr + row, log_d)
-    tl.store(entropy_ptr + row, h)
+    tl.store(logp_ptr + row, _per_target(logp, tgt, in_range, ignore_index, ACC))
+    _store_row_stats(row, entropy_ptr, shift_ptr, log_norm_ptr, h, m, log_d)
 
 
 @triton.jit
@@ -85,13 +79,10 @@ def _token_logprobs_bwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     BLOCK_C: tl.constexpr,  # columns per step
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * row_stride
-    inv_t = _load_inv_t(inv_t_ptr, row, INV_T_STRIDE, ACC)
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
     tgt = tl.load(target_ptr + row).to(tl.int64)
     g_l = tl.load(grad_logp_ptr + row).to(ACC)
-    mx = tl.load(shift_ptr + row).to(ACC)
-    ln = tl.load(log_norm_ptr + row).to(ACC)
+    mx, ln = _load_shift_norm(row, shift_ptr, log_norm_ptr, ACC)
     # g_j = k (g_l [j = y] - p_j (g_l + g_H (log p_j + H))) = -k (p_j (w0 + g_H log p_j) - g_l [j = y])
     g_h = tl.zeros((), ACC)
     w0 = g_l
@@ -117,25 +108,10 @@ def token_logprobs_fwd(
     accumulation dtype (float64 for float64 logits, else float32), on the logits' device, 1
     element (the same 1/T for every row) or N (one per row).
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    target = _check_target(target, N)
-    logp, entropy, shift, log_norm = (_empty(N, acc_t, logits.device) for _ in range(4))
-    if N == 0:
-        return logp, entropy, shift, log_norm
-    _wrap_triton(_token_logprobs_fwd_kernel)[(N,)](
-        logits,
-        target,
-        logp,
-        entropy,
-        shift,
-        log_norm,
-        C,
-        logits.stride(0),
-        inv_t,
-        int(ignore_index),
-        **meta,
-    )
-    return logp, entropy, shift, log_norm
+    rows = _RowLaunch(logits, inv_t, target)
+    outputs = rows.row_outputs(4)  # logp, entropy, shift, log_norm
+    rows(_token_logprobs_fwd_kernel, (logits, rows.target, *outputs), (int(ignore_index),))
+    return outputs
 
 
 @launcher
@@ -156,29 +132,13 @@ def token_logprobs_bwd(
     ``grad_logp``, ``grad_entropy``: (N,) upstream gradients (``grad_entropy`` None: no entropy
     term); the other arguments as given to / returned by :func:`token_logprobs_fwd`.
     """
-    N, C, acc_t, inv_t, meta = _launch_args(logits, inv_t)
-    target = _check_target(target, N)
-    grad_x = _empty((N, C), logits.dtype, logits.device)
-    if N == 0:
-        return grad_x
-    grad_logp = grad_logp.to(acc_t).contiguous()
+    rows = _RowLaunch(logits, inv_t, target)
+    grad_x = rows.grad_output()
+    grad_logp = rows.upstream(grad_logp)
     has_entropy_grad = grad_entropy is not None
     # Without grad_entropy the kernel never reads its pointer: any accumulation-dtype tensor does.
-    grad_entropy = grad_entropy.to(acc_t).contiguous() if has_entropy_grad else grad_logp
-    _wrap_triton(_token_logprobs_bwd_kernel)[(N,)](
-        grad_logp,
-        grad_entropy,
-        logits,
-        target,
-        entropy.contiguous(),
-        shift.contiguous(),
-        log_norm.contiguous(),
-        grad_x,
-        C,
-        logits.stride(0),
-        inv_t,
-        int(ignore_index),
-        HAS_ENTROPY_GRAD=has_entropy_grad,
-        **meta,
-    )
+    grad_entropy = rows.upstream(grad_entropy) if has_entropy_grad else grad_logp
+    saved = rows.saved(entropy, shift, log_norm)
+    tensors = (grad_logp, grad_entropy, logits, rows.target, *saved, grad_x)
+    rows(_token_logprobs_bwd_kernel, tensors, (int(ignore_index),), HAS_ENTROPY_GRAD=has_entropy_grad)
     return grad_x
