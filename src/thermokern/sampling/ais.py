@@ -121,6 +121,10 @@ class _Annealer:
         self.dbeta = torch.zeros((), dtype=acc, device=dev)
         self.log_w = torch.zeros(x.shape[0], dtype=acc, device=dev)
         self.cache = self.parts(x) if metropolis else None
+        # The path's gradients at x and at the proposal, rewritten every step (fewer fresh
+        # (chains, d) allocations per step, which a CPU heap may hand back to the OS and fault
+        # in again every time).
+        self.buffers = [torch.empty_like(x), torch.empty_like(x)]
 
     def parts(self, x):
         """[E(x), E0(x), dE/dx, dE0/dx]: energies in the accumulation dtype, gradients in x's
@@ -132,24 +136,25 @@ class _Annealer:
         e0, g0 = energy_and_grad(self.base_fn, x, "base_energy_fn")
         return [e, e0, g, g0]
 
-    def mix(self, x, parts):
-        """E_beta = E0 + beta (E / T - E0) at x and its gradient, from ``parts(x)``."""
+    def mix(self, x, parts, out):
+        """E_beta = E0 + beta (E / T - E0) at x and its gradient (written into ``out``, a
+        buffer of x's shape kept across steps), from ``parts(x)``."""
         e, e0, g = parts[:3]
         g0 = parts[3] if len(parts) == 4 else x
         if self.inv_t != 1.0:
             e, g = e * self.inv_t, g * self.inv_t
         ec = torch.lerp(e0, e, self.beta)
         if g.dtype == self.beta.dtype:
-            return ec, torch.lerp(g0, g, self.beta)
+            return ec, torch.lerp(g0, g, self.beta, out=out)
         acc = self.beta.dtype  # (16-bit x: mix in float32)
-        return ec, torch.lerp(g0.to(acc), g.to(acc), self.beta).to(x.dtype)
+        return ec, out.copy_(torch.lerp(g0.to(acc), g.to(acc), self.beta))
 
     def step(self, eta: float) -> dict[str, torch.Tensor]:
         x = self.x
         parts = self.cache if self.metropolis else self.parts(x)
         e, e0 = parts[0], parts[1]
         self.log_w.sub_(self.dbeta * (e * self.inv_t - e0))
-        ec, gc = self.mix(x, parts)
+        ec, gc = self.mix(x, parts, self.buffers[0])
         if not self.metropolis:
             with torch.no_grad():
                 checked_step_(
@@ -158,7 +163,7 @@ class _Annealer:
             return {}
         x_prop = checked_proposal(x, gc, eta, 1.0, self.seed, self.offset, self.backend)
         prop = self.parts(x_prop)
-        ec_prop, gc_prop = self.mix(x_prop, prop)
+        ec_prop, gc_prop = self.mix(x_prop, prop, self.buffers[1])
         with torch.no_grad():
             x_new, accepted, _ = checked_accept(
                 x, x_prop, gc, gc_prop, ec, ec_prop, eta, 1.0, self.seed, self.offset, self.backend

@@ -191,9 +191,9 @@ class _Sampler:
                 self.offset, self.backend,
             )  # fmt: skip
             x.copy_(x_new)
-            energy.copy_(torch.where(accepted, energy_prop, energy))
+            torch.where(accepted, energy_prop, energy, out=energy)
             keep = accepted.reshape((self.chains,) + (1,) * (x.dim() - 1))
-            grad.copy_(torch.where(keep, grad_prop, grad))
+            torch.where(keep, grad_prop, grad, out=grad)
             if self.want_stats or self.adapt is not None:
                 accept_prob = torch.nan_to_num(log_alpha, nan=-math.inf).clamp(max=0.0).exp()
             if self.want_stats:

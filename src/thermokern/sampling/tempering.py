@@ -142,9 +142,9 @@ class _Replicas:
                 self.seed, self.offset, self.backend,
             )  # fmt: skip
             x.copy_(x_new)
-            energy.copy_(torch.where(accepted, energy_prop, energy))
+            torch.where(accepted, energy_prop, energy, out=energy)
             keep = accepted.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
-            grad.copy_(torch.where(keep, grad_prop, grad))
+            torch.where(keep, grad_prop, grad, out=grad)
             self.accepts.add_(accepted.view(self.r, self.c).to(self.accepts.dtype).mean(1))
         return {}
 
