@@ -26,8 +26,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _util import LargestTensor
 from _util import assert_close as _assert_close
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import thermokern
 from thermokern import distributed as td
@@ -407,21 +407,6 @@ def _check_linear_token_logprobs(rank, device, backend, widths, dtype, seed):
         _check_head_grads(got, want, slice(s, e), dtype)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest storage (in elements) any op creates."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 def _check_linear_heads_misc(rank, world, device, backend):
     """The logits never exist in full on a rank (the kernel backends); no tokens; every
     target ignored."""
@@ -431,7 +416,7 @@ def _check_linear_heads_misc(rank, world, device, backend):
     t = _head_targets(c, (4, 16), -100, 5, device).reshape(n)
     for reduction in ("mean", "none") if backend != "reference" else ():
         h, w, b = _leaves(hidden, weight[s : s + widths[rank]], bias[s : s + widths[rank]])
-        with _small_chunks(4096), _LargestTensor() as probe:
+        with _small_chunks(4096), LargestTensor() as probe:
             loss = td.linear_cross_entropy(h, w, t, bias_shard=b, reduction=reduction, backend=backend)
             loss.sum().backward()
         assert probe.largest < n * widths[rank] // 4, probe.largest  # the chunks: 4096 bytes

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _util import assert_close
+from _util import LargestTensor, assert_close
 from conftest import cpu_backends
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import thermokern
 from thermokern import reference
@@ -135,26 +134,13 @@ def test_learnable_temperature_and_all_ignored(backend):
     assert (h.grad == 0).all()
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):  # memory, not views (an expand is free)
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_logits_never_exist_in_full(reduction):
     """No tensor as large as the (N, V) logits is ever created, forward or backward (the
     largest are the weight gradient, V x D, and the chunks)."""
     n, d, v = 64, 8, 1000
     h, w, b, t = _inputs(n, d, v, torch.float32)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         loss = thermokern.linear_cross_entropy(h, w, t, bias=b, reduction=reduction, backend="cpu")
         loss.sum().backward()
     assert probe.largest < n * v // 4, probe.largest
