@@ -26,8 +26,7 @@ import torch
 from thermokern import sampling
 
 from ..providers import Fn, Provider
-from ..registry import OpSpec, register, tensor_bytes
-from .langevin_sample import HIDDEN, energy
+from .langevin_sample import HIDDEN, energy, sampler_spec
 
 LEVELS = 32
 STEP_SIZE = 0.01
@@ -144,25 +143,17 @@ def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     return [(4096, 2), (256, 784)]
 
 
-SPEC = register(
-    OpSpec(
-        name="ais",
-        providers=providers,
-        make_input=make_input,
-        make_grad=lambda x, gen: None,
-        min_bytes=lambda shape, dtype, mode: LEVELS * 3 * tensor_bytes(shape, dtype),
-        input_bytes=tensor_bytes,
-        reference_chunks=lambda x, grad, mode: iter(()),
-        default_shapes=shapes,
-        default_dtypes=lambda device, quick: [torch.float32],
-        params={
-            "levels": LEVELS,
-            "n_steps": 1,
-            "step_size": STEP_SIZE,
-            "metropolis": True,
-            "energy": f"MLP D-{HIDDEN}-{HIDDEN}-1 SiLU",
-        },
-        modes=("fwd",),
-        has_reference=False,
-    )
+SPEC = sampler_spec(
+    "ais",
+    providers,
+    make_input,
+    shapes,
+    LEVELS,
+    {
+        "levels": LEVELS,
+        "n_steps": 1,
+        "step_size": STEP_SIZE,
+        "metropolis": True,
+        "energy": f"MLP D-{HIDDEN}-{HIDDEN}-1 SiLU",
+    },
 )

@@ -101,25 +101,39 @@ def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     return [(256, 32)] if quick else [(1024, 32)]
 
 
-SPEC = register(
-    OpSpec(
-        name="langevin_sample",
-        providers=providers,
-        make_input=make_input,
-        make_grad=lambda x, gen: None,
-        min_bytes=lambda shape, dtype, mode: N_STEPS * 3 * tensor_bytes(shape, dtype),
-        input_bytes=tensor_bytes,
-        reference_chunks=lambda x, grad, mode: iter(()),
-        default_shapes=shapes,
-        default_dtypes=lambda device, quick: [torch.float32],
-        params={
-            "n_steps": N_STEPS,
-            "step_size": STEP_SIZE,
-            "noise_scale": NOISE_SCALE,
-            "clamp": [-1.0, 1.0],
-            "energy": f"MLP D-{HIDDEN}-{HIDDEN}-1 SiLU",
-        },
-        modes=("fwd",),
-        has_reference=False,
+def sampler_spec(name, providers, make_input, shapes, updates, params) -> OpSpec:
+    """Register a whole sampling run (shared with the ``ais`` spec): forward only, float32, no
+    float64 reference (samplers are random); ``updates`` x 3 passes over the chains (read x and
+    the gradient, write x) is the minimal traffic the GB/s column counts."""
+    return register(
+        OpSpec(
+            name=name,
+            providers=providers,
+            make_input=make_input,
+            make_grad=lambda x, gen: None,
+            min_bytes=lambda shape, dtype, mode: updates * 3 * tensor_bytes(shape, dtype),
+            input_bytes=tensor_bytes,
+            reference_chunks=lambda x, grad, mode: iter(()),
+            default_shapes=shapes,
+            default_dtypes=lambda device, quick: [torch.float32],
+            params=params,
+            modes=("fwd",),
+            has_reference=False,
+        )
     )
+
+
+SPEC = sampler_spec(
+    "langevin_sample",
+    providers,
+    make_input,
+    shapes,
+    N_STEPS,
+    {
+        "n_steps": N_STEPS,
+        "step_size": STEP_SIZE,
+        "noise_scale": NOISE_SCALE,
+        "clamp": [-1.0, 1.0],
+        "energy": f"MLP D-{HIDDEN}-{HIDDEN}-1 SiLU",
+    },
 )
