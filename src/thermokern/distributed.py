@@ -26,6 +26,7 @@ with shift -inf contribute nothing; NaN, or +inf in the softmax ops, makes the r
     logsumexp               2  shift m_r, sum_j e^{x_j - m_r}             (partition_fwd)
     cross-entropy           4  m_r, log d_r, H_r, the target logit (0 on ranks without it)
       + label smoothing     5  ... and sum_j (x_j - m_r) (one more read of the shard)
+    token_logprobs          4  the cross-entropy's (log p = -CE; the merged H is its entropy)
 
 The cross-entropy also needs the shard layout (where the target column lives, and C for the
 smoothing term). With ``vocab_start`` given, every rank's (vocab_start, width) travels in one
@@ -513,8 +514,12 @@ def _shard_grad(name, g, g_entropy, rows, tgt, inv_t, h, big, log_d, layout, par
 
 
 class _DistEntropyCE(torch.autograd.Function):
+    """The distributed cross-entropy per row and the merged entropy H, from one all_gather.
+    ``logprobs=True`` (params (0, 0, ignore_index, 0)): the outputs are log p of the target
+    (= -CE) and H, both differentiable; else the loss (H is returned without a gradient)."""
+
     @staticmethod
-    def forward(ctx, rows, tgt, inv_t, group, world, rank, vocab_start, params, name):
+    def forward(ctx, rows, tgt, inv_t, group, world, rank, vocab_start, params, name, logprobs):
         eps, ignore_index = params[1], params[2]
         n, width = rows.shape
         dev = rows.device
@@ -540,16 +545,25 @@ class _DistEntropyCE(torch.autograd.Function):
         h, big, log_d = h.to(acc), big.to(acc), log_d.to(acc)
         ctx.save_for_backward(rows, tgt, inv_t, h, big, log_d)
         ctx.layout = (start, width, total)
-        ctx.params = params
-        ctx.name = name
-        return loss.to(acc)
+        ctx.params = (ignore_index,) if logprobs else params
+        ctx.name, ctx.logprobs = name, logprobs
+        ctx.set_materialize_grads(False)
+        if not logprobs:
+            ctx.mark_non_differentiable(h)
+        out = -loss if logprobs else loss
+        return out.to(acc), torch.where(tgt != ignore_index, h, torch.zeros_like(h))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_h):
         rows, tgt, inv_t, h, big, log_d = ctx.saved_tensors
-        gx = _shard_grad(ctx.name, grad, None, rows, tgt, inv_t, h, big, log_d, ctx.layout, ctx.params)
-        return (gx, *(None,) * 8)
+        if grad is None:  # (only H was used)
+            grad = torch.zeros_like(h)
+        gx = _shard_grad(
+            ctx.name, grad, grad_h if ctx.logprobs else None, rows, tgt, inv_t, h, big, log_d,
+            ctx.layout, ctx.params, logprobs=ctx.logprobs,
+        )  # fmt: skip
+        return (gx, *(None,) * 9)
 
 
 def entropy_regularized_cross_entropy(
@@ -615,7 +629,7 @@ def entropy_regularized_cross_entropy(
     tgt = target.reshape(-1).long()
     inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
     params = (entropy_weight, label_smoothing, ignore_index, z_loss_weight)
-    loss = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name)
+    loss, _ = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name, False)
     return reduce_loss(loss, out_shape, tgt, ignore_index, reduction)
 
 
@@ -875,24 +889,29 @@ def token_logprobs(
     entropy) over a vocabulary split across ranks, replicated on every rank; the gradient
     w.r.t. ``logits_shard`` is the local slice of the single-device gradient.
 
-    Composed of the distributed cross-entropy (logp = -CE without smoothing, entropy or
-    z-loss) and, with ``with_entropy``, the distributed entropy: one all_gather of per-row
-    statistics each (two with ``with_entropy``; plus the shard widths when ``vocab_start`` is
-    None), never the logits. Arguments as :func:`entropy_regularized_cross_entropy` here and
-    :func:`thermokern.token_logprobs`; the entropy of 16-bit logits is rounded to their dtype
-    before it is returned in float32.
+    The distributed cross-entropy's statistics (logp = -CE without smoothing, entropy or z-loss)
+    give both outputs: one all_gather of per-row statistics (plus the shard layout when
+    ``vocab_start`` is None), never the logits; the backward takes both upstream gradients at
+    once. Arguments as :func:`entropy_regularized_cross_entropy` here and
+    :func:`thermokern.token_logprobs`.
     """
     if not isinstance(with_entropy, bool):
         raise TypeError(f"with_entropy: expected a bool, got {type(with_entropy).__name__}")
-    loss = entropy_regularized_cross_entropy(
-        logits_shard, target, group=group, vocab_start=vocab_start, temperature=temperature,
-        ignore_index=ignore_index, reduction="none", backend=backend,
+    _, _, ignore_index, _ = check_cross_entropy_args(
+        logits_shard, target, 0.0, 0.0, ignore_index, "none", 0.0,
+        name="logits_shard", classes="vocabulary last", class_dim="the vocabulary dim",
     )  # fmt: skip
-    logp = -loss
-    if not with_entropy:
-        return logp
-    h = softmax_entropy(logits_shard, group=group, temperature=temperature, backend=backend).to(logp.dtype)
-    return logp, torch.where(target != ignore_index, h, torch.zeros_like(h))
+    vocab_start = _check_vocab_start(vocab_start)
+    temperature = check_temperature(temperature)
+    rank, world = group_rank_world(group)
+    name = _backend.resolve_backend(backend, logits_shard)
+    rows, out_shape = _rows(logits_shard)
+    tgt = target.reshape(-1).long()
+    inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
+    params = (0.0, 0.0, ignore_index, 0.0)
+    logp, h = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name, True)
+    logp = logp.reshape(out_shape)
+    return (logp, h.reshape(out_shape)) if with_entropy else logp
 
 
 def gather_samples(x: torch.Tensor, *, group=None) -> torch.Tensor:
