@@ -341,15 +341,22 @@ def near_modes(points: torch.Tensor, radius: float = 0.15) -> torch.Tensor:
     return (points[:, None, :] - _centers()).square().sum(-1).min(1).values < radius**2
 
 
+def _midpoint_grid(energy, n: int, half: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The midpoint rule over [-half, half]^2 on an n x n grid: (the points, float32; E there,
+    float64; log of a cell's area)."""
+    h = 2 * half / n
+    lin = -half + h * (torch.arange(n, dtype=torch.float64) + 0.5)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1).float()
+    with torch.no_grad():
+        e = torch.cat([energy(chunk) for chunk in pts.split(65536)]).double()
+    return pts, e, 2 * math.log(h)
+
+
 def mode_mass(model: torch.nn.Module, n: int = 600, half: float = 1.2) -> float:
     """The probability of :func:`near_modes` under the learned density exp(-E) on the box, by
     quadrature (the midpoint rule on an n x n grid)."""
-    h = 2 * half / n
-    lin = -half + h * (torch.arange(n, dtype=torch.float32) + 0.5)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
-    with torch.no_grad():
-        e = boxed_energy(model)(pts).double()
+    pts, e, _ = _midpoint_grid(boxed_energy(model), n, half)
     return float((-e - torch.logsumexp(-e, 0)).exp()[near_modes(pts)].sum())
 
 
@@ -370,13 +377,8 @@ def quadrature_log_z(
     energy: Callable[[torch.Tensor], torch.Tensor], n: int = 1201, half: float = 1.2
 ) -> float:
     """log ∫ exp(-E) over [-half, half]^2 by the midpoint rule on an n x n grid (float64)."""
-    h = 2 * half / n
-    lin = -half + h * (torch.arange(n, dtype=torch.float64) + 0.5)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1).float()
-    with torch.no_grad():
-        e = torch.cat([energy(chunk) for chunk in pts.split(65536)]).double()
-    return float(torch.logsumexp(-e, 0)) + 2 * math.log(h)
+    _, e, log_area = _midpoint_grid(energy, n, half)
+    return float(torch.logsumexp(-e, 0)) + log_area
 
 
 def ais_study(
