@@ -109,12 +109,14 @@ class _DualAveraging:
         log_eta = self.mu - m.sqrt() / self.GAMMA * hbar
         mk = m.pow(-self.KAPPA)
         log_eta_bar = mk * log_eta + (1.0 - mk) * self.log_eta_bar
+        # (past the last adaptation step every update is a no-op: a captured CUDA graph keeps
+        # making it, the eager loop stops calling it)
         adapting = m <= self.adapt_steps
-        self.hbar.copy_(torch.where(adapting, hbar, self.hbar))
-        self.log_eta_bar.copy_(torch.where(adapting, log_eta_bar, self.log_eta_bar))
-        self.eta.copy_(
-            torch.where(m < self.adapt_steps, log_eta.exp(), self.log_eta_bar.exp()).where(adapting, self.eta)
-        )
+        torch.where(adapting, hbar, self.hbar, out=self.hbar)
+        torch.where(adapting, log_eta_bar, self.log_eta_bar, out=self.log_eta_bar)
+        # steps 1 .. adapt_steps - 1 are followed by eta_m, the last one by the frozen etabar
+        eta = torch.where(m < self.adapt_steps, log_eta, self.log_eta_bar).exp()
+        torch.where(adapting, eta, self.eta, out=self.eta)
 
     def state(self) -> list[torch.Tensor]:
         return [self.eta, self.m, self.hbar, self.log_eta_bar]
@@ -442,6 +444,8 @@ def langevin_sample(
             for k in range(n_steps):
                 set_rng(k)
                 after_step(k, sampler.step(etas[k], temps[k]))
+                if k + 1 == adapt_steps:
+                    sampler.adapt = None  # the step sizes are frozen now
     finally:
         if bar is not None:
             bar.close()
