@@ -29,6 +29,14 @@ TORCH_LIBRARY(thermokern, m) {
   m.def(
       "softmax_entropy_bwd(Tensor grad, Tensor logits, Tensor inv_t, Tensor entropy, "
       "Tensor shift, Tensor log_norm) -> Tensor");
+  // Each backward of the row ops (softmax_entropy, cross_entropy, token_logprobs) has an
+  // in-place twin, <op>_bwd_, with the same arguments, that writes the same gradient over the
+  // logits (which must be contiguous) and returns nothing: the language-model heads use them on
+  // each chunk, whose logits are not needed once their gradient exists ([Note: in-place
+  // backward] in softmax_entropy_plan.h).
+  m.def(
+      "softmax_entropy_bwd_(Tensor grad, Tensor(a!) logits, Tensor inv_t, Tensor entropy, "
+      "Tensor shift, Tensor log_norm) -> ()");
   // Entropy-regularised cross-entropy per row, z = logits / T:
   //   loss = CE(z, target; label_smoothing) - entropy_weight * H(softmax z)
   //          + z_loss_weight * lse(z)^2,
@@ -43,6 +51,10 @@ TORCH_LIBRARY(thermokern, m) {
       "cross_entropy_bwd(Tensor grad, Tensor logits, Tensor target, Tensor inv_t, Tensor entropy, "
       "Tensor shift, Tensor log_norm, float entropy_weight, float label_smoothing, "
       "int ignore_index, float z_loss_weight) -> Tensor");
+  m.def(
+      "cross_entropy_bwd_(Tensor grad, Tensor(a!) logits, Tensor target, Tensor inv_t, "
+      "Tensor entropy, Tensor shift, Tensor log_norm, float entropy_weight, "
+      "float label_smoothing, int ignore_index, float z_loss_weight) -> ()");
   // [Note: token log-probabilities]
   // Per row i of logits (N, C) with target y = target[i] and k = 1/T (inv_t as for
   // softmax_entropy): the softmax_entropy statistics (entropy, shift, log_norm) of every row
@@ -65,6 +77,10 @@ TORCH_LIBRARY(thermokern, m) {
   m.def(
       "token_logprobs_bwd(Tensor grad_logp, Tensor? grad_entropy, Tensor logits, Tensor target, "
       "Tensor inv_t, Tensor entropy, Tensor shift, Tensor log_norm, int ignore_index) -> Tensor");
+  m.def(
+      "token_logprobs_bwd_(Tensor grad_logp, Tensor? grad_entropy, Tensor(a!) logits, "
+      "Tensor target, Tensor inv_t, Tensor entropy, Tensor shift, Tensor log_norm, "
+      "int ignore_index) -> ()");
 
   // [Note: partition statistics]
   // Online statistics of a reduction over dim 1 of a contiguous 3-D (O, R, I) tensor x with

@@ -207,6 +207,18 @@ def launcher(fn):
     return wrapper
 
 
+def in_place_twin(bwd):
+    """The launcher of a row op's in-place backward ``<op>_bwd_``: ``bwd`` (which takes the same
+    arguments and ``in_place``) writing the gradient over its logits, returning nothing."""
+
+    @functools.wraps(bwd)
+    def bwd_(*args) -> None:
+        bwd(*args, in_place=True)
+
+    bwd_.__name__ = bwd_.__qualname__ = bwd.__name__ + "_"
+    return bwd_
+
+
 def _poison(*tensors: torch.Tensor) -> None:
     """Fill fresh outputs with NaN when the tests ask for it (thermokern._C._set_poison_outputs).
 
@@ -300,9 +312,18 @@ class _RowLaunch:
         """``count`` new per-row outputs, (N,) in the accumulation dtype."""
         return tuple(_empty(self.N, self.acc_t, self.logits.device) for _ in range(count))
 
-    def grad_output(self) -> torch.Tensor:
-        """A new gradient of the logits, (N, C), contiguous, in their dtype."""
-        return _empty((self.N, self.C), self.logits.dtype, self.logits.device)
+    def grad_output(self, in_place: bool = False) -> torch.Tensor:
+        """The gradient of the logits, (N, C), contiguous, in their dtype: a new tensor, or the
+        logits themselves for an in-place backward (they must be contiguous; each backward
+        kernel reads x_j before it writes g_j there and nothing of the row after that)."""
+        if not in_place:
+            return _empty((self.N, self.C), self.logits.dtype, self.logits.device)
+        if not self.logits.is_contiguous():
+            raise ValueError(
+                "logits: the in-place backward writes the gradient over the logits, which must be "
+                f"contiguous, got strides {self.logits.stride()}"
+            )
+        return self.logits
 
     def upstream(self, grad: torch.Tensor) -> torch.Tensor:
         """An (N,) upstream gradient as the backward kernels read it: contiguous, in the

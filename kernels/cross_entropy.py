@@ -36,6 +36,7 @@ from ._common import (
     _store_row_grad,
     _store_row_stats,
     _target,
+    in_place_twin,
     launcher,
 )
 
@@ -183,16 +184,22 @@ def cross_entropy_bwd(
     label_smoothing: float,
     ignore_index: int,
     z_loss_weight: float,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Gradient of sum_i grad_i loss_i w.r.t. the (N, C) logits, contiguous, in their dtype.
 
     ``grad``: (N,) upstream gradient of the per-row loss; the other arguments as given to /
     returned by :func:`cross_entropy_fwd`.
+    ``in_place``: write the gradient over ``logits`` (contiguous) instead; that is
+    :func:`cross_entropy_bwd_`.
     """
     rows = _RowLaunch(logits, inv_t, target)
-    grad_x = rows.grad_output()
+    grad_x = rows.grad_output(in_place)
     weights, flags = _weights(rows, entropy_weight, label_smoothing, z_loss_weight)
     saved = rows.saved(entropy, shift, log_norm)
     tensors = (rows.upstream(grad), logits, rows.target, *saved, grad_x)
     rows(_cross_entropy_bwd_kernel, tensors, (*weights, int(ignore_index)), **flags)
     return grad_x
+
+
+cross_entropy_bwd_ = in_place_twin(cross_entropy_bwd)

@@ -19,6 +19,7 @@ from ._common import (
     _RowLaunch,
     _store_row_stats,
     _unless_p_zero,
+    in_place_twin,
     launcher,
 )
 
@@ -93,13 +94,19 @@ def softmax_entropy_bwd(
     entropy: torch.Tensor,
     shift: torch.Tensor,
     log_norm: torch.Tensor,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Gradient w.r.t. a (N, C) logits tensor, as a contiguous (N, C) tensor of its dtype.
 
     ``inv_t`` as for :func:`softmax_entropy_fwd` (the same tensor the forward got).
+    ``in_place``: write the gradient over ``logits`` (contiguous) instead; that is
+    :func:`softmax_entropy_bwd_`.
     """
     rows = _RowLaunch(logits, inv_t)
-    grad_x = rows.grad_output()
+    grad_x = rows.grad_output(in_place)
     saved = rows.saved(entropy, shift, log_norm)
     rows(_softmax_entropy_bwd_kernel, (rows.upstream(grad), logits, *saved, grad_x))
     return grad_x
+
+
+softmax_entropy_bwd_ = in_place_twin(softmax_entropy_bwd)

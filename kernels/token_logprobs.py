@@ -32,6 +32,7 @@ from ._common import (
     _store_row_grad,
     _store_row_stats,
     _target,
+    in_place_twin,
     launcher,
 )
 
@@ -125,15 +126,18 @@ def token_logprobs_bwd(
     shift: torch.Tensor,
     log_norm: torch.Tensor,
     ignore_index: int,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Gradient of sum_i (grad_logp_i logp_i + grad_entropy_i H_i) w.r.t. the (N, C) logits,
     contiguous, in their dtype.
 
     ``grad_logp``, ``grad_entropy``: (N,) upstream gradients (``grad_entropy`` None: no entropy
     term); the other arguments as given to / returned by :func:`token_logprobs_fwd`.
+    ``in_place``: write the gradient over ``logits`` (contiguous) instead; that is
+    :func:`token_logprobs_bwd_`.
     """
     rows = _RowLaunch(logits, inv_t, target)
-    grad_x = rows.grad_output()
+    grad_x = rows.grad_output(in_place)
     grad_logp = rows.upstream(grad_logp)
     has_entropy_grad = grad_entropy is not None
     # Without grad_entropy the kernel never reads its pointer: any accumulation-dtype tensor does.
@@ -142,3 +146,6 @@ def token_logprobs_bwd(
     tensors = (grad_logp, grad_entropy, logits, rows.target, *saved, grad_x)
     rows(_token_logprobs_bwd_kernel, tensors, (int(ignore_index),), HAS_ENTROPY_GRAD=has_entropy_grad)
     return grad_x
+
+
+token_logprobs_bwd_ = in_place_twin(token_logprobs_bwd)

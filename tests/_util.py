@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -81,7 +83,9 @@ def run_offline_triton_compile(script: str) -> None:
 
     import pytest
 
-    env = dict(os.environ, TRITON_INTERPRET="0")
+    # The script may import this module (compile_sm90, sm90_dtypes).
+    path = [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join(p for p in path if p))
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, check=False
     )
@@ -92,17 +96,86 @@ def run_offline_triton_compile(script: str) -> None:
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
+def sm90_dtypes() -> tuple:
+    """(element pointer type, accumulator pointer type, ACC) of the Triton kernels for float32,
+    bfloat16 and float64 inputs."""
+    import triton.language as tl
+
+    return (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64))
+
+
+def compile_sm90(
+    kernel, consts: dict, types: dict | None = None, *, ptr: str = "*i64", scalar: str = "i64", **options
+):
+    """Compile a Triton kernel for sm_90 without a GPU (in a run_offline_triton_compile script):
+    ``consts`` are its constexpr arguments and ``types`` the types of named parameters; any
+    other parameter is ``ptr`` if its name ends in ``_ptr``, else ``scalar``. ``options`` go to
+    triton.compile (e.g. num_warps). Returns the compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def type_of(name):
+        if name in consts:
+            return "constexpr"
+        return (types or {}).get(name, ptr if name.endswith("_ptr") else scalar)
+
+    sig = {p.name: type_of(p.name) for p in kernel.params}
+    return triton.compile(
+        ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=options or None
+    )
+
+
+def triton_randint4x(seed: int, offset: int, n: int) -> torch.Tensor:
+    """Triton's own ``tl.randint4x(seed, offset + i)`` for i < n (a Python int seed, as users
+    call it), run through a kernel on CPU tensors: an (n, 4) int64 tensor of the uint32 words."""
+    import triton
+
+    block = triton.next_power_of_2(n)
+    out = torch.empty(block * 4, dtype=torch.int32)
+    _randint4x_kernel()[(1,)](out, seed, offset, N=block)
+    return out.to(torch.int64).reshape(block, 4)[:n] & 0xFFFFFFFF
+
+
+@functools.cache
+def _randint4x_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def randint4x(out_ptr, seed, offset, N: tl.constexpr):
+        i = tl.arange(0, N)
+        r0, r1, r2, r3 = tl.randint4x(seed, offset + i.to(tl.int64))
+        tl.store(out_ptr + i * 4 + 0, r0)
+        tl.store(out_ptr + i * 4 + 1, r1)
+        tl.store(out_ptr + i * 4 + 2, r2)
+        tl.store(out_ptr + i * 4 + 3, r3)
+
+    return randint4x
+
+
 class LargestTensor(TorchDispatchMode):
     """The largest storage (in elements) any op creates while the mode is active: memory, not
-    views (an expand is free). Used to show that an op never holds an (N, V) buffer."""
+    views (an expand is free). Used to show that an op never holds an (N, V) buffer. Also
+    keeps the shape of every tensor an op returned in new memory (``shapes``: no views of its
+    arguments, no expanded views)."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.shapes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+                storage = t.untyped_storage()
+                self.largest = max(self.largest, storage.nbytes() // t.element_size())
+                if storage.data_ptr() not in inputs and storage.nbytes() >= t.numel() * t.element_size():
+                    self.shapes.append(tuple(t.shape))
         return out

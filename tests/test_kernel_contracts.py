@@ -35,19 +35,35 @@ def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
+def _rows(dtype: torch.dtype, temperatures: int):
+    """Logits of 6 rows of 37 classes, their targets (row 1 ignored, index -100) and
+    ``temperatures`` (1 or 6) inverse temperatures."""
+    x = _logits(6, 37, dtype)
+    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    inv_t = torch.rand(temperatures, dtype=acc_dtype(dtype)) + 0.5
+    return x, target, inv_t
+
+
 def _lse(shift, log_norm, inv_t):
     return shift * inv_t + log_norm
+
+
+def _check_fwd(fwd, backend, args, inv_t, dtype):
+    """``fwd(backend, *args)`` against the reference: every output but the last two as is, the
+    last two (the row's shift and log-normaliser) through the lse they give. Returns ``backend``'s."""
+    got = fwd(backend, *args)
+    want = fwd("reference", *args)
+    for a, b in zip(got[:-2], want[:-2], strict=True):
+        assert_close(a, b, dtype)
+    assert_close(_lse(*got[-2:], inv_t), _lse(*want[-2:], inv_t), dtype)
+    return got
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_entropy_kernels(backend, dtype):
-    x = _logits(6, 37, dtype)
-    inv_t = torch.rand(6, dtype=acc_dtype(dtype)) + 0.5
-    got = softmax_entropy_fwd(backend, x, inv_t)
-    want = softmax_entropy_fwd("reference", x, inv_t)
-    assert_close(got[0], want[0], dtype)
-    assert_close(_lse(got[1], got[2], inv_t), _lse(want[1], want[2], inv_t), dtype)
+    x, _, inv_t = _rows(dtype, 6)
+    got = _check_fwd(softmax_entropy_fwd, backend, (x, inv_t), inv_t, dtype)
     g = torch.randn(6, dtype=acc_dtype(dtype))
     gx = softmax_entropy_bwd(backend, g, x, inv_t, *got)
     assert_close(gx, softmax_entropy_bwd("reference", g, x, inv_t, *got), dtype, grad=True)
@@ -56,15 +72,9 @@ def test_softmax_entropy_kernels(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cross_entropy_kernels(backend, dtype):
-    x = _logits(6, 37, dtype)
-    target = torch.tensor([3, -100, 0, 36, 5, 1])
-    inv_t = torch.rand(1, dtype=acc_dtype(dtype)) + 0.5
+    x, target, inv_t = _rows(dtype, 1)
     params = (0.3, 0.1, -100, 1e-3)  # entropy_weight, label_smoothing, ignore_index, z_loss_weight
-    got = cross_entropy_fwd(backend, x, target, inv_t, *params)
-    want = cross_entropy_fwd("reference", x, target, inv_t, *params)
-    assert_close(got[0], want[0], dtype)
-    assert_close(got[1], want[1], dtype)
-    assert_close(_lse(got[2], got[3], inv_t), _lse(want[2], want[3], inv_t), dtype)
+    got = _check_fwd(cross_entropy_fwd, backend, (x, target, inv_t, *params), inv_t, dtype)
     g = torch.randn(6, dtype=acc_dtype(dtype))
     gx = cross_entropy_bwd(backend, g, x, target, inv_t, *got[1:], *params)
     want_gx = cross_entropy_bwd("reference", g, x, target, inv_t, *got[1:], *params)
@@ -75,14 +85,8 @@ def test_cross_entropy_kernels(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_kernels(backend, dtype):
-    x = _logits(6, 37, dtype)
-    target = torch.tensor([3, -100, 0, 36, 5, 1])
-    inv_t = torch.rand(6, dtype=acc_dtype(dtype)) + 0.5
-    got = token_logprobs_fwd(backend, x, target, inv_t, -100)
-    want = token_logprobs_fwd("reference", x, target, inv_t, -100)
-    assert_close(got[0], want[0], dtype)
-    assert_close(got[1], want[1], dtype)
-    assert_close(_lse(got[2], got[3], inv_t), _lse(want[2], want[3], inv_t), dtype)
+    x, target, inv_t = _rows(dtype, 6)
+    got = _check_fwd(token_logprobs_fwd, backend, (x, target, inv_t, -100), inv_t, dtype)
     gl, gh = torch.randn(6, dtype=acc_dtype(dtype)), torch.randn(6, dtype=acc_dtype(dtype))
     for g_h in (gh, None):
         gx = token_logprobs_bwd(backend, gl, g_h, x, target, inv_t, *got[1:], -100)
@@ -90,6 +94,38 @@ def test_token_logprobs_kernels(backend, dtype):
             gx, token_logprobs_bwd("reference", gl, g_h, x, target, inv_t, *got[1:], -100), dtype, grad=True
         )
         assert (gx[1] == 0).all()  # the ignored row
+
+
+def _row_bwd_cases(x, dtype):
+    """(backward KernelOp, its arguments) of the three row ops on logits ``x``."""
+    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    acc = acc_dtype(dtype)
+    inv_t = torch.rand(6, dtype=acc) + 0.5
+    g, g2 = torch.randn(6, dtype=acc), torch.randn(6, dtype=acc)
+    stats = softmax_entropy_fwd("reference", x, inv_t)
+    return [
+        (softmax_entropy_bwd, (g, x, inv_t, *stats)),
+        (cross_entropy_bwd, (g, x, target, inv_t, *stats, 0.3, 0.1, -100, 1e-3)),
+        (token_logprobs_bwd, (g, g2, x, target, inv_t, *stats, -100)),
+        (token_logprobs_bwd, (g, None, x, target, inv_t, *stats, -100)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_in_place_backwards(backend, dtype):
+    """Each row op's <op>_bwd_ writes over the logits exactly what <op>_bwd returns, and
+    refuses logits it cannot overwrite row by row."""
+    for bwd, args in _row_bwd_cases(_logits(6, 37, dtype), dtype):
+        at = next(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() == 2)
+        want = bwd(backend, *args)
+        logits = args[at].clone()
+        assert bwd.twin(backend, *args[:at], logits, *args[at + 1 :]) is None
+        assert torch.equal(logits, want), bwd.name
+        strided = torch.empty(6, 74, dtype=dtype)[:, ::2]
+        strided.copy_(args[at])
+        with pytest.raises(ValueError, match="logits"):
+            bwd.twin(backend, *args[:at], strided, *args[at + 1 :])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

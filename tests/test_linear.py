@@ -146,6 +146,26 @@ def test_logits_never_exist_in_full(reduction):
     assert probe.largest < n * v // 4, probe.largest
 
 
+@pytest.mark.parametrize("learn_t", [False, True])
+def test_one_logits_buffer(monkeypatch, learn_t):
+    """A sweep over the chunks creates one (rows, V) tensor, the buffer of every chunk's
+    logits: the row kernels write the gradient over them. With a learnable temperature, whose
+    gradient reads both, each chunk also gets a gradient (and the product of the two), and the
+    chunks have a third of the rows."""
+    n, d, v = 12, 8, 1000
+    monkeypatch.setattr(linear, "CHUNK_BYTES", {"cpu": 6 * v * 4, "cuda": 6 * v * 4})
+    h, w, _, t = _inputs(n, d, v, torch.float32)
+    temperature = torch.tensor(1.5, requires_grad=learn_t)
+    rows = 2 if learn_t else 6
+    for reduction, sweeps in (("mean", 1), ("none", 2)):  # "none": the backward sweeps again
+        with LargestTensor() as probe:
+            loss = thermokern.linear_cross_entropy(h, w, t, temperature=temperature, reduction=reduction)
+            loss.sum().backward()
+        created = [s for s in probe.shapes if len(s) == 2 and s[1] == v]
+        assert set(created) == {(rows, v)}
+        assert len(created) == sweeps + (2 * n // rows if learn_t else 0)
+
+
 def test_errors():
     h, w, b, t = _inputs(4, 8, 10, torch.float32)
     with pytest.raises(ValueError, match="weight"):

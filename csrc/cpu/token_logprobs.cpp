@@ -42,6 +42,7 @@ void launch_bwd(const TokenLogprobsBwdPlan& p) {
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
   m.impl("token_logprobs_fwd", &token_logprobs_fwd_op<launch_fwd>);
   m.impl("token_logprobs_bwd", &token_logprobs_bwd_op<launch_bwd>);
+  m.impl("token_logprobs_bwd_", &token_logprobs_bwd_op<launch_bwd, /*InPlace=*/true>);
 }
 
 }  // namespace thermokern::cpu

@@ -105,7 +105,7 @@ __global__ void cross_entropy_bwd_kernel(const acc_t* __restrict__ grad,  // (N,
                                          RowsView<scalar_t, acc_t> a,
                                          const int64_t* __restrict__ target,  // (N,)
                                          StatsView<const acc_t> st,
-                                         scalar_t* __restrict__ grad_x,  // (N, C) contig
+                                         scalar_t* grad_x,  // (N, C) contig, may be the logits
                                          acc_t beta, acc_t eps, int64_t ignore_index, acc_t zw) {
   const int64_t C = a.C;
   const int64_t n_vec = C / VEC;
@@ -170,6 +170,7 @@ void launch_bwd(const CrossEntropyBwdPlan& p) {
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_op<launch_fwd>);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_op<launch_bwd>);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd_op<launch_bwd, /*InPlace=*/true>);
 }
 
 }  // namespace thermokern::cuda

@@ -32,7 +32,7 @@ __global__ void softmax_entropy_fwd_kernel(RowsView<scalar_t, acc_t> a, StatsVie
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void softmax_entropy_bwd_kernel(const acc_t* __restrict__ grad,  // (N,)
                                            RowsView<scalar_t, acc_t> a, StatsView<const acc_t> st,
-                                           scalar_t* __restrict__ grad_x) {  // (N, C) contig
+                                           scalar_t* grad_x) {  // (N, C) contig, may be the logits
   const int64_t n_vec = a.C / VEC;
   for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
     const acc_t inv_t = a.inv_t_of(row);
@@ -67,6 +67,7 @@ void launch_bwd(const RowsBwdPlan& p) {
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
   m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_op<launch_fwd>);
   m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_op<launch_bwd>);
+  m.impl("softmax_entropy_bwd_", &softmax_entropy_bwd_op<launch_bwd, /*InPlace=*/true>);
 }
 
 }  // namespace thermokern::cuda

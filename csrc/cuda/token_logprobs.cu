@@ -59,7 +59,7 @@ __global__ void token_logprobs_bwd_kernel(const acc_t* __restrict__ grad_logp,  
                                           RowsView<scalar_t, acc_t> a,
                                           const int64_t* __restrict__ target,  // (N,)
                                           StatsView<const acc_t> st,
-                                          scalar_t* __restrict__ grad_x,  // (N, C) contig
+                                          scalar_t* grad_x,  // (N, C) contig, may be the logits
                                           int64_t ignore_index) {
   const int64_t n_vec = a.C / VEC;
   for (int64_t row = blockIdx.x; row < a.N; row += gridDim.x) {
@@ -111,6 +111,7 @@ void launch_bwd(const TokenLogprobsBwdPlan& p) {
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
   m.impl("token_logprobs_fwd", &token_logprobs_fwd_op<launch_fwd>);
   m.impl("token_logprobs_bwd", &token_logprobs_bwd_op<launch_bwd>);
+  m.impl("token_logprobs_bwd_", &token_logprobs_bwd_op<launch_bwd, /*InPlace=*/true>);
 }
 
 }  // namespace thermokern::cuda

@@ -74,6 +74,10 @@ def _signature(schema: torch.FunctionSchema) -> inspect.Signature:
     return inspect.Signature(params, return_annotation=ret)
 
 
+def _returns_nothing(*args: Any) -> None:
+    """The fake of an in-place kernel whose outputs are its mutated arguments."""
+
+
 class KernelOp:
     """A kernel of the ``thermokern`` library and its implementation per backend.
 
@@ -116,6 +120,7 @@ class KernelOp:
         self._make_backward = make_backward
         self._traceable = traceable
         self._triton_op: Any = None
+        self.twin: KernelOp | None = None  # the in-place twin (in_place_twin)
         if _backend._C is not None:
             if not hasattr(torch.ops.thermokern, name):
                 raise ImportError(
@@ -146,6 +151,14 @@ class KernelOp:
             make_backward=make_backward,
         )  # fmt: skip
         return forward, backward
+
+    def in_place_twin(self) -> KernelOp:
+        """The in-place twin ``<name>_`` of a row op's backward: the same arguments, the gradient
+        written over the (contiguous) logits, nothing returned (schema ``Tensor(a!) logits``;
+        its Triton launcher and reference are ``<name>_`` beside this op's); also kept as
+        ``self.twin``."""
+        self.twin = KernelOp(self.name + "_", fake=_returns_nothing, triton=self._triton_launcher)
+        return self.twin
 
     def __repr__(self) -> str:
         return f"KernelOp({self.name!r})"

@@ -93,7 +93,14 @@ from thermokern._checks import (
 )
 from thermokern._dtypes import FLOAT_DTYPES, acc_dtype
 from thermokern.ops.cross_entropy import cross_entropy_bwd, reduce_loss
-from thermokern.ops.linear import HeadGrads, as_logits_view, check_head, head_chunks, head_inputs
+from thermokern.ops.linear import (
+    HeadGrads,
+    as_logits_view,
+    check_head,
+    head_chunks,
+    head_inputs,
+    logit_grad,
+)
 from thermokern.ops.partition import partition_bwd, partition_fwd
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 from thermokern.ops.token_logprobs import token_logprobs_bwd
@@ -451,10 +458,12 @@ def _ce_merge(stats, tgt, inv_t, widths: list[int], total: int, params):
     return loss, h, big, log_d
 
 
-def _shard_grad(name, g, g_entropy, rows, tgt, inv_t, h, big, log_d, layout, params, logprobs=False):
+def _shard_grad(
+    name, g, g_entropy, rows, tgt, inv_t, h, big, log_d, layout, params, logprobs=False, in_place=False
+):
     """The gradient w.r.t. the shard ``rows`` (N, C_rank): the local slice of the gradient of
     the full-vocabulary loss, from the merged statistics (h, big, log_d: accumulation dtype)
-    and no communication.
+    and no communication; with ``in_place`` (the heads' chunks), written over ``rows``.
 
     Cross-entropy (``logprobs=False``): ``g`` is the upstream gradient of each row's loss,
     ``params`` (beta, eps, ignore_index, zw), ``g_entropy`` None. Log-probs: ``g`` and
@@ -488,15 +497,17 @@ def _shard_grad(name, g, g_entropy, rows, tgt, inv_t, h, big, log_d, layout, par
     col = torch.where(owned, tgt - start, torch.zeros_like(tgt))
     kernel_tgt = torch.where(live, col, torch.full_like(col, -1))
     kernel_tgt = torch.where(bad, torch.full_like(col, width), kernel_tgt)
+    x_t = rows.gather(1, col.unsqueeze(1)).squeeze(1).double()  # before an in-place kernel
     if logprobs:
         g_ent = None if g_entropy is None else g_entropy.to(h.dtype).contiguous()
-        gx = token_logprobs_bwd(name, g, g_ent, rows, kernel_tgt, inv_t, h, big, log_d, -1)
+        args = (g, g_ent, rows, kernel_tgt, inv_t, h, big, log_d, -1)
+        gx = logit_grad(token_logprobs_bwd, in_place, name, rows, args)
         g = -g
     else:
         eps_local = eps * width / total
-        gx = cross_entropy_bwd(name, g, rows, kernel_tgt, inv_t, h, big, log_d, beta, eps_local, -1, zw)
+        args = (g, rows, kernel_tgt, inv_t, h, big, log_d, beta, eps_local, -1, zw)
+        gx = logit_grad(cross_entropy_bwd, in_place, name, rows, args)
     k = inv_t.double()
-    x_t = rows.gather(1, col.unsqueeze(1)).squeeze(1).double()
     big64, log_d64, h64 = big.double(), log_d.double(), h.double()
     log_p = (x_t - big64) * k - log_d64
     p = torch.exp(log_p)
@@ -678,7 +689,8 @@ class _DistLinearHead(torch.autograd.Function):
         layout = (start, weight.shape[0], total)
         outs, saved = [], []
         # Every rank cuts the same chunks (sized for the widest shard): one collective each.
-        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, max(widths)):
+        in_place = not learn_t  # as in ops/linear.py: a learnable temperature reads both
+        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, max(widths), in_place):
             tgt = target[rows]
             fields = _ce_fields(logits, tgt, k, start, eps, ignore_index, cfg.name)
             stats = _all_gather(fields, group=cfg.group, world=cfg.world).double()
@@ -690,7 +702,9 @@ class _DistLinearHead(torch.autograd.Function):
             ent, big, log_d = ent.to(acc), big.to(acc), log_d.to(acc)
             if now:
                 g = row_g.expand(logits.shape[0])
-                gx = _shard_grad(cfg.name, g, None, logits, tgt, k, ent, big, log_d, layout, params)
+                gx = _shard_grad(
+                    cfg.name, g, None, logits, tgt, k, ent, big, log_d, layout, params, in_place=in_place
+                )
                 grads.add(rows, h, weight, logits, gx, k)
                 del gx
             elif not scalar:  # the backward recomputes the logits, not the statistics
@@ -721,13 +735,14 @@ class _DistLinearHead(torch.autograd.Function):
             logprobs = cfg.kind == "logprobs"
             with_entropy = logprobs and cfg.params[1]
             grads = HeadGrads(hidden, weight, bias, ctx.needs_input_grad[:3], ctx.needs_input_grad[3])
-            for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, max(cfg.layout[1])):
+            in_place = not ctx.needs_input_grad[3]
+            for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, max(cfg.layout[1]), in_place):
                 ent, big, log_d = row_stats[0, rows], row_stats[1, rows], row_stats[2, rows]
                 g = grad_out[0, rows] if logprobs else grad_out[rows]
                 g_ent = grad_out[1, rows] if with_entropy else None
                 gx = _shard_grad(
                     cfg.name, g, g_ent, logits, target[rows], k, ent, big, log_d, ctx.layout,
-                    cfg.params, logprobs=logprobs,
+                    cfg.params, logprobs=logprobs, in_place=in_place,
                 )  # fmt: skip
                 grads.add(rows, h, weight, logits, gx, k)
                 del logits, gx

@@ -73,11 +73,12 @@ inline CrossEntropyBwdPlan plan_cross_entropy_bwd(
     const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
     const at::Tensor& inv_t, const at::Tensor& entropy, const at::Tensor& shift,
     const at::Tensor& log_norm, double entropy_weight, double label_smoothing,
-    int64_t ignore_index, double z_loss_weight) {
+    int64_t ignore_index, double z_loss_weight, bool in_place) {
   check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
   check_target(target, logits);
   check_cross_entropy_weights(entropy_weight, label_smoothing, z_loss_weight);
-  return {rows_bwd_plan(grad, logits, inv_t, entropy, shift, log_norm), target.contiguous(),
+  return {rows_bwd_plan(grad, logits, inv_t, entropy, shift, log_norm, in_place),
+          target.contiguous(),
           {entropy_weight, label_smoothing, z_loss_weight, ignore_index}};
 }
 
@@ -93,18 +94,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_op(
   return {p.loss, p.out.entropy, p.out.shift, p.out.log_norm};
 }
 
-template <void (*Launch)(const CrossEntropyBwdPlan&)>
-at::Tensor cross_entropy_bwd_op(const at::Tensor& grad, const at::Tensor& logits,
-                                const at::Tensor& target, const at::Tensor& inv_t,
-                                const at::Tensor& entropy, const at::Tensor& shift,
-                                const at::Tensor& log_norm, double entropy_weight,
-                                double label_smoothing, int64_t ignore_index,
-                                double z_loss_weight) {
-  const CrossEntropyBwdPlan p =
-      plan_cross_entropy_bwd(grad, logits, target, inv_t, entropy, shift, log_norm,
-                             entropy_weight, label_smoothing, ignore_index, z_loss_weight);
+// cross_entropy_bwd, and with InPlace cross_entropy_bwd_.
+template <void (*Launch)(const CrossEntropyBwdPlan&), bool InPlace = false>
+RowsBwdResult<InPlace> cross_entropy_bwd_op(const at::Tensor& grad, const at::Tensor& logits,
+                                            const at::Tensor& target, const at::Tensor& inv_t,
+                                            const at::Tensor& entropy, const at::Tensor& shift,
+                                            const at::Tensor& log_norm, double entropy_weight,
+                                            double label_smoothing, int64_t ignore_index,
+                                            double z_loss_weight) {
+  const CrossEntropyBwdPlan p = plan_cross_entropy_bwd(
+      grad, logits, target, inv_t, entropy, shift, log_norm, entropy_weight, label_smoothing,
+      ignore_index, z_loss_weight, InPlace);
   if (p.bwd.rows.rows > 0) Launch(p);
-  return p.bwd.grad_x;
+  if constexpr (!InPlace) return p.bwd.grad_x;
 }
 
 }  // namespace thermokern

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 
 #include <ATen/core/Tensor.h>
 
@@ -114,7 +115,11 @@ inline SoftmaxEntropyFwdPlan plan_softmax_entropy_fwd(const at::Tensor& logits,
 
 // The backward of the row ops: the upstream gradient per row and the saved statistics,
 // contiguous and in the accumulation dtype, and the contiguous (rows, C) gradient (logits'
-// dtype) the kernel writes.
+// dtype) the kernel writes: a new tensor, or with in_place (the <op>_bwd_ ops) the logits
+// themselves. [Note: in-place backward] Every backward kernel reads each x_j once, before it
+// writes g_j at the same place, and reads nothing of the row after that, so the gradient can
+// be written over contiguous logits (the language-model heads' chunks, whose logits are not
+// needed once their gradient exists: one (rows, C) buffer instead of two).
 struct RowsBwdPlan {
   RowsPlan rows;
   at::Tensor grad;
@@ -124,19 +129,32 @@ struct RowsBwdPlan {
 
 inline RowsBwdPlan rows_bwd_plan(const at::Tensor& grad, const at::Tensor& logits,
                                  const at::Tensor& inv_t, const at::Tensor& entropy,
-                                 const at::Tensor& shift, const at::Tensor& log_norm) {
+                                 const at::Tensor& shift, const at::Tensor& log_norm,
+                                 bool in_place) {
+  if (in_place) {
+    TORCH_CHECK_VALUE(logits.is_contiguous(),
+                      "logits: the in-place backward writes the gradient over the logits, "
+                      "which must be contiguous, got strides ",
+                      logits.strides());
+  }
   return {rows_plan(logits, inv_t),
           grad.to(acc_dtype(logits.scalar_type())).contiguous(),
           {entropy.contiguous(), shift.contiguous(), log_norm.contiguous()},
-          new_output({logits.size(0), logits.size(1)}, logits.options())};
+          in_place ? logits : new_output({logits.size(0), logits.size(1)}, logits.options())};
 }
 
 inline RowsBwdPlan plan_softmax_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits,
                                             const at::Tensor& inv_t, const at::Tensor& entropy,
-                                            const at::Tensor& shift, const at::Tensor& log_norm) {
+                                            const at::Tensor& shift, const at::Tensor& log_norm,
+                                            bool in_place) {
   check_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
-  return rows_bwd_plan(grad, logits, inv_t, entropy, shift, log_norm);
+  return rows_bwd_plan(grad, logits, inv_t, entropy, shift, log_norm, in_place);
 }
+
+// The return type of a row op's backward entry point: the gradient, or nothing for the
+// in-place twin (which wrote it over the logits).
+template <bool InPlace>
+using RowsBwdResult = std::conditional_t<InPlace, void, at::Tensor>;
 
 // ---- entry points ([Note: host-side plans]): Launch is the backend's ------------------------
 
@@ -148,13 +166,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_op(const at::
   return {p.out.entropy, p.out.shift, p.out.log_norm};
 }
 
-template <void (*Launch)(const RowsBwdPlan&)>
-at::Tensor softmax_entropy_bwd_op(const at::Tensor& grad, const at::Tensor& logits,
-                                  const at::Tensor& inv_t, const at::Tensor& entropy,
-                                  const at::Tensor& shift, const at::Tensor& log_norm) {
-  const RowsBwdPlan p = plan_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm);
+// softmax_entropy_bwd, and with InPlace softmax_entropy_bwd_.
+template <void (*Launch)(const RowsBwdPlan&), bool InPlace = false>
+RowsBwdResult<InPlace> softmax_entropy_bwd_op(const at::Tensor& grad, const at::Tensor& logits,
+                                              const at::Tensor& inv_t, const at::Tensor& entropy,
+                                              const at::Tensor& shift,
+                                              const at::Tensor& log_norm) {
+  const RowsBwdPlan p =
+      plan_softmax_entropy_bwd(grad, logits, inv_t, entropy, shift, log_norm, InPlace);
   if (p.rows.rows > 0) Launch(p);
-  return p.grad_x;
+  if constexpr (!InPlace) return p.grad_x;
 }
 
 }  // namespace thermokern

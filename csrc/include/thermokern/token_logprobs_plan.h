@@ -63,14 +63,14 @@ inline TokenLogprobsBwdPlan plan_token_logprobs_bwd(
     const at::Tensor& grad_logp, const std::optional<at::Tensor>& grad_entropy,
     const at::Tensor& logits, const at::Tensor& target, const at::Tensor& inv_t,
     const at::Tensor& entropy, const at::Tensor& shift, const at::Tensor& log_norm,
-    int64_t ignore_index) {
+    int64_t ignore_index, bool in_place) {
   check_token_logprobs_bwd(grad_logp, grad_entropy, logits, target, inv_t, entropy, shift,
                            log_norm);
   at::Tensor g_h;
   if (grad_entropy.has_value()) {
     g_h = grad_entropy->to(acc_dtype(logits.scalar_type())).contiguous();
   }
-  return {rows_bwd_plan(grad_logp, logits, inv_t, entropy, shift, log_norm), g_h,
+  return {rows_bwd_plan(grad_logp, logits, inv_t, entropy, shift, log_norm, in_place), g_h,
           target.contiguous(), ignore_index};
 }
 
@@ -85,17 +85,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_logprobs_fwd_op
   return {p.logp, p.out.entropy, p.out.shift, p.out.log_norm};
 }
 
-template <void (*Launch)(const TokenLogprobsBwdPlan&)>
-at::Tensor token_logprobs_bwd_op(const at::Tensor& grad_logp,
-                                 const std::optional<at::Tensor>& grad_entropy,
-                                 const at::Tensor& logits, const at::Tensor& target,
-                                 const at::Tensor& inv_t, const at::Tensor& entropy,
-                                 const at::Tensor& shift, const at::Tensor& log_norm,
-                                 int64_t ignore_index) {
-  const TokenLogprobsBwdPlan p = plan_token_logprobs_bwd(
-      grad_logp, grad_entropy, logits, target, inv_t, entropy, shift, log_norm, ignore_index);
+// token_logprobs_bwd, and with InPlace token_logprobs_bwd_.
+template <void (*Launch)(const TokenLogprobsBwdPlan&), bool InPlace = false>
+RowsBwdResult<InPlace> token_logprobs_bwd_op(const at::Tensor& grad_logp,
+                                             const std::optional<at::Tensor>& grad_entropy,
+                                             const at::Tensor& logits, const at::Tensor& target,
+                                             const at::Tensor& inv_t, const at::Tensor& entropy,
+                                             const at::Tensor& shift, const at::Tensor& log_norm,
+                                             int64_t ignore_index) {
+  const TokenLogprobsBwdPlan p =
+      plan_token_logprobs_bwd(grad_logp, grad_entropy, logits, target, inv_t, entropy, shift,
+                              log_norm, ignore_index, InPlace);
   if (p.bwd.rows.rows > 0) Launch(p);
-  return p.bwd.grad_x;
+  if constexpr (!InPlace) return p.bwd.grad_x;
 }
 
 }  // namespace thermokern

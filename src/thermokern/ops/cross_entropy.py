@@ -2,8 +2,8 @@
 
 One forward pass over the logits gives, per row, the loss and the three softmax statistics
 (entropy, shift, log-normaliser); one backward pass recomputes p from them. The schemas
-``cross_entropy_fwd`` / ``cross_entropy_bwd`` are in csrc/thermokern.cpp; the CPU and CUDA
-kernels register under them, the Triton launchers are in kernels/cross_entropy.py.
+``cross_entropy_fwd`` / ``cross_entropy_bwd`` (and the backward's in-place twin
+``cross_entropy_bwd_``) are in csrc/thermokern.cpp; the CPU and CUDA kernels register under them, the Triton launchers are in kernels/cross_entropy.py.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ cross_entropy_fwd, cross_entropy_bwd = KernelOp.differentiable(
     "cross_entropy_fwd", "cross_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="cross_entropy",
     setup_context=_setup_context, make_backward=_make_backward,
 )  # fmt: skip
+# cross_entropy_bwd_: the gradient written over the logits (the language-model heads' chunks)
+cross_entropy_bwd_inplace = cross_entropy_bwd.in_place_twin()
 
 
 def target_rows(logits, target, temperature, ignore_index: int, backend: str):

@@ -5,8 +5,10 @@ They have no kernels of their own: the tokens are processed in chunks whose scra
 bounded (independent of N); per chunk, the logits come from one matmul (the vendor BLAS, in
 the input dtype with fp32 accumulation), the row statistics, loss and logit gradient from this
 project's row kernels (the ``KernelOp``s of ops/cross_entropy.py, ops/token_logprobs.py and
-ops/softmax_entropy.py), and the gradients w.r.t. hidden, weight and bias from two more
-matmuls; the weight and bias gradients accumulate in fp32. The chunk sweep (``head_chunks``),
+ops/softmax_entropy.py; the gradient is written over the chunk's logits by the in-place twins
+of the backward kernels, so that a chunk is one (rows, V) buffer), and the gradients w.r.t.
+hidden, weight and bias from two more matmuls; the weight and bias gradients accumulate in
+fp32. The chunk sweep (``head_chunks``),
 the gradient buffers (``HeadGrads``) and the argument handling (``check_head``,
 ``head_inputs``) also serve thermokern.distributed's tensor-parallel heads.
 
@@ -40,42 +42,61 @@ from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
 
 __all__ = ["linear_cross_entropy", "linear_softmax_entropy", "linear_token_logprobs"]
 
-# Bytes of one chunk of logits (the gradient chunk takes as much again): small on the CPU, where
-# a (64, 32000) float32 chunk keeps the matmuls efficient; larger on a GPU, whose matmuls need
-# a few thousand rows to fill it. Tests lower them to force many chunks.
-CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}
+# Bytes of the (rows, V) buffers of one chunk: its logits, over which the row kernels write
+# their gradient (the in-place backwards, [Note: in-place backward] in
+# csrc/include/thermokern/softmax_entropy_plan.h); with a learnable temperature, whose
+# gradient reads both, the logits, their gradient and the product of the two (a third of the
+# rows). Small on the CPU, where (128, 32000) float32 keeps the matmuls efficient (each chunk's
+# matmuls stream the whole weight: fewer chunks, fewer passes); larger on a GPU, whose matmuls
+# need a few thousand rows to fill it. Tests lower them to force many chunks.
+CHUNK_BYTES = {"cpu": 16 << 20, "cuda": 512 << 20}
 
 
-def _chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
-    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
+def _chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device, buffers: int) -> int:
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"]) // buffers
     elt = torch.empty((), dtype=dtype).element_size()
     return max(1, min(n, budget // max(vocab * elt, 1)))
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear for a chunk: contiguous (rows, V) in the input dtype."""
-    out = h @ weight.t()
+def _logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> torch.Tensor:
+    """F.linear for a chunk into ``out``: contiguous (rows, V) in the input dtype."""
+    torch.mm(h, weight.t(), out=out)
     if bias is not None:
         out += bias
     return out
 
 
-def head_chunks(hidden, weight, bias, inv_t, vocab: int | None = None):
+def head_chunks(hidden, weight, bias, inv_t, vocab: int | None = None, in_place: bool = True):
     """The chunk sweep of the heads (shared with thermokern.distributed's tensor-parallel heads):
     yields ``(rows, h, k, logits)`` per chunk of tokens: the slice of rows, their hidden states,
     their 1/T (the single element, or one per row) and the chunk's contiguous logits. ``vocab``
     is the width the chunk size is computed for (default: the weight's rows; the distributed
-    heads pass the widest shard so that every rank cuts the same chunks). The caller drops its
-    reference to ``logits`` before the next chunk, so that one chunk exists at a time."""
+    heads pass the widest shard so that every rank cuts the same chunks); ``in_place``: whether
+    the caller writes the logits' gradient over them (:func:`logit_grad`), else the chunks are
+    cut for three (rows, V) buffers (see CHUNK_BYTES). Every chunk's logits are written into
+    the same buffer (no allocation, and no page faults on the CPU, per chunk): the caller is
+    done with them, and with a gradient written over them, before it asks for the next chunk."""
     n = hidden.shape[0]
-    step = _chunk_rows(n, weight.shape[0] if vocab is None else vocab, hidden.dtype, hidden.device)
+    vocab = weight.shape[0] if vocab is None else vocab
+    step = _chunk_rows(n, vocab, hidden.dtype, hidden.device, 1 if in_place else 3)
+    buffer = hidden.new_empty((min(step, n), weight.shape[0]))
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         h = hidden[rows]
         k = inv_t if inv_t.numel() == 1 else inv_t[rows]
-        logits = _logits(h, weight, bias)
-        yield rows, h, k, logits
-        del logits
+        yield rows, h, k, _logits(h, weight, bias, buffer[: rows.stop - start])
+
+
+def logit_grad(bwd, in_place: bool, name: str, logits: torch.Tensor, args: tuple) -> torch.Tensor:
+    """A chunk's logit gradient from the row op's backward KernelOp ``bwd`` on backend ``name``
+    with ``args``; with ``in_place``, its in-place twin writes it over the chunk's ``logits``
+    (which are returned). Shared with thermokern.distributed."""
+    if not in_place:
+        return bwd(name, *args)
+    bwd.twin(name, *args)
+    return logits
 
 
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -105,6 +126,8 @@ class HeadGrads:
         )
 
     def add(self, rows: slice, h, weight, logits, grad_logits, inv_t) -> None:
+        """Add a chunk's part; ``logits`` is read only for a learnable temperature (otherwise
+        the gradient may have been written over it)."""
         if self.hidden is not None:
             torch.mm(grad_logits, weight, out=self.hidden[rows])
         if self.weight is not None:
@@ -156,21 +179,22 @@ class _LinearHead(torch.autograd.Function):
         scalar = kind == "ce" and reduction != "none"
         now = scalar and (any(needs) or learn_t)
         grads = HeadGrads(hidden, weight, bias, needs, learn_t) if now else None
+        in_place = not learn_t  # the temperature's gradient reads the logits and their gradient
         if scalar:  # the output is the reduced loss, whose gradient w.r.t. each row's loss is row_g
             count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
             row_g = torch.ones((), dtype=acc, device=hidden.device)
             row_g = row_g / count if count is not None else row_g
         outs = []
-        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t):
+        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
             if kind == "ce":
                 loss, entropy, shift, log_norm = cross_entropy_fwd(name, logits, target[rows], k, *params)
                 outs.append(loss)
                 if now:
                     g = row_g.expand(logits.shape[0]).contiguous()
-                    gx = cross_entropy_bwd(
-                        name, g, logits, target[rows], k, entropy, shift, log_norm, *params
-                    )
+                    args = (g, logits, target[rows], k, entropy, shift, log_norm, *params)
+                    gx = logit_grad(cross_entropy_bwd, in_place, name, logits, args)
                     grads.add(rows, h, weight, logits, gx, k)
+                    del gx
             elif kind == "logprobs":
                 logp, entropy, _, _ = token_logprobs_fwd(name, logits, target[rows], k, params[0])
                 outs.append(torch.stack([logp, entropy]))
@@ -202,27 +226,21 @@ class _LinearHead(torch.autograd.Function):
         learn_t = ctx.needs_input_grad[3]
         grads = HeadGrads(hidden, weight, bias, needs, learn_t)
         acc = acc_dtype(hidden.dtype)
-        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t):
+        in_place = not learn_t  # as in the forward
+        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
             # The row statistics every backward kernel needs are softmax_entropy_fwd's (the
             # cross-entropy and log-prob forwards return the same ones, plus what is not needed).
             stats = softmax_entropy_fwd(ctx.name, logits, k)
             if ctx.kind == "ce":
                 g = grad_out[rows].to(acc).contiguous()
-                gx = cross_entropy_bwd(ctx.name, g, logits, target[rows], k, *stats, *ctx.params)
+                bwd, args = cross_entropy_bwd, (g, logits, target[rows], k, *stats, *ctx.params)
             elif ctx.kind == "logprobs":
                 g = grad_out[:, rows].to(acc)
-                gx = token_logprobs_bwd(
-                    ctx.name,
-                    g[0].contiguous(),
-                    g[1].contiguous(),
-                    logits,
-                    target[rows],
-                    k,
-                    *stats,
-                    ctx.params[0],
-                )
+                bwd = token_logprobs_bwd
+                args = (g[0].contiguous(), g[1].contiguous(), logits, target[rows], k, *stats, ctx.params[0])
             else:
-                gx = softmax_entropy_bwd(ctx.name, grad_out[rows].to(acc).contiguous(), logits, k, *stats)
+                bwd, args = softmax_entropy_bwd, (grad_out[rows].to(acc).contiguous(), logits, k, *stats)
+            gx = logit_grad(bwd, in_place, ctx.name, logits, args)
             grads.add(rows, h, weight, logits, gx, k)
             del logits, gx
         gh, gw, gb, gt = grads.scaled(None, weight.dtype, ctx.bias_dtype)

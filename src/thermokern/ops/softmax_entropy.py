@@ -1,7 +1,7 @@
 """``softmax_entropy``: its kernel declarations and the public function.
 
-The schemas ``softmax_entropy_fwd`` / ``softmax_entropy_bwd`` are in csrc/thermokern.cpp; the
-CPU and CUDA kernels register under them, the Triton launchers are in
+The schemas ``softmax_entropy_fwd`` / ``softmax_entropy_bwd`` (and the backward's in-place twin
+``softmax_entropy_bwd_``) are in csrc/thermokern.cpp; the CPU and CUDA kernels register under them, the Triton launchers are in
 kernels/softmax_entropy.py, the contract in thermokern.reference.kernels. This module declares
 the pair (fake, autograd, backends: thermokern._dispatch) and the public function.
 """
@@ -63,6 +63,8 @@ softmax_entropy_fwd, softmax_entropy_bwd = KernelOp.differentiable(
     "softmax_entropy_fwd", "softmax_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="softmax_entropy",
     setup_context=_setup_context, make_backward=_make_backward,
 )  # fmt: skip
+# softmax_entropy_bwd_: the gradient written over the logits (the language-model heads' chunks)
+softmax_entropy_bwd_inplace = softmax_entropy_bwd.in_place_twin()
 
 
 # ----------------------------------------------------------------------------- public API

@@ -3,8 +3,8 @@ declarations and the public function.
 
 The RL fine-tuning primitive (PPO, GRPO: the log-probs of the sampled tokens plus an entropy
 bonus or metric) in one read of the logits forward and one backward pass that takes both
-upstream gradients. The schemas ``token_logprobs_fwd`` / ``token_logprobs_bwd`` are in
-csrc/thermokern.cpp; the CPU and CUDA kernels register under them, the Triton launchers are in
+upstream gradients. The schemas ``token_logprobs_fwd`` / ``token_logprobs_bwd`` (and the
+backward's in-place twin ``token_logprobs_bwd_``) are in csrc/thermokern.cpp; the CPU and CUDA kernels register under them, the Triton launchers are in
 kernels/token_logprobs.py.
 """
 
@@ -69,6 +69,8 @@ token_logprobs_fwd, token_logprobs_bwd = KernelOp.differentiable(
     "token_logprobs_fwd", "token_logprobs_bwd", fakes=(_fwd_fake, _bwd_fake), triton="token_logprobs",
     setup_context=_setup_context, make_backward=_make_backward,
 )  # fmt: skip
+# token_logprobs_bwd_: the gradient written over the logits (the language-model heads' chunks)
+token_logprobs_bwd_inplace = token_logprobs_bwd.in_place_twin()
 
 
 # ----------------------------------------------------------------------------- public API

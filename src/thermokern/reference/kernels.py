@@ -142,6 +142,27 @@ def token_logprobs_bwd(
     return out.to(logits.dtype)
 
 
+# ----------------------------------------------------------------------------- in-place backwards
+def _in_place(bwd, logits_at: int):
+    """The contract of ``<op>_bwd_``: ``bwd``'s gradient written over its logits argument (the
+    one at position ``logits_at``)."""
+
+    def bwd_(*args) -> None:
+        if not args[logits_at].is_contiguous():
+            raise ValueError(
+                "logits: the in-place backward writes the gradient over the logits, which must be contiguous"
+            )
+        args[logits_at].copy_(bwd(*args))
+
+    bwd_.__name__ = bwd.__name__ + "_"
+    return bwd_
+
+
+softmax_entropy_bwd_ = _in_place(softmax_entropy_bwd, 1)
+cross_entropy_bwd_ = _in_place(cross_entropy_bwd, 1)
+token_logprobs_bwd_ = _in_place(token_logprobs_bwd, 2)
+
+
 # ----------------------------------------------------------------------------- partition
 def _partition_elements(x, weight, mask, scale, negate):
     """x' and k shaped (O, R, I) in the accumulation dtype, w (1 without weight), the mask's
