@@ -40,6 +40,14 @@ def _ref(x, t, **kw):
     return reference.entropy_regularized_cross_entropy(x.double(), t, **kw)
 
 
+def _check_value_and_grad(out, x, ref, xr, dtype, grad_scale=1.0):
+    """``out`` (from input ``x``) against ``ref`` (from ``xr``), and the gradients of their sums."""
+    assert_close(out, ref.detach(), dtype)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    (gr,) = torch.autograd.grad(ref.sum(), xr)
+    assert_close(gx, gr, dtype, grad=True, grad_scale=grad_scale)
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -83,10 +91,7 @@ def test_equals_cross_entropy_without_entropy_term(backend, reduction, eps, igno
     if ignore == "all" and reduction == "mean":
         assert torch.isnan(out) and torch.isnan(ref)  # 0 / 0, as PyTorch
         return
-    assert_close(out, ref.detach(), torch.float64)
-    (gx,) = torch.autograd.grad(out.sum(), x)
-    (gr,) = torch.autograd.grad(ref.sum(), x)
-    assert_close(gx, gr, torch.float64, grad=True)
+    _check_value_and_grad(out, x, ref, x, torch.float64)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -114,10 +119,7 @@ def test_per_row_temperature(backend, dtype):
         out = thermokern.entropy_regularized_cross_entropy(x, t, backend=backend, **kw)
         xr = x.detach().double().requires_grad_(True)
         ref = _ref(xr, t, **kw)
-        assert_close(out, ref.detach(), dtype)
-        (gx,) = torch.autograd.grad(out.sum(), x)
-        (gr,) = torch.autograd.grad(ref.sum(), xr)
-        assert_close(gx, gr, dtype, grad=True, grad_scale=1 / float(temp.min()))
+        _check_value_and_grad(out, x, ref, xr, dtype, grad_scale=1 / float(temp.min()))
         # softmax_entropy takes the same per-row temperatures
         h = thermokern.softmax_entropy(x, temperature=temp, backend=backend)
         assert_close(h, reference.softmax_entropy(x.detach().double(), temperature=temp.double()), dtype)
@@ -166,10 +168,7 @@ def test_large_vocabulary(backend):
     )
     xr = x.detach().double().requires_grad_(True)
     ref = _ref(xr, t, entropy_weight=0.1, reduction="none")
-    assert_close(out, ref.detach(), torch.float32)
-    (gx,) = torch.autograd.grad(out.sum(), x)
-    (gr,) = torch.autograd.grad(ref.sum(), xr)
-    assert_close(gx, gr, torch.float32, grad=True)
+    _check_value_and_grad(out, x, ref, xr, torch.float32)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from _util import DTYPES, TOLERANCES, assert_close, run_offline_triton_compile
+from _util import DTYPES, TOLERANCES, assert_close, run_offline_triton_compile, triton_randint4x
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
@@ -153,26 +153,11 @@ def test_uniform_bits_identical_everywhere(seed, offset):
     assert ref.reshape(-1).tolist() == _C._philox_randint4x(key, offset, n)
     assert _C._langevin_words(key, offset, n) == _C._philox_randint4x(key, offset, n)
     if "triton" in cpu_backends():
-        import triton
-        import triton.language as tl
         from thermokern.kernels import langevin as tk
 
         seed_t = torch.tensor(key - 2**64 if key >= 2**63 else key)
         assert torch.equal(tk.philox_words(seed_t, torch.tensor(offset), n), ref)
-
-        @triton.jit
-        def _randint4x(out_ptr, seed, offset, N: tl.constexpr):
-            i = tl.arange(0, N)
-            r0, r1, r2, r3 = tl.randint4x(seed, offset + i.to(tl.int64))
-            tl.store(out_ptr + i * 4 + 0, r0)
-            tl.store(out_ptr + i * 4 + 1, r1)
-            tl.store(out_ptr + i * 4 + 2, r2)
-            tl.store(out_ptr + i * 4 + 3, r3)
-
-        out = torch.empty(512 * 4, dtype=torch.int32)
-        _randint4x[(1,)](out, key, offset, N=512)  # a Python int key, as users call tl.randint4x
-        got = out.to(torch.int64).reshape(512, 4)[:n] & 0xFFFFFFFF
-        assert torch.equal(got, ref)
+        assert torch.equal(triton_randint4x(key, offset, n), ref)
 
 
 def _noise(backend, numel, dtype=torch.float32, seed=5, offset=0, device="cpu"):
@@ -662,20 +647,19 @@ def test_tolerance_table_covers_dtypes():
 
 
 _PTX_CHECK = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import triton.language as tl
+from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import langevin as tk
 
 common = {"seed_ptr": "*i64", "offset_ptr": "*i64", "n": "i64", "step_bits": "i64", "sigma_bits": "i64",
           "clip_bits": "i64", "lo_bits": "i64", "hi_bits": "i64"}
-flags = ("HAS_NOISE", "HAS_CLIP", "HAS_LO", "HAS_HI", "ACC", "BLOCK_C")
 for kernel, ptrs in ((tk._langevin_step_fwd_kernel, ("x_ptr", "grad_ptr", "out_ptr")),
                      (tk._langevin_step_bwd_kernel, ("grad_out_ptr", "x_ptr", "grad_ptr", "grad_x_ptr", "grad_grad_ptr"))):
-    for ty, acc in (("*fp32", tl.float32), ("*bf16", tl.float32), ("*fp64", tl.float64)):
-        sig = {p: ty for p in ptrs} | common | {f: "constexpr" for f in flags}
+    for ty, _, acc in sm90_dtypes():
+        types = {p: ty for p in ptrs} | common
         consts = {"HAS_NOISE": True, "HAS_CLIP": True, "HAS_LO": True, "HAS_HI": True, "ACC": acc, "BLOCK_C": 256}
-        ptx = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        assert set(types) | set(consts) == set(kernel.arg_names), kernel.arg_names  # every parameter typed here
+        ptx = compile_sm90(kernel, consts, types).asm["ptx"]
         assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty
         assert "sqrt.rn" in ptx, ty
         assert ("div.rn.f32" if acc == tl.float32 else "div.rn.f64") in ptx, ty
@@ -692,26 +676,19 @@ def test_triton_kernels_compile_for_sm90():
 
 
 _PTX_CHECK_MALA_SGLD = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import triton.language as tl
+from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import mala, sgld
 
-target = GPUTarget("cuda", 90, 32)
-for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
-    k = mala._mala_accept_kernel
+for ty, acc_ty, acc in sm90_dtypes():
     consts = {"ACC": acc, "BLOCK_N": 32, "BLOCK_D": 64}
     types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1", "seed_ptr": "*i64",
              "offset_ptr": "*i64"}
-    sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, ty if p.name.endswith("_ptr") else "i64")
-           for p in k.params}
-    triton.compile(ASTSource(k, sig, consts), target=target)
+    compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty)
 for dtype in (tl.float32, tl.bfloat16, tl.float64):
-    k = sgld._sgld_step_kernel
     consts = {"DTYPE": dtype, "HAS_NOISE": True, "HAS_WD": True, "BLOCK_C": 256,
               "ACC": tl.float64 if dtype == tl.float64 else tl.float32}
-    sig = {p.name: "constexpr" if p.name in consts else "*i64" if p.name.endswith("_ptr") else "i64" for p in k.params}
-    triton.compile(ASTSource(k, sig, consts), target=target)
+    compile_sm90(sgld._sgld_step_kernel, consts)
 print("ok")
 """
 

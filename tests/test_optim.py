@@ -35,6 +35,16 @@ def _counters(t: torch.Tensor) -> int:
     return (t.numel() + 3) // 4
 
 
+def _counter_starts(params) -> tuple[list[int], int]:
+    """The first Philox counter of each param when they take consecutive counters, and the
+    number of counters they take in all."""
+    starts, s = [], 0
+    for p in params:
+        starts.append(s)
+        s += _counters(p)
+    return starts, s
+
+
 def _make_params(shapes, dtype, *, non_contiguous=(), scale=1.0):
     """Leaf parameters; indices in ``non_contiguous`` get transposed (strided) storage."""
     out = []
@@ -86,11 +96,7 @@ def test_fused_step_matches_per_tensor_reference(backend, dtype):
         backend=backend,
     )
     everything = params + extra
-    starts, s = [], 0
-    for p in everything:
-        starts.append(s)
-        s += _counters(p)
-    total = s
+    starts, total = _counter_starts(everything)
     for step in range(2):
         grads = []
         for i, p in enumerate(everything):
@@ -179,10 +185,7 @@ def test_cpu_tasks_split_tensors(cpu_isa, dtype):
     several small ones; every element still gets its own counter."""
     params = _make_params([(7,), LARGE, (3, 5), LARGE, (2,)], dtype, non_contiguous={1})
     grads = [torch.randn_like(p) for p in params]
-    starts, s = [], 0
-    for p in params:
-        starts.append(s)
-        s += _counters(p)
+    starts, _ = _counter_starts(params)
     want = _expected_step(params, grads, starts, lr=0.03, temperature=1.0, wd=0.5, seed=3, offset=0)
     opt = SGLD(params, lr=0.03, weight_decay=0.5, seed=3, backend="cpu")
     for p, g in zip(params, grads, strict=True):
@@ -608,10 +611,7 @@ def test_gpu_matches_cpu(backend, dtype):
     shapes = [*SHAPES, LARGE, (1 << 18,)]
     params = _make_params(shapes, dtype, non_contiguous={2})
     grads = [torch.randn_like(p) for p in params]
-    starts, s = [], 0
-    for p in params:
-        starts.append(s)
-        s += _counters(p)
+    starts, s = _counter_starts(params)
     want = _expected_step(params, grads, starts, lr=0.02, temperature=0.8, wd=0.3, seed=13, offset=0)
     dev = [torch.nn.Parameter(p.detach().cuda()) for p in params]
     dev[2] = torch.nn.Parameter(params[2].detach().t().contiguous().cuda().t())

@@ -492,15 +492,12 @@ _PTX_CHECK = r"""
 import os, re, subprocess, tempfile
 import torch
 import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import partition as tk
 
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 spills = []
-dtypes = (("*fp32", "*fp32", tl.float32, torch.float32), ("*bf16", "*fp32", tl.float32, torch.bfloat16),
-          ("*fp64", "*fp64", tl.float64, torch.float64))
-for ty, acc_ty, acc, dtype in dtypes:
+for (ty, acc_ty, acc), dtype in zip(sm90_dtypes(), (torch.float32, torch.bfloat16, torch.float64), strict=True):
     # The launch configurations on a GPU: large R and I, tiles of _cols_tile elements.
     fwd_r, fwd_i, fwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=False))
     bwd_r, bwd_i, bwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=True))
@@ -526,9 +523,7 @@ for ty, acc_ty, acc, dtype in dtypes:
             for kernel, ptrs, consts, warps in cases:
                 consts = consts | flags
                 types = {"x_ptr": ty, "w_ptr": ty, "mask_ptr": "*u8"} | ptrs
-                sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, idx) for p in kernel.params}
-                k = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                                   options={"num_warps": warps})
+                k = compile_sm90(kernel, consts, types, ptr=idx, scalar=idx, num_warps=warps)
                 if "cols" in kernel.fn.__name__ and os.path.exists(ptxas):
                     with tempfile.TemporaryDirectory() as d:
                         src = os.path.join(d, "k.ptx")

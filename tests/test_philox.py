@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
+from _util import triton_randint4x
 from conftest import cpu_backends
 
 from thermokern import _C
@@ -25,20 +24,6 @@ def test_known_answer(seed, offset, expected):
 @pytest.mark.parametrize("seed", [0, 1, 0xDEADBEEF, 2**40 + 123, 2**63 - 1])
 @pytest.mark.parametrize("offset", [0, 7, 2**31 - 3, 2**32 + 5, 2**40])
 def test_matches_triton_randint4x(seed, offset):
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _randint4x_kernel(out_ptr, seed, offset, N: tl.constexpr):
-        idx = tl.arange(0, N)
-        r0, r1, r2, r3 = tl.randint4x(seed, offset + idx.to(tl.int64))
-        tl.store(out_ptr + idx * 4 + 0, r0)
-        tl.store(out_ptr + idx * 4 + 1, r1)
-        tl.store(out_ptr + idx * 4 + 2, r2)
-        tl.store(out_ptr + idx * 4 + 3, r3)
-
     n = 16
-    out = torch.empty(n * 4, dtype=torch.int32)
-    _randint4x_kernel[(1,)](out, seed, offset, N=n)
-    got = out.numpy().view(np.uint32).tolist()
+    got = triton_randint4x(seed, offset, n).reshape(-1).tolist()
     assert got == _C._philox_randint4x(seed, offset, n)

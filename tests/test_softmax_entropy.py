@@ -324,22 +324,17 @@ def test_triton_launches_on_the_tensors_device():
 
 
 _PTX_CHECK = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import cross_entropy as ce, softmax_entropy as ent
 
 kernels = (ent._softmax_entropy_fwd_kernel, ent._softmax_entropy_bwd_kernel, ce._cross_entropy_fwd_kernel,
            ce._cross_entropy_bwd_kernel)
-for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+for ty, acc_ty, acc in sm90_dtypes():
     for kernel in kernels:
         consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
         if "HAS_ENTROPY" in kernel.arg_names:
             consts |= {"HAS_SMOOTHING": True, "HAS_ENTROPY": True, "HAS_Z_LOSS": True}
-        types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
-        sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, acc_ty if p.name.endswith("_ptr") else "i64")
-               for p in kernel.params}
-        triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+        compile_sm90(kernel, consts, {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}, ptr=acc_ty)
 print("ok")
 """
 

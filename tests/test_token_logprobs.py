@@ -119,21 +119,16 @@ def test_errors():
 
 
 _PTX_CHECK = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import token_logprobs as tlp
 
-for ty, acc_ty, acc in (("*fp32", "*fp32", tl.float32), ("*bf16", "*fp32", tl.float32), ("*fp64", "*fp64", tl.float64)):
+for ty, acc_ty, acc in sm90_dtypes():
     for kernel in (tlp._token_logprobs_fwd_kernel, tlp._token_logprobs_bwd_kernel):
         for grad_h in (False, True):
             consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
             if "HAS_ENTROPY_GRAD" in kernel.arg_names:
                 consts |= {"HAS_ENTROPY_GRAD": grad_h}
-            types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
-            sig = {p.name: "constexpr" if p.name in consts else types.get(p.name, acc_ty if p.name.endswith("_ptr") else "i64")
-                   for p in kernel.params}
-            triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+            compile_sm90(kernel, consts, {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}, ptr=acc_ty)
 print("ok")
 """
 

@@ -18,6 +18,7 @@
 
 #include "thermokern/philox.h"
 #include "thermokern/row_stats.h"
+#include "tk_rng.h"
 
 namespace {
 
@@ -152,17 +153,7 @@ void device_rows(const std::vector<T>& x, int rows, int cols, T k,
   CUDA_OK(cudaFree(dout));
 }
 
-struct Rng {  // splitmix64
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }
-  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); }
-};
+using Rng = tk_test::SplitMix64;
 
 void test_philox() {
   std::vector<PhiloxCase> cases = {

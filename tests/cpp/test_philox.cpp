@@ -6,6 +6,7 @@
 #include <set>
 
 #include "thermokern/philox.h"
+#include "tk_rng.h"
 #include "tk_test.h"
 
 namespace {
@@ -41,16 +42,7 @@ Philox4x32 run_header(const Ctr& c, const Key& k, int rounds = 10) {
   return thermokern::philox4x32(c[0], c[1], c[2], c[3], k[0], k[1], rounds);
 }
 
-// splitmix64: deterministic, platform-independent test inputs.
-struct SplitMix64 {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
+using tk_test::SplitMix64;
 
 struct Kat {
   Ctr ctr;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "thermokern/row_stats.h"
+#include "tk_rng.h"
 #include "tk_test.h"
 
 namespace {
@@ -31,20 +32,7 @@ constexpr T kInf = std::numeric_limits<T>::infinity();
 template <typename T>
 constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
 
-struct Rng {  // splitmix64
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0,1)
-  double normal() {
-    return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform());
-  }
-  size_t below(size_t n) { return static_cast<size_t>(next() % n); }
-};
+using Rng = tk_test::SplitMix64;
 
 // ---- reference: the whole row in long double -------------------------------------------
 
@@ -358,34 +346,49 @@ void neg_inf_part_contributes_nothing() {
   }
 }
 
-template <typename T>
-void nan_propagates() {
-  Rng rng{0x7a7 + sizeof(T)};
+// Rows of sizes 1, 2, 9 and 300, 20 each (kinds and temperatures cycling), into which
+// `inject(x, n, rep)` writes special values; then `check(x, parts, k, n, rep)` with the row
+// split into 1..8 random parts.
+template <typename T, typename Inject, typename Check>
+void special_value_rows(Rng& rng, Inject inject, Check check) {
   for (size_t n : {size_t{1}, size_t{2}, size_t{9}, size_t{300}}) {
     for (int rep = 0; rep < 20; ++rep) {
       const T k = static_cast<T>(kInvT[rep % 5]);
       std::vector<T> x = make_row<T>(rng, n, rep % kKinds);
-      x[rng.below(n)] = kNaN<T>;
-      if (rep % 4 == 1 && n > 2) {  // also some -inf, possibly a whole -inf part
-        for (size_t i = 0; i < n / 2; ++i) {
-          if (!std::isnan(x[i])) x[i] = -kInf<T>;
-        }
-      }
-      if (rep % 4 == 2) {  // NaN wins over +inf too
-        const size_t i = rng.below(n);
-        if (!std::isnan(x[i])) x[i] = kInf<T>;
-      }
+      inject(x, n, rep);
       const std::vector<RowStats<T>> parts = split_stats(x, random_bounds(rng, n, 1 + rng.below(8)), k);
-      std::vector<RowStats<T>> elems;
-      for (T v : x) elems.push_back(element_stats(v, k));
-      for (const RowStats<T>& r : {merge_shuffled(parts, k, rng), merge_tree(parts, k),
-                                   merge_online(x, k), merge_tree(elems, k)}) {
-        TK_CHECK_MSG(all_nan(r) && std::isnan(row_stats_lse(r, k)) && std::isnan(row_stats_entropy(r)),
-                     "%s n=%zu rep=%d: m %g d %g s %g", type_name<T>(), n, rep,
-                     static_cast<double>(r.m), static_cast<double>(r.d), static_cast<double>(r.s));
-      }
+      check(x, parts, k, n, rep);
     }
   }
+}
+
+template <typename T>
+void nan_propagates() {
+  Rng rng{0x7a7 + sizeof(T)};
+  special_value_rows<T>(
+      rng,
+      [&](std::vector<T>& x, size_t n, int rep) {
+        x[rng.below(n)] = kNaN<T>;
+        if (rep % 4 == 1 && n > 2) {  // also some -inf, possibly a whole -inf part
+          for (size_t i = 0; i < n / 2; ++i) {
+            if (!std::isnan(x[i])) x[i] = -kInf<T>;
+          }
+        }
+        if (rep % 4 == 2) {  // NaN wins over +inf too
+          const size_t i = rng.below(n);
+          if (!std::isnan(x[i])) x[i] = kInf<T>;
+        }
+      },
+      [&](const std::vector<T>& x, const std::vector<RowStats<T>>& parts, T k, size_t n, int rep) {
+        std::vector<RowStats<T>> elems;
+        for (T v : x) elems.push_back(element_stats(v, k));
+        for (const RowStats<T>& r : {merge_shuffled(parts, k, rng), merge_tree(parts, k),
+                                     merge_online(x, k), merge_tree(elems, k)}) {
+          TK_CHECK_MSG(all_nan(r) && std::isnan(row_stats_lse(r, k)) && std::isnan(row_stats_entropy(r)),
+                       "%s n=%zu rep=%d: m %g d %g s %g", type_name<T>(), n, rep,
+                       static_cast<double>(r.m), static_cast<double>(r.d), static_cast<double>(r.s));
+        }
+      });
   // All-NaN statistics merged on either side of finite, +inf, -inf and empty partners stay
   // all NaN.
   const T k = T(1);
@@ -402,20 +405,19 @@ void nan_propagates() {
 template <typename T>
 void pos_inf_gives_nan_entropy() {
   Rng rng{0x1f + sizeof(T)};
-  for (size_t n : {size_t{1}, size_t{2}, size_t{9}, size_t{300}}) {
-    for (int rep = 0; rep < 20; ++rep) {
-      const T k = static_cast<T>(kInvT[rep % 5]);
-      std::vector<T> x = make_row<T>(rng, n, rep % kKinds);
-      if (rep % 4 == 1) x[rng.below(n)] = -kInf<T>;  // -inf first, +inf may overwrite it
-      x[rng.below(n)] = kInf<T>;
-      if (rep % 3 == 0) x[rng.below(n)] = kInf<T>;  // sometimes two
-      const std::vector<RowStats<T>> parts = split_stats(x, random_bounds(rng, n, 1 + rng.below(8)), k);
-      for (const RowStats<T>& r : {merge_shuffled(parts, k, rng), merge_tree(parts, k), merge_online(x, k)}) {
-        TK_CHECK_MSG(std::isnan(row_stats_entropy(r)), "%s n=%zu rep=%d: entropy %g",
-                     type_name<T>(), n, rep, static_cast<double>(row_stats_entropy(r)));
-      }
-    }
-  }
+  special_value_rows<T>(
+      rng,
+      [&](std::vector<T>& x, size_t n, int rep) {
+        if (rep % 4 == 1) x[rng.below(n)] = -kInf<T>;  // -inf first, +inf may overwrite it
+        x[rng.below(n)] = kInf<T>;
+        if (rep % 3 == 0) x[rng.below(n)] = kInf<T>;  // sometimes two
+      },
+      [&](const std::vector<T>& x, const std::vector<RowStats<T>>& parts, T k, size_t n, int rep) {
+        for (const RowStats<T>& r : {merge_shuffled(parts, k, rng), merge_tree(parts, k), merge_online(x, k)}) {
+          TK_CHECK_MSG(std::isnan(row_stats_entropy(r)), "%s n=%zu rep=%d: entropy %g",
+                       type_name<T>(), n, rep, static_cast<double>(row_stats_entropy(r)));
+        }
+      });
   // Two +inf maxima merge to all-NaN statistics, whatever d and s say.
   const RowStats<T> a{kInf<T>, T(1), T(0)};
   TK_CHECK(all_nan(row_stats_merge(a, a, T(1))));

@@ -41,28 +41,21 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _git(*args: str) -> subprocess.CompletedProcess:
+    """``git <args>`` in the folder of this file (output captured as text, 5 s at most)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=5, check=False)
+
+
 def _git_commit() -> str | None:
     """Short commit of the checkout this file is in (``-dirty`` with tracked changes), if any."""
-    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        out = _git("rev-parse", "--short", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(
-        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-        check=False,
-    )
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return out.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 

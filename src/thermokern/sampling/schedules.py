@@ -69,14 +69,11 @@ class Constant(Schedule):
 
 
 @dataclasses.dataclass(frozen=True)
-class Linear(Schedule):
-    """``start + (end - start) t``."""
+class _Ramp(Schedule):
+    """A schedule from ``start`` (t = 0) to ``end`` (t = 1): constant when they are equal."""
 
     start: float
     end: float
-
-    def value(self, t: float) -> float:
-        return self.start + (self.end - self.start) * t
 
     @property
     def is_constant(self) -> bool:
@@ -84,12 +81,17 @@ class Linear(Schedule):
 
 
 @dataclasses.dataclass(frozen=True)
-class Geometric(Schedule):
+class Linear(_Ramp):
+    """``start + (end - start) t``."""
+
+    def value(self, t: float) -> float:
+        return self.start + (self.end - self.start) * t
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometric(_Ramp):
     """``start (end / start)^t``: a constant ratio between consecutive steps (both > 0);
     the usual annealing schedule for temperatures."""
-
-    start: float
-    end: float
 
     def __post_init__(self):
         if not (self.start > 0 and self.end > 0):
@@ -98,24 +100,13 @@ class Geometric(Schedule):
     def value(self, t: float) -> float:
         return self.start * (self.end / self.start) ** t
 
-    @property
-    def is_constant(self) -> bool:
-        return self.start == self.end
-
 
 @dataclasses.dataclass(frozen=True)
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """``end + (start - end) (1 + cos(pi t)) / 2``: flat near both ends (half a cosine)."""
-
-    start: float
-    end: float
 
     def value(self, t: float) -> float:
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-    @property
-    def is_constant(self) -> bool:
-        return self.start == self.end
 
 
 def constant(value: float) -> Constant:
