@@ -42,9 +42,7 @@ void launch_bwd(const CrossEntropyBwdPlan& p) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
-  m.impl("cross_entropy_fwd", &cross_entropy_fwd_op<launch_fwd>);
-  m.impl("cross_entropy_bwd", &cross_entropy_bwd_op<launch_bwd>);
-  m.impl("cross_entropy_bwd_", &cross_entropy_bwd_op<launch_bwd, /*InPlace=*/true>);
+  TK_IMPL_ROW_OP(m, cross_entropy);
 }
 
 }  // namespace thermokern::cpu

@@ -27,9 +27,7 @@ void launch_bwd(const RowsBwdPlan& p) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
-  m.impl("softmax_entropy_fwd", &softmax_entropy_fwd_op<launch_fwd>);
-  m.impl("softmax_entropy_bwd", &softmax_entropy_bwd_op<launch_bwd>);
-  m.impl("softmax_entropy_bwd_", &softmax_entropy_bwd_op<launch_bwd, /*InPlace=*/true>);
+  TK_IMPL_ROW_OP(m, softmax_entropy);
 }
 
 }  // namespace thermokern::cpu

@@ -109,9 +109,7 @@ void launch_bwd(const TokenLogprobsBwdPlan& p) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(thermokern, CUDA, m) {
-  m.impl("token_logprobs_fwd", &token_logprobs_fwd_op<launch_fwd>);
-  m.impl("token_logprobs_bwd", &token_logprobs_bwd_op<launch_bwd>);
-  m.impl("token_logprobs_bwd_", &token_logprobs_bwd_op<launch_bwd, /*InPlace=*/true>);
+  TK_IMPL_ROW_OP(m, token_logprobs);
 }
 
 }  // namespace thermokern::cuda

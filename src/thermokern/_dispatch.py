@@ -143,9 +143,14 @@ class KernelOp:
         triton: str | None,
         setup_context: Callable[..., None],
         make_backward: Callable[[Callable[..., Any]], Callable[..., Any]],
+        in_place_backward: bool = False,
     ) -> tuple[KernelOp, KernelOp]:
-        """A forward kernel and the backward kernel its autograd calls: (fwd op, bwd op)."""
+        """A forward kernel and the backward kernel its autograd calls: (fwd op, bwd op);
+        ``in_place_backward``: the backward also has an in-place twin (``bwd.twin``, see
+        :meth:`in_place_twin`)."""
         backward = cls(bwd, fake=fakes[1], triton=triton)
+        if in_place_backward:
+            backward.in_place_twin()
         forward = cls(
             fwd, fake=fakes[0], triton=triton, backward=backward, setup_context=setup_context,
             make_backward=make_backward,

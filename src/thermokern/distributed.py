@@ -631,17 +631,24 @@ def entropy_regularized_cross_entropy(
         logits_shard, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight,
         name="logits_shard", classes="vocabulary last", class_dim="the vocabulary dim",
     )  # fmt: skip
+    params = (entropy_weight, label_smoothing, ignore_index, z_loss_weight)
+    args = (logits_shard, target, temperature, group, vocab_start, backend)
+    (loss, _), out_shape, tgt = _run_entropy_ce(*args, params, logprobs=False)
+    return reduce_loss(loss, out_shape, tgt, ignore_index, reduction)
+
+
+def _run_entropy_ce(logits_shard, target, temperature, group, vocab_start, backend, params, logprobs):
+    """The rest of the checks and _DistEntropyCE (shared by entropy_regularized_cross_entropy and
+    token_logprobs): ((loss or logp, H) per row, the output shape, the flat targets)."""
     vocab_start = _check_vocab_start(vocab_start)
     temperature = check_temperature(temperature)
     rank, world = group_rank_world(group)
     name = _backend.resolve_backend(backend, logits_shard)
-
     rows, out_shape = _rows(logits_shard)
     tgt = target.reshape(-1).long()
     inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
-    params = (entropy_weight, label_smoothing, ignore_index, z_loss_weight)
-    loss, _ = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name, False)
-    return reduce_loss(loss, out_shape, tgt, ignore_index, reduction)
+    out = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name, logprobs)
+    return out, out_shape, tgt
 
 
 # ----------------------------------------------------------------------------- tensor-parallel LM heads
@@ -916,15 +923,8 @@ def token_logprobs(
         logits_shard, target, 0.0, 0.0, ignore_index, "none", 0.0,
         name="logits_shard", classes="vocabulary last", class_dim="the vocabulary dim",
     )  # fmt: skip
-    vocab_start = _check_vocab_start(vocab_start)
-    temperature = check_temperature(temperature)
-    rank, world = group_rank_world(group)
-    name = _backend.resolve_backend(backend, logits_shard)
-    rows, out_shape = _rows(logits_shard)
-    tgt = target.reshape(-1).long()
-    inv_t = inverse_temperature(temperature, out_shape, logits_shard.dtype, logits_shard.device)
-    params = (0.0, 0.0, ignore_index, 0.0)
-    logp, h = _DistEntropyCE.apply(rows, tgt, inv_t, group, world, rank, vocab_start, params, name, True)
+    args = (logits_shard, target, temperature, group, vocab_start, backend)
+    (logp, h), out_shape, _ = _run_entropy_ce(*args, (0.0, 0.0, ignore_index, 0.0), logprobs=True)
     logp = logp.reshape(out_shape)
     return (logp, h.reshape(out_shape)) if with_entropy else logp
 

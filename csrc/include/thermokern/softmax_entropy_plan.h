@@ -166,6 +166,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_entropy_fwd_op(const at::
   return {p.out.entropy, p.out.shift, p.out.log_norm};
 }
 
+// Registers the three kernels of the row op OP (softmax_entropy, cross_entropy,
+// token_logprobs) in a TORCH_LIBRARY_IMPL block: OP_fwd, OP_bwd and its in-place twin OP_bwd_,
+// from the entry points OP_fwd_op / OP_bwd_op of its plan header and the backend's launch_fwd
+// and launch_bwd.
+#define TK_IMPL_ROW_OP(m, OP)                      \
+  m.impl(#OP "_fwd", &OP##_fwd_op<launch_fwd>);   \
+  m.impl(#OP "_bwd", &OP##_bwd_op<launch_bwd>);   \
+  m.impl(#OP "_bwd_", &OP##_bwd_op<launch_bwd, /*InPlace=*/true>)
+
 // softmax_entropy_bwd, and with InPlace softmax_entropy_bwd_.
 template <void (*Launch)(const RowsBwdPlan&), bool InPlace = false>
 RowsBwdResult<InPlace> softmax_entropy_bwd_op(const at::Tensor& grad, const at::Tensor& logits,

@@ -60,10 +60,8 @@ def _make_backward(bwd_op):
 
 cross_entropy_fwd, cross_entropy_bwd = KernelOp.differentiable(
     "cross_entropy_fwd", "cross_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="cross_entropy",
-    setup_context=_setup_context, make_backward=_make_backward,
+    setup_context=_setup_context, make_backward=_make_backward, in_place_backward=True,
 )  # fmt: skip
-# cross_entropy_bwd_: the gradient written over the logits (the language-model heads' chunks)
-cross_entropy_bwd_inplace = cross_entropy_bwd.in_place_twin()
 
 
 def target_rows(logits, target, temperature, ignore_index: int, backend: str):

@@ -61,10 +61,8 @@ def _make_backward(bwd_op):
 
 softmax_entropy_fwd, softmax_entropy_bwd = KernelOp.differentiable(
     "softmax_entropy_fwd", "softmax_entropy_bwd", fakes=(_fwd_fake, _bwd_fake), triton="softmax_entropy",
-    setup_context=_setup_context, make_backward=_make_backward,
+    setup_context=_setup_context, make_backward=_make_backward, in_place_backward=True,
 )  # fmt: skip
-# softmax_entropy_bwd_: the gradient written over the logits (the language-model heads' chunks)
-softmax_entropy_bwd_inplace = softmax_entropy_bwd.in_place_twin()
 
 
 # ----------------------------------------------------------------------------- public API

@@ -67,10 +67,8 @@ def _make_backward(bwd_op):
 
 token_logprobs_fwd, token_logprobs_bwd = KernelOp.differentiable(
     "token_logprobs_fwd", "token_logprobs_bwd", fakes=(_fwd_fake, _bwd_fake), triton="token_logprobs",
-    setup_context=_setup_context, make_backward=_make_backward,
+    setup_context=_setup_context, make_backward=_make_backward, in_place_backward=True,
 )  # fmt: skip
-# token_logprobs_bwd_: the gradient written over the logits (the language-model heads' chunks)
-token_logprobs_bwd_inplace = token_logprobs_bwd.in_place_twin()
 
 
 # ----------------------------------------------------------------------------- public API
