@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from _util import assert_close
-from conftest import cpu_backends
+from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 from thermokern._dtypes import acc_dtype
 from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
@@ -111,21 +111,35 @@ def _row_bwd_cases(x, dtype):
     ]
 
 
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backend", cpu_backends())
-def test_in_place_backwards(backend, dtype):
+def _check_in_place(backend, dtype, device, c):
     """Each row op's <op>_bwd_ writes over the logits exactly what <op>_bwd returns, and
     refuses logits it cannot overwrite row by row."""
-    for bwd, args in _row_bwd_cases(_logits(6, 37, dtype), dtype):
+    for bwd, args in _row_bwd_cases(_logits(6, c, dtype), dtype):
+        args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
         at = next(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() == 2)
         want = bwd(backend, *args)
         logits = args[at].clone()
         assert bwd.twin(backend, *args[:at], logits, *args[at + 1 :]) is None
         assert torch.equal(logits, want), bwd.name
-        strided = torch.empty(6, 74, dtype=dtype)[:, ::2]
+        strided = torch.empty(6, 2 * c, dtype=dtype, device=device)[:, ::2]
         strided.copy_(args[at])
         with pytest.raises(ValueError, match="logits"):
             bwd.twin(backend, *args[:at], strided, *args[at + 1 :])
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_in_place_backwards(backend, dtype):
+    _check_in_place(backend, dtype, "cpu", 37)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("c", [37, 1024], ids=str)  # the scalar and the vectorised CUDA paths
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_in_place_backwards(backend, dtype, c):
+    _check_in_place(backend, dtype, "cuda", c)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _util import LargestTensor, assert_close
-from conftest import cpu_backends
+from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 import thermokern
 from thermokern import reference
@@ -222,3 +222,60 @@ def test_gradients_are_handed_over_not_copied(monkeypatch):
     assert weight.grad.data_ptr() == seen["weight"] and hidden.grad.data_ptr() == seen["hidden"]
     with pytest.raises(RuntimeError, match="backward through this graph a second time"):
         loss.backward()
+
+
+def _heads_vs_reference(backend, device, dtype, learn_t, v):
+    """linear_cross_entropy (every term, a temperature learnable or not) and
+    linear_token_logprobs on ``device`` against float64 on the CPU: values and the gradients
+    w.r.t. hidden, weight, bias (and the temperature)."""
+    h, w, b, t = _inputs(48, 32, v, dtype)
+    temp = torch.tensor(0.9, dtype=torch.float64)
+    kw = {"entropy_weight": -0.3, "label_smoothing": 0.1, "z_loss_weight": 1e-3}
+    ins = [x.detach().to(device).requires_grad_(True) for x in (h, w, b)]
+    ins.append(temp.to(device).requires_grad_(learn_t))
+    ins64 = [x.detach().double().requires_grad_(x.requires_grad) for x in ins]
+    td = t.to(device)
+    out = thermokern.linear_cross_entropy(
+        *ins[:2], td, bias=ins[2], temperature=ins[3], backend=backend, **kw
+    )
+    ref = reference.linear_cross_entropy(*ins64[:2], t, bias=ins64[2], temperature=ins64[3], **kw)
+    assert_close(out.cpu(), ref.detach(), dtype)
+    n_grads = 3 + learn_t
+    got = torch.autograd.grad(out, ins[:n_grads])
+    want = torch.autograd.grad(ref, ins64[:n_grads])
+    for a, r in zip(got, want, strict=True):
+        assert_close(a.cpu(), r, dtype, grad=True, grad_scale=4.0)
+    logp, ent = thermokern.linear_token_logprobs(
+        *ins[:2], td, bias=ins[2], with_entropy=True, backend=backend
+    )
+    rl, re = reference.linear_token_logprobs(*ins64[:2], t, bias=ins64[2], with_entropy=True)
+    assert_close(logp.cpu(), rl.detach(), dtype)
+    assert_close(ent.cpu(), re.detach(), dtype)
+    got = torch.autograd.grad(logp.sum() + ent.sum(), ins[:3])
+    want = torch.autograd.grad(rl.sum() + re.sum(), ins64[:3])
+    for a, r in zip(got, want, strict=True):
+        assert_close(a.cpu(), r, dtype, grad=True, grad_scale=4.0)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("learn_t", [False, True])
+def test_heads_with_and_without_learnable_temperature(backend, dtype, learn_t):
+    """With a learnable temperature the chunks keep a separate gradient; without, it is written
+    over the logits: both against float64."""
+    _heads_vs_reference(backend, "cpu", dtype, learn_t, v=300)
+
+
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("learn_t", [False, True])
+def test_gpu_heads_match_reference(monkeypatch, backend, dtype, learn_t):
+    """The heads on the GPU (one-row chunks here: the in-place row kernels, and for 16-bit
+    weights the fp32 weight-gradient sums in slabs of 512 rows) against float64 on the CPU."""
+    monkeypatch.setattr(linear, "FP32_SLAB_BYTES", 512 * 32 * 4)
+    _heads_vs_reference(backend, "cuda", dtype, learn_t, v=5003)

@@ -50,6 +50,9 @@ __all__ = ["linear_cross_entropy", "linear_softmax_entropy", "linear_token_logpr
 # matmuls stream the whole weight: fewer chunks, fewer passes); larger on a GPU, whose matmuls
 # need a few thousand rows to fill it. Tests lower them to force many chunks.
 CHUNK_BYTES = {"cpu": 16 << 20, "cuda": 512 << 20}
+# Bytes of the fp32 product of one slab of the weight gradient of 16-bit weights on CUDA
+# (_addmm_fp32).
+FP32_SLAB_BYTES = 128 << 20
 
 
 def _chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device, buffers: int) -> int:
@@ -101,11 +104,16 @@ def logit_grad(bwd, in_place: bool, name: str, logits: torch.Tensor, args: tuple
 
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc += a @ b with acc in float32 (float64 for float64): 16-bit inputs go through the
-    BLAS with an fp32 output where torch offers one (CUDA), else as fp32 copies of the chunk."""
+    BLAS with an fp32 output where torch offers one (CUDA: ``torch.mm(out_dtype=)``, added a slab
+    of acc's rows at a time, so that the fp32 product never exists whole: V x D fp32 is 2 GiB
+    at V 128256, D 4096), else as fp32 copies of the chunk."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
     elif a.is_cuda:
-        acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
+        step = max(1, FP32_SLAB_BYTES // (acc.shape[1] * acc.element_size()))
+        for start in range(0, acc.shape[0], step):
+            rows = slice(start, start + step)
+            acc[rows].add_(torch.mm(a[rows], b, out_dtype=acc.dtype))
     else:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
