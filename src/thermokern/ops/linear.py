@@ -151,12 +151,7 @@ class HeadGrads:
         """The gradients times the upstream scalar ``g`` (None: 1), in place (the buffers are
         this object's and are used once), in the parameters' dtypes."""
 
-        if self.used:
-            raise RuntimeError(
-                "linear head: backward through this graph a second time is not supported (its "
-                "gradients were computed once, in the forward); recompute the loss instead of "
-                "retain_graph=True"
-            )
+        assert not self.used, "HeadGrads.scaled hands its buffers over: call it once"
         self.used = True
 
         def s(t, dtype=None):
@@ -173,6 +168,57 @@ class HeadGrads:
         return out
 
 
+def _head_rows(kind, hidden, weight, bias, target, inv_t, params, name, grads=None, row_g=None):
+    """The forward sweep: the per-row outputs of head ``kind`` ("ce": (N,) losses, "logprobs":
+    (2, N) log-probs and entropies, "entropy": (N,)), in the accumulation dtype. With ``grads``
+    (a HeadGrads; "ce" only), each chunk's gradients for an upstream gradient ``row_g`` of
+    every row's loss are added to it while the chunk's logits are at hand."""
+    in_place = grads is None or grads.temperature is None  # T's gradient reads both
+    outs = []
+    for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
+        if kind == "ce":
+            loss, entropy, shift, log_norm = cross_entropy_fwd(name, logits, target[rows], k, *params)
+            outs.append(loss)
+            if grads is not None:
+                g = row_g.expand(logits.shape[0]).contiguous()
+                args = (g, logits, target[rows], k, entropy, shift, log_norm, *params)
+                grads.add(
+                    rows, h, weight, logits, logit_grad(cross_entropy_bwd, in_place, name, logits, args), k
+                )
+        elif kind == "logprobs":
+            logp, entropy, _, _ = token_logprobs_fwd(name, logits, target[rows], k, params[0])
+            outs.append(torch.stack([logp, entropy]))
+        else:
+            outs.append(softmax_entropy_fwd(name, logits, k)[0])
+    if outs:
+        return torch.cat(outs, dim=-1)
+    return hidden.new_empty((2, 0) if kind == "logprobs" else (0,), dtype=acc_dtype(hidden.dtype))
+
+
+def _head_grads(kind, grad_out, hidden, weight, bias, target, inv_t, params, name, needs, learn_t):
+    """The backward sweep for per-row upstream gradients ``grad_out`` (the shape of
+    :func:`_head_rows`' output): each chunk's logits recomputed, (grad hidden, grad weight,
+    grad bias, grad T per row), None where not ``needs`` (hidden, weight, bias) / ``learn_t``."""
+    grads = HeadGrads(hidden, weight, bias, needs, learn_t)
+    acc = acc_dtype(hidden.dtype)
+    in_place = not learn_t
+    for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
+        # The row statistics every backward kernel needs are softmax_entropy_fwd's (the
+        # cross-entropy and log-prob forwards return the same ones, plus what is not needed).
+        stats = softmax_entropy_fwd(name, logits, k)
+        if kind == "ce":
+            g = grad_out[rows].to(acc).contiguous()
+            bwd, args = cross_entropy_bwd, (g, logits, target[rows], k, *stats, *params)
+        elif kind == "logprobs":
+            g = grad_out[:, rows].to(acc)
+            bwd = token_logprobs_bwd
+            args = (g[0].contiguous(), g[1].contiguous(), logits, target[rows], k, *stats, params[0])
+        else:
+            bwd, args = softmax_entropy_bwd, (grad_out[rows].to(acc).contiguous(), logits, k, *stats)
+        grads.add(rows, h, weight, logits, logit_grad(bwd, in_place, name, logits, args), k)
+    return grads.scaled(None, weight.dtype, None if bias is None else bias.dtype)
+
+
 class _LinearHead(torch.autograd.Function):
     """One of the three heads over flattened tokens: hidden (N, D), weight (V, D), bias (V,) or
     None, target (N,) int64 or None, temperature per row (N,) (only when it requires grad) or
@@ -187,72 +233,122 @@ class _LinearHead(torch.autograd.Function):
         scalar = kind == "ce" and reduction != "none"
         now = scalar and (any(needs) or learn_t)
         grads = HeadGrads(hidden, weight, bias, needs, learn_t) if now else None
-        in_place = not learn_t  # the temperature's gradient reads the logits and their gradient
+        row_g = None
         if scalar:  # the output is the reduced loss, whose gradient w.r.t. each row's loss is row_g
             count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
             row_g = torch.ones((), dtype=acc, device=hidden.device)
             row_g = row_g / count if count is not None else row_g
-        outs = []
-        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
-            if kind == "ce":
-                loss, entropy, shift, log_norm = cross_entropy_fwd(name, logits, target[rows], k, *params)
-                outs.append(loss)
-                if now:
-                    g = row_g.expand(logits.shape[0]).contiguous()
-                    args = (g, logits, target[rows], k, entropy, shift, log_norm, *params)
-                    gx = logit_grad(cross_entropy_bwd, in_place, name, logits, args)
-                    grads.add(rows, h, weight, logits, gx, k)
-                    del gx
-            elif kind == "logprobs":
-                logp, entropy, _, _ = token_logprobs_fwd(name, logits, target[rows], k, params[0])
-                outs.append(torch.stack([logp, entropy]))
-            else:
-                outs.append(softmax_entropy_fwd(name, logits, k)[0])
-            del logits
-        if outs:
-            out = torch.cat(outs, dim=-1)
-        else:
-            out = hidden.new_empty((2, 0) if kind == "logprobs" else (0,), dtype=acc)
+        out = _head_rows(kind, hidden, weight, bias, target, inv_t, params, name, grads, row_g)
         if scalar:  # "mean" counts the rows not ignored (on the device): NaN when there are none
             out = out.sum() if count is None else out.sum() / count
         ctx.kind, ctx.params, ctx.name = kind, params, name
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.grads = grads
-        if grads is None:
-            ctx.save_for_backward(hidden, weight, bias, target, inv_t)
+        ctx.grads, ctx.row_g = grads, row_g
+        ctx.save_for_backward(hidden, weight, bias, target, inv_t)  # references: no copies
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         none = (None,) * 6
-        if ctx.grads is not None:  # computed in the forward for an upstream gradient of 1
+        if ctx.grads is not None and not ctx.grads.used:  # computed in the forward for 1
             gh, gw, gb, gt = ctx.grads.scaled(grad_out.reshape(()), ctx.weight_dtype, ctx.bias_dtype)
             return gh, gw, gb, gt, *none
         hidden, weight, bias, target, inv_t = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        learn_t = ctx.needs_input_grad[3]
-        grads = HeadGrads(hidden, weight, bias, needs, learn_t)
-        acc = acc_dtype(hidden.dtype)
-        in_place = not learn_t  # as in the forward
-        for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, in_place=in_place):
-            # The row statistics every backward kernel needs are softmax_entropy_fwd's (the
-            # cross-entropy and log-prob forwards return the same ones, plus what is not needed).
-            stats = softmax_entropy_fwd(ctx.name, logits, k)
-            if ctx.kind == "ce":
-                g = grad_out[rows].to(acc).contiguous()
-                bwd, args = cross_entropy_bwd, (g, logits, target[rows], k, *stats, *ctx.params)
-            elif ctx.kind == "logprobs":
-                g = grad_out[:, rows].to(acc)
-                bwd = token_logprobs_bwd
-                args = (g[0].contiguous(), g[1].contiguous(), logits, target[rows], k, *stats, ctx.params[0])
-            else:
-                bwd, args = softmax_entropy_bwd, (grad_out[rows].to(acc).contiguous(), logits, k, *stats)
-            gx = logit_grad(bwd, in_place, ctx.name, logits, args)
-            grads.add(rows, h, weight, logits, gx, k)
-            del logits, gx
-        gh, gw, gb, gt = grads.scaled(None, weight.dtype, ctx.bias_dtype)
-        return gh, gw, gb, gt, *none
+        if ctx.row_g is not None:  # a scalar loss whose forward's gradients were handed over by
+            # a first backward (retain_graph=True, gradcheck): recompute them for every row
+            grad_out = (grad_out.reshape(()) * ctx.row_g).expand(hidden.shape[0])
+        args = (ctx.kind, grad_out, hidden, weight, bias, target, inv_t, ctx.params, ctx.name)
+        return *_head_grads(*args, ctx.needs_input_grad[:3], ctx.needs_input_grad[3]), *none
+
+
+# [Note: the heads under torch.compile]
+# _LinearHead keeps Python state between its forward and backward (the gradients the forward
+# computed, used once), which dynamo cannot trace. Under torch.compile the heads are instead
+# the opaque custom ops below: thermokern::linear_head gives the per-row outputs (a scalar loss
+# is reduced from them by traced torch ops) and its autograd calls thermokern::linear_head_bwd,
+# which recomputes each chunk's logits: four matmuls where the eager path of a scalar loss
+# needs three, the same numbers otherwise. Both ops run the sweeps above on the resolved
+# backend.
+def _params(kind: str, floats: list[float], ignore_index: int) -> tuple:
+    if kind == "ce":
+        return floats[0], floats[1], ignore_index, floats[2]
+    return (ignore_index,) if kind == "logprobs" else ()
+
+
+@torch.library.custom_op("thermokern::linear_head", mutates_args=())
+def _linear_head_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: torch.Tensor | None,
+    target: torch.Tensor | None,
+    inv_t: torch.Tensor,
+    kind: str,
+    floats: list[float],
+    ignore_index: int,
+    name: str,
+) -> torch.Tensor:
+    """The per-row outputs of :func:`_head_rows` (``temperature``: T per row, an input only for
+    its gradient)."""
+    return _head_rows(kind, hidden, weight, bias, target, inv_t, _params(kind, floats, ignore_index), name)
+
+
+@_linear_head_op.register_fake
+def _(hidden, weight, bias, temperature, target, inv_t, kind, floats, ignore_index, name):
+    n = hidden.shape[0]
+    return hidden.new_empty((2, n) if kind == "logprobs" else (n,), dtype=acc_dtype(hidden.dtype))
+
+
+@torch.library.custom_op("thermokern::linear_head_bwd", mutates_args=())
+def _linear_head_bwd_op(
+    grad: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor | None,
+    inv_t: torch.Tensor,
+    kind: str,
+    floats: list[float],
+    ignore_index: int,
+    name: str,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad hidden, grad weight, grad bias, grad T per row) of :func:`_head_grads`; an empty
+    tensor for each that ``needs`` (hidden, weight, bias, T) does not ask for."""
+    params = _params(kind, floats, ignore_index)
+    out = _head_grads(kind, grad, hidden, weight, bias, target, inv_t, params, name, needs[:3], needs[3])
+    return tuple(hidden.new_empty(0) if t is None else t for t in out)
+
+
+@_linear_head_bwd_op.register_fake
+def _(grad, hidden, weight, bias, target, inv_t, kind, floats, ignore_index, name, needs):
+    acc = acc_dtype(hidden.dtype)
+    shapes = (
+        (hidden.shape, hidden.dtype),
+        (weight.shape, weight.dtype),
+        (weight.shape[:1], hidden.dtype if bias is None else bias.dtype),
+        (hidden.shape[:1], acc),
+    )
+    return tuple(
+        hidden.new_empty(s if need else (0,), dtype=d) for need, (s, d) in zip(needs, shapes, strict=True)
+    )
+
+
+def _linear_head_setup(ctx, inputs, output):
+    hidden, weight, bias, _, target, inv_t, kind, floats, ignore_index, name = inputs
+    ctx.save_for_backward(hidden, weight, bias, target, inv_t)
+    ctx.args = (kind, floats, ignore_index, name)
+
+
+def _linear_head_backward(ctx, grad):
+    hidden, weight, bias, target, inv_t = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:4])
+    grads = torch.ops.thermokern.linear_head_bwd(grad, hidden, weight, bias, target, inv_t, *ctx.args, needs)
+    return *(g if need else None for g, need in zip(grads, needs, strict=True)), *(None,) * 6
+
+
+_linear_head_op.register_autograd(_linear_head_backward, setup_context=_linear_head_setup)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -314,7 +410,19 @@ def _run(kind, hidden, weight, bias, target, temperature, params, reduction, bac
     h2, tgt, inv_t, t_rows, out_shape = head_inputs(hidden, target, temperature)
     if tgt is not None:  # once for all chunks (a CPU kernel would name the row in its chunk)
         check_target_values(tgt, weight.shape[0], params[2] if kind == "ce" else params[0])
-    out = _LinearHead.apply(h2, weight, bias, t_rows, tgt, inv_t, kind, params, reduction, name)
+    if not torch.compiler.is_compiling():
+        out = _LinearHead.apply(h2, weight, bias, t_rows, tgt, inv_t, kind, params, reduction, name)
+        return out, out_shape, tgt
+    # [Note: the heads under torch.compile]
+    ignore_index = params[2] if kind == "ce" else (params[0] if params else -100)
+    floats = [params[0], params[1], params[3]] if kind == "ce" else []
+    out = torch.ops.thermokern.linear_head(
+        h2, weight, bias, t_rows, tgt, inv_t, kind, floats, ignore_index, name
+    )
+    if kind == "ce" and reduction == "sum":
+        out = out.sum()
+    elif kind == "ce" and reduction == "mean":  # NaN when every row is ignored, as eager
+        out = out.sum() / (tgt != ignore_index).sum().to(out.dtype)
     return out, out_shape, tgt
 
 
