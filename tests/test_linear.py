@@ -227,6 +227,24 @@ def test_gradients_are_handed_over_not_copied(monkeypatch):
     assert_close(hidden.grad, 2 * first[1], torch.float32, grad=True)
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_vocabulary_262144(backend, dtype):
+    """The largest vocabulary the heads promise (the last class as a target). The gradients
+    are compared in float64: in float32 the hidden gradient's sums over 262144 classes carry
+    ~1e-4 of rounding, as they do in F.linear's own backward."""
+    h, w, b, t = _inputs(6, 8, 262144, dtype)
+    t[1] = 262143
+    out = thermokern.linear_cross_entropy(h, w, t, bias=b, entropy_weight=0.1, backend=backend)
+    logp = thermokern.linear_token_logprobs(h, w, t, bias=b, backend=backend)
+    h64, w64, b64 = _f64(h, w, b)
+    ref = reference.linear_cross_entropy(h64, w64, t, bias=b64, entropy_weight=0.1)
+    assert_close(out, ref.detach(), dtype)
+    assert_close(logp, reference.linear_token_logprobs(h64, w64, t, bias=b64).detach(), dtype)
+    if dtype == torch.float64:
+        _check_grads(_grads(out, [h, w, b], None), _grads(ref, [h64, w64, b64], None), dtype)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck(reduction):
     """gradcheck (float64) of every head w.r.t. hidden, weight, bias and the temperature."""
