@@ -159,11 +159,26 @@ TORCH_LIBRARY(thermokern, m) {
   //   x_new[c] = accepted ? x_prop[c] : x[c].
   // x_prop, grad, grad_prop: x's shape and dtype. Outputs: x_new contiguous (x's shape and
   // dtype), accepted (chains,) bool, log_alpha (chains,) accumulation dtype. Not
-  // differentiable (a sampler step).
+  // differentiable (a sampler step). [Note: per-chain MALA parameters] chain_step_size and
+  // chain_temperature, when given, replace step_size and temperature: 1-D tensors of the
+  // accumulation dtype with one value per chain (or 1 for every chain), chain c using
+  // eta_c = chain_step_size[c] and T_c = chain_temperature[c] in the formulas above.
   m.def(
       "mala_accept(Tensor x, Tensor x_prop, Tensor grad, Tensor grad_prop, Tensor energy, "
-      "Tensor energy_prop, Tensor seed, Tensor offset, float step_size, float temperature) -> "
+      "Tensor energy_prop, Tensor seed, Tensor offset, float step_size, float temperature, "
+      "Tensor? chain_step_size=None, Tensor? chain_temperature=None) -> "
       "(Tensor x_new, Tensor accepted, Tensor log_alpha)");
+  // The MALA proposal with per-chain parameters: for each element e of chain c,
+  //   x_new[e] = x[e] - eta_c grad[e] + sigma_c n_e,   sigma_c = sqrt(2 eta_c T_c)
+  // (sigma_c evaluated in float64, then rounded to the accumulation dtype), n_e the standard
+  // normal langevin_step draws for element e at (seed, offset) ([Note: Langevin noise layout]
+  // in thermokern/philox.h). step_size and temperature as chain_step_size and
+  // chain_temperature of mala_accept (required here; one value for every chain is
+  // langevin_step). grad: x's shape and dtype. Output contiguous, x's shape and dtype. Not
+  // differentiable.
+  m.def(
+      "mala_proposal(Tensor x, Tensor grad, Tensor seed, Tensor offset, Tensor step_size, "
+      "Tensor temperature) -> Tensor");
 }
 
 // ---------------------------------------------------------------------------------------

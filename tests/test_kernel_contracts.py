@@ -19,7 +19,7 @@ from conftest import HAS_GPU, cpu_backends, gpu_backends
 from thermokern._dtypes import acc_dtype
 from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
 from thermokern.ops.langevin import langevin_step_bwd, langevin_step_fwd, langevin_step_inplace
-from thermokern.ops.mala import mala_accept_kernel
+from thermokern.ops.mala import mala_accept_kernel, mala_proposal_kernel
 from thermokern.ops.partition import partition_bwd, partition_fwd
 from thermokern.ops.sgld import sgld_step_kernel
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
@@ -192,6 +192,67 @@ def test_langevin_kernels(backend, dtype):
     ref = langevin_step_bwd("reference", up, x, g, *args)
     for a, b in zip(got, ref, strict=True):
         assert_close(a, b, dtype, grad=True)
+
+
+def _check_per_chain_mala(backend, dtype, device, shape):
+    """mala_proposal and mala_accept with per-chain parameters (one per chain, and one for
+    every chain) against their contracts."""
+    acc = acc_dtype(dtype)
+    chains = shape[0]
+    x, g = ((torch.randn(shape, dtype=torch.float64) * 0.3).to(dtype).to(device) for _ in range(2))
+    seed, offset = torch.tensor(5, device=device), torch.tensor(11, device=device)
+    per_chain = (
+        torch.linspace(0.01, 0.5, chains, dtype=acc, device=device),
+        torch.linspace(0.5, 3.0, chains, dtype=acc, device=device),
+    )
+    shared = (
+        torch.full((1,), 0.1, dtype=acc, device=device),
+        torch.full((1,), 1.7, dtype=acc, device=device),
+    )
+    e, ep = (torch.randn(chains, dtype=acc, device=device) for _ in range(2))
+    for eta, t in (per_chain, shared, (per_chain[0], shared[1])):
+        xp = mala_proposal_kernel(backend, x, g, seed, offset, eta, t)
+        want = mala_proposal_kernel("reference", x, g, seed, offset, eta, t)
+        assert xp.shape == x.shape and xp.dtype == dtype
+        # the float32 noise series differ between backends by ~1e-6 relative (which may move a
+        # bfloat16 rounding by one unit, 2^-8 relative)
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(xp.cpu(), want.cpu(), rtol=tol, atol=tol)
+        gp = (g * 0.7).contiguous()
+        got = mala_accept_kernel(backend, x, xp, g, gp, e, ep, seed, offset, 1.0, 1.0, eta, t)
+        ref = mala_accept_kernel("reference", x, xp, g, gp, e, ep, seed, offset, 1.0, 1.0, eta, t)
+        assert torch.equal(got[1].cpu(), ref[1].cpu()) and torch.equal(got[0].cpu(), ref[0].cpu())
+        assert_close(got[2].cpu(), ref[2].cpu(), torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(9, 33), (6, 3), (5,), (4, 2, 7)], ids=str)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_chain_mala_kernels(backend, dtype, shape):
+    _check_per_chain_mala(backend, dtype, "cpu", shape)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("shape", [(9, 33), (6, 3), (5,), (300, 1000)], ids=str)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_per_chain_mala_kernels(backend, dtype, shape):
+    _check_per_chain_mala(backend, dtype, "cuda", shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mala_proposal_with_equal_parameters_is_langevin_step(dtype):
+    """On the CPU, exactly representable equal parameters give langevin_step bit for bit (the
+    same noise, the same operations in the same order)."""
+    x, g = torch.randn(7, 13, dtype=dtype), torch.randn(7, 13, dtype=dtype)
+    seed, offset = torch.tensor(2), torch.tensor(9)
+    eta, t = torch.full((7,), 0.25, dtype=dtype), torch.full((7,), 2.0, dtype=dtype)
+    got = mala_proposal_kernel("cpu", x, g, seed, offset, eta, t)
+    want = langevin_step_fwd(
+        "cpu", x, g, seed, offset, 0.25, 1.0, None, None, None
+    )  # sigma sqrt(2 * 0.25 * 2)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -681,10 +681,16 @@ from _util import compile_sm90, sm90_dtypes
 from thermokern.kernels import mala, sgld
 
 for ty, acc_ty, acc in sm90_dtypes():
-    consts = {"ACC": acc, "BLOCK_N": 32, "BLOCK_D": 64}
-    types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1", "seed_ptr": "*i64",
-             "offset_ptr": "*i64"}
-    compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty)
+    for per_chain in (False, True):
+        consts = {"ACC": acc, "BLOCK_N": 32, "BLOCK_D": 64, "HAS_CHAIN_STEP": per_chain,
+                  "HAS_CHAIN_TEMP": per_chain, "CHAIN_STEP_STRIDE": 1, "CHAIN_TEMP_STRIDE": 0}
+        types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1",
+                 "seed_ptr": "*i64", "offset_ptr": "*i64", "chain_step_ptr": acc_ty, "chain_temp_ptr": acc_ty}
+        compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty)
+    consts = {"ACC": acc, "BLOCK_C": 256, "STEP_STRIDE": 1, "TEMP_STRIDE": 0}
+    types = {"seed_ptr": "*i64", "offset_ptr": "*i64", "step_ptr": acc_ty, "temp_ptr": acc_ty}
+    ptx = compile_sm90(mala._mala_proposal_kernel, consts, types, ptr=ty).asm["ptx"]
+    assert "sqrt.approx" not in ptx and "lg2.approx" not in ptx, ty
 for dtype in (tl.float32, tl.bfloat16, tl.float64):
     consts = {"DTYPE": dtype, "HAS_NOISE": True, "HAS_WD": True, "BLOCK_C": 256,
               "ACC": tl.float64 if dtype == tl.float64 else tl.float32}
@@ -695,5 +701,7 @@ print("ok")
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
 def test_triton_mala_sgld_kernels_compile_for_sm90():
-    """The MALA accept and SGLD multi-tensor kernels lower to sm_90 code without a GPU."""
+    """The MALA accept (with and without per-chain parameters), MALA proposal and SGLD
+    multi-tensor kernels lower to sm_90 code without a GPU (the proposal's noise without
+    approximate square roots or logarithms)."""
     run_offline_triton_compile(_PTX_CHECK_MALA_SGLD)

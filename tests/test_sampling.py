@@ -138,6 +138,37 @@ def test_opcheck_mala_accept(dtype, shape):
     torch.library.opcheck(torch.ops.thermokern.mala_accept.default, args)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(7, 5), (3, 2, 300), (0, 4)], ids=str)
+def test_opcheck_per_chain_mala(dtype, shape):
+    """The per-chain forms: mala_accept's chain tensors and mala_proposal."""
+    x, xp, g, gp, e, ep = _mala_inputs(shape, dtype)
+    acc = e.dtype
+    eta = torch.rand(shape[0], dtype=acc) + 0.01
+    t = torch.rand(shape[0], dtype=acc) + 0.5
+    s, o = torch.tensor(3), torch.tensor(5)
+    torch.library.opcheck(
+        torch.ops.thermokern.mala_accept.default, (x, xp, g, gp, e, ep, s, o, 1.0, 1.0, eta, t)
+    )
+    torch.library.opcheck(torch.ops.thermokern.mala_proposal.default, (x, g, s, o, eta, t))
+    torch.library.opcheck(torch.ops.thermokern.mala_proposal.default, (x, g, s, o, eta[:1], t[:1]))
+
+
+def test_per_chain_mala_op_errors():
+    x, xp, g, gp, e, ep = _mala_inputs((4, 3), torch.float32)
+    s, o = torch.tensor(0), torch.tensor(0)
+    eta, t = torch.full((4,), 0.1), torch.ones(4)
+    with pytest.raises(ValueError, match="chain_step_size: expected 1 or 4"):
+        torch.ops.thermokern.mala_accept(x, xp, g, gp, e, ep, s, o, 0.1, 1.0, eta[:3], None)
+    with pytest.raises(TypeError, match="chain_temperature"):
+        torch.ops.thermokern.mala_accept(x, xp, g, gp, e, ep, s, o, 0.1, 1.0, None, t.double())
+    prop = torch.ops.thermokern.mala_proposal
+    with pytest.raises(ValueError, match="step_size: expected 1 or 4"):
+        prop(x, g, s, o, torch.full((2,), 0.1), t)
+    with pytest.raises(ValueError, match="grad"):
+        prop(x, g[:, :2], s, o, eta, t)
+
+
 def test_mala_accept_op_errors():
     x, xp, g, gp, e, ep = _mala_inputs((4, 3), torch.float32)
     op = torch.ops.thermokern.mala_accept

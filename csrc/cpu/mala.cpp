@@ -1,5 +1,6 @@
-// mala_accept: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)): the launch of the entry
-// point of thermokern/mala_plan.h (shared with CUDA) on the kernel of mala_kernel.h.
+// mala_accept and mala_proposal: CPU implementation (TORCH_LIBRARY_IMPL(thermokern, CPU)): the
+// launches of the entry points of thermokern/mala_plan.h (shared with CUDA) on the kernels of
+// mala_kernel.h.
 #include <algorithm>
 #include <cstdint>
 
@@ -31,6 +32,14 @@ void launch(const MalaPlan& p) {
   a.offset = cpu_u64(p.offset);
   a.step_size = p.step_size;
   a.temperature = p.temperature;
+  if (p.chain_step.defined()) {
+    a.chain_step = p.chain_step.values.const_data_ptr();
+    a.chain_step_stride = p.chain_step.stride;
+  }
+  if (p.chain_temp.defined()) {
+    a.chain_temp = p.chain_temp.values.const_data_ptr();
+    a.chain_temp_stride = p.chain_temp.stride;
+  }
   a.x = p.x.const_data_ptr();
   a.x_prop = p.x_prop.const_data_ptr();
   a.grad = p.grad.const_data_ptr();
@@ -45,8 +54,32 @@ void launch(const MalaPlan& p) {
   at::parallel_for(0, p.chains, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
 
+// Tasks of 16K Philox counters, as the Langevin kernel's ([Note: Langevin grain size]).
+constexpr int64_t kProposalGrain = int64_t{1} << 14;
+
+void launch_proposal(const MalaProposalPlan& p) {
+  MalaProposalArgs a;
+  a.dtype = p.x.scalar_type();
+  a.numel = p.numel;
+  a.row = p.row;
+  a.seed = cpu_u64(p.seed);
+  a.offset = cpu_u64(p.offset);
+  a.x = p.x.const_data_ptr();
+  a.grad = p.grad.const_data_ptr();
+  a.out = p.out.data_ptr();
+  a.step = p.step.values.const_data_ptr();
+  a.temp = p.temp.values.const_data_ptr();
+  a.step_stride = p.step.stride;
+  a.temp_stride = p.temp.stride;
+  const MalaProposalFn fn = TK_ISA_VARIANT(mala_proposal);
+  at::parallel_for(0, (p.numel + 3) / 4, kProposalGrain, [&](int64_t b, int64_t e) { fn(a, b, e); });
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(thermokern, CPU, m) { m.impl("mala_accept", &mala_accept_op<launch>); }
+TORCH_LIBRARY_IMPL(thermokern, CPU, m) {
+  m.impl("mala_accept", &mala_accept_op<launch>);
+  m.impl("mala_proposal", &mala_proposal_op<launch_proposal>);
+}
 
 }  // namespace thermokern::cpu

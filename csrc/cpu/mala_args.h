@@ -1,5 +1,5 @@
-// Arguments and per-ISA entry points of the mala_accept CPU kernel (mala_kernel.h; the op is
-// csrc/cpu/mala.cpp). The host/device MALA algebra is thermokern/mala.h.
+// Arguments and per-ISA entry points of the mala_accept and mala_proposal CPU kernels
+// (mala_kernel.h; the ops are csrc/cpu/mala.cpp). The host/device MALA algebra is thermokern/mala.h.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,11 @@ struct MalaArgs {
   uint64_t offset = 0; // the step's first counter (the proposal's)
   double step_size = 0.0;
   double temperature = 1.0;
+  // Per-chain step sizes / temperatures (accumulation dtype, chain c at [c * stride]), or
+  // null: step_size / temperature for every chain.
+  const void* chain_step = nullptr;
+  const void* chain_temp = nullptr;
+  int64_t chain_step_stride = 0, chain_temp_stride = 0;
   const void* x = nullptr;          // (chains, row) input dtype
   const void* x_prop = nullptr;     // (chains, row)
   const void* grad = nullptr;       // (chains, row)
@@ -35,5 +40,24 @@ struct MalaArgs {
 using MalaFn = void (*)(const MalaArgs& args, int64_t chain_begin, int64_t chain_end);
 
 TK_DECLARE_ISA_VARIANTS(void, mala_accept, (const MalaArgs&, int64_t, int64_t))
+
+// mala_proposal over the Philox counters [ctr_begin, ctr_end) (elements 4 ctr .. 4 ctr + 3)
+// of contiguous (chains, row) tensors, with chain c's eta and T (accumulation dtype) at
+// step[c * step_stride] and temp[c * temp_stride].
+struct MalaProposalArgs {
+  c10::ScalarType dtype;
+  int64_t numel = 0, row = 0;
+  uint64_t seed = 0, offset = 0;
+  const void* x = nullptr;     // (chains, row) input dtype
+  const void* grad = nullptr;  // (chains, row) input dtype
+  void* out = nullptr;         // (chains, row) input dtype
+  const void* step = nullptr;
+  const void* temp = nullptr;
+  int64_t step_stride = 0, temp_stride = 0;
+};
+
+using MalaProposalFn = void (*)(const MalaProposalArgs& args, int64_t ctr_begin, int64_t ctr_end);
+
+TK_DECLARE_ISA_VARIANTS(void, mala_proposal, (const MalaProposalArgs&, int64_t, int64_t))
 
 }  // namespace thermokern::cpu

@@ -1,4 +1,5 @@
-// mala_accept CPU kernel, compiled once per ISA (included by csrc/cpu/isa/kernels_*.cpp).
+// mala_accept and mala_proposal CPU kernels, compiled once per ISA (included by
+// csrc/cpu/isa/kernels_*.cpp).
 //
 // [Note: the MALA CPU kernel]
 // A task owns whole chains. For each chain one vectorised sweep reads x, x', g and g' and
@@ -11,6 +12,8 @@
 // chain, 44 GB/s of the five streams for 64 chains of 16K floats.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -22,6 +25,7 @@
 #include <c10/util/Half.h>
 
 #include "dispatch.h"
+#include "langevin_kernel.h"
 #include "mala_args.h"
 #include "thermokern/mala.h"
 #include "vec_math.h"
@@ -43,9 +47,11 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
   const auto* ep = static_cast<const acc_t*>(a.energy_prop);
   auto* out = static_cast<scalar_t*>(a.x_new);
   auto* log_alpha = static_cast<acc_t*>(a.log_alpha);
+  const auto* chain_step = static_cast<const acc_t*>(a.chain_step);
+  const auto* chain_temp = static_cast<const acc_t*>(a.chain_temp);
   const acc_t step = static_cast<acc_t>(a.step_size);
   const acc_t temperature = static_cast<acc_t>(a.temperature);
-  const Va two(acc_t(2)), vstep(step);
+  const Va two(acc_t(2));
   const int64_t D = a.row;
   // Four consecutive chains share a Philox counter: draw it once for them.
   Philox4x32 words{};
@@ -53,6 +59,7 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
   bool have_words = false;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int64_t base = c * D;
+    const Va vstep(chain_step != nullptr ? chain_step[c * a.chain_step_stride] : step);
     Va acc0(acc_t(0)), acc1(acc_t(0));
     for (int64_t i = 0; i < D; i += R::kSize) {
       const int64_t cnt = D - i;
@@ -74,7 +81,8 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
     }
     const acc_t sum =
         at::vec::vec_reduce_all<acc_t>([](Va& p, Va& q) { return p + q; }, acc0 + acc1);
-    const acc_t la = mala_log_alpha<acc_t>(e[c], ep[c], sum, temperature);
+    const acc_t t_c = chain_temp != nullptr ? chain_temp[c * a.chain_temp_stride] : temperature;
+    const acc_t la = mala_log_alpha<acc_t>(e[c], ep[c], sum, t_c);
     const uint64_t ctr = mala_uniform_counter(a.offset, a.numel, c);
     if (!have_words || ctr != words_ctr) {
       words = philox_randint4x(a.seed, ctr);
@@ -88,11 +96,64 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
   }
 }
 
+// [Note: the MALA proposal CPU kernel]
+// The Langevin CPU kernel's blocks of counters ([Note: the Langevin CPU kernel]) with the
+// step's coefficients per element: for each block, the normals go into z and each chain's
+// -eta_c and sigma_c = sqrt(2 eta_c T_c) (evaluated in double) are filled over the block's
+// elements of that chain, one run per chain; the sweep then forms x - eta g + sigma n in the
+// order langevin_step does, so equal parameters give langevin_step's values bit for bit.
+template <typename scalar_t>
+void proposal(const MalaProposalArgs& a, int64_t ctr_begin, int64_t ctr_end) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Va = typename L::Va;
+  constexpr int64_t kBuf = 4 * langevin::kBlock + L::kSize;
+  const langevin::PhiloxKeys keys(a.seed);
+  alignas(64) acc_t z[kBuf] = {};
+  alignas(64) acc_t neg_eta[kBuf] = {};
+  alignas(64) acc_t sigma[kBuf] = {};
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* g = static_cast<const scalar_t*>(a.grad);
+  auto* out = static_cast<scalar_t*>(a.out);
+  const auto* step = static_cast<const acc_t*>(a.step);
+  const auto* temp = static_cast<const acc_t*>(a.temp);
+  for (int64_t c0 = ctr_begin; c0 < ctr_end; c0 += langevin::kBlock) {
+    const int64_t nc = std::min(langevin::kBlock, ctr_end - c0);
+    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, a.numel - e0);
+    langevin::normals(keys, a.seed, a.offset + static_cast<uint64_t>(c0), nc, z);
+    for (int64_t j = 0; j < ne;) {  // one run of coefficients per chain
+      const int64_t chain = (e0 + j) / a.row;
+      const int64_t end = std::min(ne, (chain + 1) * a.row - e0);
+      const double eta = static_cast<double>(step[chain * a.step_stride]);
+      const double t = static_cast<double>(temp[chain * a.temp_stride]);
+      std::fill(neg_eta + j, neg_eta + end, static_cast<acc_t>(-eta));
+      std::fill(sigma + j, sigma + end, static_cast<acc_t>(std::sqrt(2.0 * eta * t)));
+      j = end;
+    }
+    for (int64_t i = 0; i < ne; i += L::kSize) {
+      const int64_t cnt = ne - i;
+      Va xv[L::kParts], gv[L::kParts];
+      L::load(x + e0 + i, cnt, xv);
+      L::load(g + e0 + i, cnt, gv);
+      for (int p = 0; p < L::kParts; ++p) {
+        const int64_t k = i + p * Va::size();
+        const Va v = xv[p] + Va::loadu(neg_eta + k) * gv[p];
+        xv[p] = v + Va::loadu(sigma + k) * Va::loadu(z + k);
+      }
+      L::store(out + e0 + i, cnt, xv);
+    }
+  }
+}
+
 }  // namespace mala
 }  // namespace CPU_CAPABILITY
 
 void TK_CAT(mala_accept, CPU_CAPABILITY)(const MalaArgs& a, int64_t b, int64_t e) {
   TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::mala::accept<scalar_t>(a, b, e))
+}
+
+void TK_CAT(mala_proposal, CPU_CAPABILITY)(const MalaProposalArgs& a, int64_t b, int64_t e) {
+  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::mala::proposal<scalar_t>(a, b, e))
 }
 
 }  // namespace thermokern::cpu

@@ -1,8 +1,10 @@
-// Host-side plan of mala_accept ([Note: MALA acceptance] in mala.h; [Note: host-side plans] in
-// plan.h), used by csrc/cpu/mala.cpp and csrc/cuda/mala.cu.
+// Host-side plans of mala_accept and mala_proposal ([Note: MALA acceptance] in mala.h;
+// [Note: host-side plans] in plan.h), used by csrc/cpu/mala.cpp and csrc/cuda/mala.cu.
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string_view>
 #include <tuple>
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +14,26 @@
 #include "thermokern/plan.h"
 
 namespace thermokern {
+
+// A per-chain parameter ([Note: per-chain MALA parameters] in csrc/thermokern.cpp): a 1-D
+// accumulation-dtype tensor of one value per chain or one for every chain, as the kernels read
+// it: chain c's value at values[c * stride] (stride 0 or 1). Undefined: not given.
+struct ChainParam {
+  at::Tensor values;
+  int64_t stride = 0;
+  bool defined() const { return values.defined(); }
+};
+
+inline ChainParam chain_param(const std::optional<at::Tensor>& t, const at::Tensor& x,
+                              std::string_view name) {
+  if (!t.has_value()) return {};
+  const int64_t chains = x.size(0);
+  TORCH_CHECK_VALUE(t->dim() == 1 && (t->size(0) == 1 || t->size(0) == chains), name,
+                    ": expected 1 or ", chains, " (one per chain) values, got shape ", t->sizes());
+  check_dtype(*t, acc_dtype(x.scalar_type()), name);
+  check_device(*t, x.device(), name);
+  return {t->contiguous(), t->size(0) == 1 ? 0 : 1};
+}
 
 inline void check_mala_accept(const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
                               const at::Tensor& grad_prop, const at::Tensor& energy,
@@ -39,6 +61,7 @@ struct MalaPlan {
   at::Tensor x, x_prop, grad, grad_prop, energy, energy_prop;  // contiguous
   at::Tensor seed, offset;
   double step_size = 0.0, temperature = 1.0;
+  ChainParam chain_step, chain_temp;  // when defined, they replace step_size / temperature
   at::Tensor x_new, accepted, log_alpha;
 };
 
@@ -46,10 +69,14 @@ inline MalaPlan plan_mala_accept(const at::Tensor& x, const at::Tensor& x_prop,
                                  const at::Tensor& grad, const at::Tensor& grad_prop,
                                  const at::Tensor& energy, const at::Tensor& energy_prop,
                                  const at::Tensor& seed, const at::Tensor& offset,
-                                 double step_size, double temperature) {
+                                 double step_size, double temperature,
+                                 const std::optional<at::Tensor>& chain_step_size,
+                                 const std::optional<at::Tensor>& chain_temperature) {
   check_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size,
                     temperature);
   MalaPlan p;
+  p.chain_step = chain_param(chain_step_size, x, "chain_step_size");
+  p.chain_temp = chain_param(chain_temperature, x, "chain_temperature");
   p.chains = x.size(0);
   p.numel = x.numel();
   p.row = p.chains > 0 ? p.numel / p.chains : 0;
@@ -70,16 +97,60 @@ inline MalaPlan plan_mala_accept(const at::Tensor& x, const at::Tensor& x_prop,
   return p;
 }
 
-// The entry point ([Note: host-side plans]): Launch is the backend's.
+// mala_proposal: contiguous x and grad as (chains, row), the per-chain parameters, the output.
+struct MalaProposalPlan {
+  int64_t chains = 0, row = 0, numel = 0;
+  at::Tensor x, grad, seed, offset;
+  ChainParam step, temp;
+  at::Tensor out;
+};
+
+inline MalaProposalPlan plan_mala_proposal(const at::Tensor& x, const at::Tensor& grad,
+                                           const at::Tensor& seed, const at::Tensor& offset,
+                                           const at::Tensor& step_size,
+                                           const at::Tensor& temperature) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x: expected at least 1 dimension (dim 0 indexes chains), "
+                    "got a 0-dim tensor");
+  check_like(grad, x, "grad", "x");
+  check_rng_tensor(seed, x.device(), "seed", "x's device");
+  check_rng_tensor(offset, x.device(), "offset", "x's device");
+  MalaProposalPlan p;
+  p.step = chain_param(step_size, x, "step_size");
+  p.temp = chain_param(temperature, x, "temperature");
+  p.chains = x.size(0);
+  p.numel = x.numel();
+  p.row = p.chains > 0 ? p.numel / p.chains : 0;
+  p.out = new_output(x.sizes(), x.options());
+  p.x = x.contiguous();
+  p.grad = grad.contiguous();
+  p.seed = seed;
+  p.offset = offset;
+  return p;
+}
+
+// The entry points ([Note: host-side plans]): Launch is the backend's.
 template <void (*Launch)(const MalaPlan&)>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept_op(
     const at::Tensor& x, const at::Tensor& x_prop, const at::Tensor& grad,
     const at::Tensor& grad_prop, const at::Tensor& energy, const at::Tensor& energy_prop,
-    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature) {
+    const at::Tensor& seed, const at::Tensor& offset, double step_size, double temperature,
+    const std::optional<at::Tensor>& chain_step_size,
+    const std::optional<at::Tensor>& chain_temperature) {
   const MalaPlan p = plan_mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed,
-                                      offset, step_size, temperature);
+                                      offset, step_size, temperature, chain_step_size,
+                                      chain_temperature);
   if (p.chains > 0) Launch(p);
   return {p.x_new, p.accepted, p.log_alpha};
+}
+
+template <void (*Launch)(const MalaProposalPlan&)>
+at::Tensor mala_proposal_op(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& seed,
+                            const at::Tensor& offset, const at::Tensor& step_size,
+                            const at::Tensor& temperature) {
+  const MalaProposalPlan p = plan_mala_proposal(x, grad, seed, offset, step_size, temperature);
+  if (p.numel > 0) Launch(p);
+  return p.out;
 }
 
 }  // namespace thermokern

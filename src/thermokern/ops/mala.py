@@ -1,10 +1,12 @@
-"""Metropolis-adjusted Langevin: ``mala_step``, its fused accept/reject ``mala_accept`` and
-the kernel declaration.
+"""Metropolis-adjusted Langevin: ``mala_step``, its fused accept/reject ``mala_accept``, the
+proposal ``mala_proposal`` and the kernel declarations.
 
-The schema of ``mala_accept`` is in csrc/thermokern.cpp ([Note: MALA acceptance] in
-csrc/include/thermokern/mala.h); the CPU and CUDA kernels register under it, the Triton
-launcher is in kernels/mala.py. The proposal is :func:`thermokern.langevin_step`; the energy
-gradients come from ``torch.autograd.grad``. Nothing here is differentiable: a MALA step is a
+The schemas of ``mala_accept`` and ``mala_proposal`` are in csrc/thermokern.cpp ([Note: MALA
+acceptance] in csrc/include/thermokern/mala.h, [Note: per-chain MALA parameters] there); the
+CPU and CUDA kernels register under them, the Triton launchers are in kernels/mala.py. With one
+step size and temperature for every chain the proposal is :func:`thermokern.langevin_step`'s
+kernel; with one per chain, ``mala_proposal``'s. The energy gradients come from
+``torch.autograd.grad``. Nothing here is differentiable: a MALA step is a
 sampler update (its outputs never require grad).
 """
 
@@ -33,7 +35,10 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- kernel
-def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature):
+def _accept_fake(
+    x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature,
+    chain_step_size=None, chain_temperature=None,
+):  # fmt: skip
     torch._check(x.dim() >= 1, lambda: "x: expected at least 1 dimension (dim 0 indexes chains)")
     chains = x.shape[0]
     return (
@@ -44,6 +49,14 @@ def _accept_fake(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, 
 
 
 mala_accept_kernel = KernelOp("mala_accept", fake=_accept_fake, triton="mala")
+
+
+def _proposal_fake(x, grad, seed, offset, step_size, temperature):
+    torch._check(x.dim() >= 1, lambda: "x: expected at least 1 dimension (dim 0 indexes chains)")
+    return x.new_empty(x.shape)
+
+
+mala_proposal_kernel = KernelOp("mala_proposal", fake=_proposal_fake, triton="mala")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,32 +120,18 @@ def energy_and_grad(
     return e.detach().to(acc_dtype(x.dtype)), g.detach().to(x.dtype).contiguous()
 
 
-def _chain_scale(x: torch.Tensor, step_size, temperature):
-    """Per-chain parameters as a change of variables (see [Per-chain step sizes] below):
-    ``(s, 1 / T)`` of shape (chains, 1, ..., 1) in the accumulation dtype, or None when both
-    parameters are plain numbers (the kernels take those directly)."""
-    if not isinstance(step_size, torch.Tensor) and not isinstance(temperature, torch.Tensor):
+def _chain_tensors(x: torch.Tensor, eta, t):
+    """The per-chain form of (eta, T) ([Note: per-chain MALA parameters] in csrc/thermokern.cpp):
+    each a (chains,) tensor as given or a 1-element tensor of the number (a fill kernel, no host
+    copy), in the accumulation dtype; None when both are numbers (the kernels take those
+    directly: the proposal is then langevin_step)."""
+    if not isinstance(eta, torch.Tensor) and not isinstance(t, torch.Tensor):
         return None
     acc = acc_dtype(x.dtype)
-    view = (x.shape[0],) + (1,) * (x.dim() - 1)
-    eta = torch.as_tensor(step_size, dtype=acc, device=x.device)
-    t = torch.as_tensor(temperature, dtype=acc, device=x.device)
-    s = (eta * t).sqrt()
-    return s.expand(x.shape[0]).reshape(view), t.reciprocal().expand(x.shape[0]).reshape(view)
-
-
-def _to_unit(v: torch.Tensor, factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return (v.to(factor.dtype) * factor).to(like.dtype)
-
-
-# [Per-chain step sizes]
-# The kernels take one step size eta and one temperature T for all chains. A chain c with its
-# own (eta_c, T_c) is run through them in the coordinates y = x / s_c, s_c = sqrt(eta_c T_c),
-# with the energy E / T_c at unit step size and temperature: there the proposal is
-#   y' = y - s_c dE/dx / T_c + sqrt(2) xi,   i.e.   x' = s_c y' = x - eta_c dE/dx + sqrt(2 eta_c T_c) xi,
-# exactly chain c's own Langevin proposal with the same noise xi, and since the change of
-# variables is linear its Jacobian cancels in the acceptance ratio: log alpha is chain c's own.
-# A rejected chain keeps its x bit for bit (x_new is chosen from x and x', never rescaled).
+    return tuple(
+        v if isinstance(v, torch.Tensor) else torch.full((1,), v, dtype=acc, device=x.device)
+        for v in (eta, t)
+    )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -149,9 +148,9 @@ def mala_proposal(
     """The Langevin proposal ``x' = x - eta dE/dx + sqrt(2 eta T) xi`` of a MALA step, where
     ``eta`` and ``T`` may be one value per chain (tensors of shape ``(chains,)``).
 
-    With numbers this is :func:`thermokern.langevin_step`; with per-chain values it is the same
-    kernel in rescaled coordinates ([Per-chain step sizes] in this module), drawing the same
-    noise ``xi`` at ``(seed, offset)``. Not differentiable (a sampler update).
+    With numbers this is :func:`thermokern.langevin_step`; with per-chain values it is the
+    kernel ``mala_proposal`` ([Note: per-chain MALA parameters] in csrc/thermokern.cpp), drawing
+    the same noise ``xi`` at ``(seed, offset)``. Not differentiable (a sampler update).
     """
     check_chains(x)
     grad, _, _, _, _, seed_t, offset_t = langevin_args(x, grad, 1.0, 1.0, None, None, None, seed, offset)
@@ -165,14 +164,11 @@ def checked_proposal(x, grad, eta, t, seed_t, offset_t, name: str) -> torch.Tens
     seed and offset tensors, the backend resolved): what the samplers call every step."""
     with torch.no_grad():
         x, grad = x.detach(), grad.detach()
-        scale = _chain_scale(x, eta, t)
-        if scale is None:
+        chain = _chain_tensors(x, eta, t)
+        if chain is None:
             sigma = reference.langevin_noise_std(eta, t, None)
             return langevin_step_fwd(name, x, grad, seed_t, offset_t, eta, sigma, None, None, None)
-        s, inv_t = scale
-        y, gy = _to_unit(x, s.reciprocal(), x), _to_unit(grad, s * inv_t, x)
-        y_prop = langevin_step_fwd(name, y, gy, seed_t, offset_t, 1.0, math.sqrt(2.0), None, None, None)
-        return _to_unit(y_prop, s, x)
+        return mala_proposal_kernel(name, x, grad, seed_t, offset_t, *chain)
 
 
 def mala_accept(
@@ -205,7 +201,8 @@ def mala_accept(
         grad, grad_prop: dE/dx at ``x`` and at ``x_prop`` (cast to x's dtype).
         energy, energy_prop: (chains,) energies (cast to the accumulation dtype).
         step_size, temperature: eta > 0 and T > 0 of the proposal: numbers, or tensors of one
-            value per chain, shape ``(chains,)`` ([Per-chain step sizes] in this module).
+            value per chain, shape ``(chains,)`` ([Note: per-chain MALA parameters] in
+            csrc/thermokern.cpp).
         seed, offset: the step's Philox key and first counter (ints or 0-dim int64 tensors on
             x's device).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
@@ -248,25 +245,15 @@ def checked_accept(x, x_prop, grad, grad_prop, energy, energy_prop, eta, t, seed
     """:func:`mala_accept` with every argument already checked and converted (x_prop, the
     gradients in x's dtype, the energies in its accumulation dtype, seed and offset tensors,
     the backend resolved): what the samplers call every step."""
-    chains = x.shape[0]
     with torch.no_grad():
-        scale = _chain_scale(x, eta, t)
-        if scale is None:
-            return mala_accept_kernel(
-                name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, eta, t
-            )
-        s, inv_t = scale
-        unit = s.reciprocal()
-        g_unit = s * inv_t
-        inv_t = inv_t.reshape(chains)
-        _, accepted, log_alpha = mala_accept_kernel(
-            name, _to_unit(x, unit, x), _to_unit(x_prop, unit, x), _to_unit(grad, g_unit, x),
-            _to_unit(grad_prop, g_unit, x), energy * inv_t, energy_prop * inv_t, seed_t, offset_t,
-            1.0, 1.0,
-        )  # fmt: skip
-        keep = accepted.reshape((chains,) + (1,) * (x.dim() - 1))
-        x_new = torch.where(keep, x_prop, x).contiguous()
-        return x_new, accepted, log_alpha
+        chain = _chain_tensors(x, eta, t)
+        if chain is None:
+            chain, numbers = (None, None), (eta, t)
+        else:
+            numbers = (1.0, 1.0)  # replaced by the per-chain tensors
+        return mala_accept_kernel(
+            name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, *numbers, *chain
+        )
 
 
 def mala_step(
@@ -315,7 +302,7 @@ def mala_step(
             float32.
         energy_fn: ``x -> (chains,)`` differentiable energies.
         step_size: eta > 0, or a tensor of one step size per chain, shape ``(chains,)``
-            (run in rescaled coordinates: [Per-chain step sizes] in thermokern/ops/mala.py).
+            ([Note: per-chain MALA parameters] in csrc/thermokern.cpp).
         temperature: T > 0, or one temperature per chain (a ``(chains,)`` tensor).
         seed: Philox key, an int or a 0-dim int64 tensor on x's device.
         offset: first counter, an int >= 0 or a 0-dim int64 tensor on x's device.

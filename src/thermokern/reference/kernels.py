@@ -272,12 +272,29 @@ def langevin_step_bwd(
 
 
 # ----------------------------------------------------------------------------- mala
-def mala_accept(x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature):
-    """(x_new, accepted, log_alpha) of a MALA step (spec.mala_accept)."""
+def mala_accept(
+    x, x_prop, grad, grad_prop, energy, energy_prop, seed, offset, step_size, temperature,
+    chain_step_size=None, chain_temperature=None,
+):  # fmt: skip
+    """(x_new, accepted, log_alpha) of a MALA step (spec.mala_accept), with the per-chain
+    parameters in place of the numbers where given."""
     return spec.mala_accept(
-        x, x_prop, grad, grad_prop, energy, energy_prop, step_size=step_size, temperature=temperature,
+        x, x_prop, grad, grad_prop, energy, energy_prop,
+        step_size=step_size if chain_step_size is None else chain_step_size,
+        temperature=temperature if chain_temperature is None else chain_temperature,
         seed=seed, offset=offset,
     )  # fmt: skip
+
+
+def mala_proposal(x, grad, seed, offset, step_size, temperature):
+    """x - eta_c grad + sigma_c n per chain c (dim 0), sigma_c = sqrt(2 eta_c T_c) in float64,
+    n spec.langevin_noise; in the accumulation dtype, returned contiguous in x's dtype."""
+    acc = acc_dtype(x.dtype)
+    view = (x.shape[0],) + (1,) * (x.dim() - 1)
+    eta, t = (v.double().expand(x.shape[0]).reshape(view) for v in (step_size, temperature))
+    n = spec.langevin_noise(x.numel(), seed, offset, x.device).to(acc).reshape(x.shape)
+    v = x.to(acc) + (-eta).to(acc) * grad.to(acc)
+    return (v + (2.0 * eta * t).sqrt().to(acc) * n).to(x.dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------- sgld

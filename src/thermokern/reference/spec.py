@@ -382,26 +382,30 @@ def mala_accept(
     energy: torch.Tensor,
     energy_prop: torch.Tensor,
     *,
-    step_size: float,
-    temperature: float = 1.0,
+    step_size: float | torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
     seed,
     offset=0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_new, accepted, log_alpha) of a MALA step, by the textbook formula in float64:
     log alpha = -(E' - E) / T + log q(x | x') - log q(x' | x) with
     log q(a | b) = -|a - b + eta grad E(b)|^2 / (4 eta T) over each chain's elements (dim 0
-    indexes chains); accepted where log u <= log alpha (u from :func:`mala_uniform`);
-    x_new[c] = x_prop[c] if accepted else x[c], contiguous in x's dtype; log_alpha in the
-    accumulation dtype."""
+    indexes chains; eta and T numbers or one value per chain); accepted where
+    log u <= log alpha (u from :func:`mala_uniform`); x_new[c] = x_prop[c] if accepted else
+    x[c], contiguous in x's dtype; log_alpha in the accumulation dtype."""
     chains, row = x.shape[0], math.prod(x.shape[1:])
 
     def rows(t):
         return t.detach().to(torch.float64).reshape(chains, row)
 
     xs, xps, gs, gps = rows(x), rows(x_prop), rows(grad), rows(grad_prop)
-    eta, t = float(step_size), float(temperature)
-    log_q_fwd = -(xps - xs + eta * gs).square().sum(1) / (4.0 * eta * t)  # log q(x' | x)
-    log_q_bwd = -(xs - xps + eta * gps).square().sum(1) / (4.0 * eta * t)  # log q(x | x')
+    eta, t = (
+        torch.as_tensor(v, dtype=torch.float64, device=x.device).expand(chains)
+        for v in (step_size, temperature)
+    )
+    e = eta.unsqueeze(1)
+    log_q_fwd = -(xps - xs + e * gs).square().sum(1) / (4.0 * eta * t)  # log q(x' | x)
+    log_q_bwd = -(xs - xps + e * gps).square().sum(1) / (4.0 * eta * t)  # log q(x | x')
     log_alpha = -(energy_prop.double() - energy.double()) / t + log_q_bwd - log_q_fwd
     u = mala_uniform(chains, x.numel(), seed, offset, x.device)
     accepted = torch.log(u) <= log_alpha  # NaN rejects

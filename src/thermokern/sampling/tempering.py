@@ -2,8 +2,8 @@
 
 R replicas of C chains run at a ladder of temperatures T_0 < T_1 < ... < T_{R-1} as one
 batched tensor of R * C chains: every step moves all of them at once with the Langevin/MALA
-kernels (each chain with its replica's step size and temperature: [Per-chain step sizes] in
-thermokern/ops/mala.py), and every ``swap_every`` steps the adjacent temperatures of each chain
+kernels (each chain with its replica's step size and temperature: [Note: per-chain MALA
+parameters] in csrc/thermokern.cpp), and every ``swap_every`` steps the adjacent temperatures of each chain
 column propose to exchange their states, accepted with probability
 ``min(1, exp((1/T_r - 1/T_{r+1}) (E(x_r) - E(x_{r+1}))))``. Pairs (0, 1), (2, 3), ... and
 (1, 2), (3, 4), ... alternate, so the swaps of one round are disjoint. Hot replicas cross the
