@@ -22,14 +22,20 @@ namespace {
 // Philox and the log series dominate).
 constexpr int64_t kGrainElements = int64_t{1} << 15;
 
+MalaLayoutArgs layout_args(const MalaLayout& l, const at::Tensor& x) {
+  MalaLayoutArgs a;
+  a.dtype = x.scalar_type();
+  a.chains = l.chains;
+  a.numel = l.numel;
+  a.row = l.row;
+  a.seed = cpu_u64(l.seed);
+  a.offset = cpu_u64(l.offset);
+  return a;
+}
+
 void launch(const MalaPlan& p) {
   MalaArgs a;
-  a.dtype = p.x.scalar_type();
-  a.chains = p.chains;
-  a.numel = p.numel;
-  a.row = p.row;
-  a.seed = cpu_u64(p.seed);
-  a.offset = cpu_u64(p.offset);
+  static_cast<MalaLayoutArgs&>(a) = layout_args(p.layout, p.x);
   a.step_size = p.step_size;
   a.temperature = p.temperature;
   if (p.chain_step.defined()) {
@@ -51,7 +57,7 @@ void launch(const MalaPlan& p) {
   a.log_alpha = p.log_alpha.data_ptr();
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(a.row, 1));
   const MalaFn fn = TK_ISA_VARIANT(mala_accept);
-  at::parallel_for(0, p.chains, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+  at::parallel_for(0, p.layout.chains, grain, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
 
 // Tasks of 16K Philox counters, as the Langevin kernel's ([Note: Langevin grain size]).
@@ -59,11 +65,7 @@ constexpr int64_t kProposalGrain = int64_t{1} << 14;
 
 void launch_proposal(const MalaProposalPlan& p) {
   MalaProposalArgs a;
-  a.dtype = p.x.scalar_type();
-  a.numel = p.numel;
-  a.row = p.row;
-  a.seed = cpu_u64(p.seed);
-  a.offset = cpu_u64(p.offset);
+  static_cast<MalaLayoutArgs&>(a) = layout_args(p.layout, p.x);
   a.x = p.x.const_data_ptr();
   a.grad = p.grad.const_data_ptr();
   a.out = p.out.data_ptr();
@@ -72,7 +74,7 @@ void launch_proposal(const MalaProposalPlan& p) {
   a.step_stride = p.step.stride;
   a.temp_stride = p.temp.stride;
   const MalaProposalFn fn = TK_ISA_VARIANT(mala_proposal);
-  at::parallel_for(0, (p.numel + 3) / 4, kProposalGrain, [&](int64_t b, int64_t e) { fn(a, b, e); });
+  at::parallel_for(0, (p.layout.numel + 3) / 4, kProposalGrain, [&](int64_t b, int64_t e) { fn(a, b, e); });
 }
 
 }  // namespace

@@ -10,15 +10,19 @@
 
 namespace thermokern::cpu {
 
-// Arguments of the acceptance test ([Note: MALA acceptance] in thermokern/mala.h) over the
-// chains [chain_begin, chain_end) of contiguous (chains, row) tensors.
-struct MalaArgs {
+// The chains of both kernels: contiguous (chains, row) tensors and the step's Philox stream.
+struct MalaLayoutArgs {
   c10::ScalarType dtype;
   int64_t chains = 0;
   int64_t row = 0;     // elements per chain
-  int64_t numel = 0;   // chains * row: the proposal used ceil(numel / 4) counters
+  int64_t numel = 0;   // chains * row: the proposal uses ceil(numel / 4) counters
   uint64_t seed = 0;   // Philox key
   uint64_t offset = 0; // the step's first counter (the proposal's)
+};
+
+// Arguments of the acceptance test ([Note: MALA acceptance] in thermokern/mala.h) over the
+// chains [chain_begin, chain_end).
+struct MalaArgs : MalaLayoutArgs {
   double step_size = 0.0;
   double temperature = 1.0;
   // Per-chain step sizes / temperatures (accumulation dtype, chain c at [c * stride]), or
@@ -44,10 +48,7 @@ TK_DECLARE_ISA_VARIANTS(void, mala_accept, (const MalaArgs&, int64_t, int64_t))
 // mala_proposal over the Philox counters [ctr_begin, ctr_end) (elements 4 ctr .. 4 ctr + 3)
 // of contiguous (chains, row) tensors, with chain c's eta and T (accumulation dtype) at
 // step[c * step_stride] and temp[c * temp_stride].
-struct MalaProposalArgs {
-  c10::ScalarType dtype;
-  int64_t numel = 0, row = 0;
-  uint64_t seed = 0, offset = 0;
+struct MalaProposalArgs : MalaLayoutArgs {
   const void* x = nullptr;     // (chains, row) input dtype
   const void* grad = nullptr;  // (chains, row) input dtype
   void* out = nullptr;         // (chains, row) input dtype

@@ -110,10 +110,10 @@ __global__ void mala_accept_kernel(const scalar_t* __restrict__ x,          // (
 
 void launch(const MalaPlan& p) {
   const c10::cuda::CUDAGuard guard(p.x.device());
-  const int64_t D = p.row;
+  const int64_t D = p.layout.row;
   int threads = kMalaWarp;
   while (threads < kMalaMaxThreads && threads < D) threads *= 2;
-  const int64_t blocks = std::min<int64_t>(p.chains, kMalaMaxBlocks);
+  const int64_t blocks = std::min<int64_t>(p.layout.chains, kMalaMaxBlocks);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "mala_accept_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -121,7 +121,7 @@ void launch(const MalaPlan& p) {
         p.x.const_data_ptr<scalar_t>(), p.x_prop.const_data_ptr<scalar_t>(),
         p.grad.const_data_ptr<scalar_t>(), p.grad_prop.const_data_ptr<scalar_t>(),
         p.energy.const_data_ptr<acc_t>(), p.energy_prop.const_data_ptr<acc_t>(),
-        p.seed.const_data_ptr<int64_t>(), p.offset.const_data_ptr<int64_t>(), p.chains, D,
+        p.layout.seed.const_data_ptr<int64_t>(), p.layout.offset.const_data_ptr<int64_t>(), p.layout.chains, D,
         static_cast<acc_t>(p.step_size), static_cast<acc_t>(p.temperature),
         view_of<acc_t>(p.chain_step), view_of<acc_t>(p.chain_temp),
         p.x_new.mutable_data_ptr<scalar_t>(), p.accepted.mutable_data_ptr<bool>(),
@@ -163,15 +163,15 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
 void launch_proposal(const MalaProposalPlan& p) {
   const c10::cuda::CUDAGuard guard(p.x.device());
   constexpr int kThreads = 256;
-  const int64_t n_ctr = (p.numel + 3) / 4;
+  const int64_t n_ctr = (p.layout.numel + 3) / 4;
   const int64_t blocks = std::min<int64_t>((n_ctr + kThreads - 1) / kThreads, kMalaMaxBlocks);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "mala_proposal_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     mala_proposal_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         p.x.const_data_ptr<scalar_t>(), p.grad.const_data_ptr<scalar_t>(),
-        p.out.mutable_data_ptr<scalar_t>(), p.seed.const_data_ptr<int64_t>(),
-        p.offset.const_data_ptr<int64_t>(), p.numel, p.row, view_of<acc_t>(p.step),
+        p.out.mutable_data_ptr<scalar_t>(), p.layout.seed.const_data_ptr<int64_t>(),
+        p.layout.offset.const_data_ptr<int64_t>(), p.layout.numel, p.layout.row, view_of<acc_t>(p.step),
         view_of<acc_t>(p.temp));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
