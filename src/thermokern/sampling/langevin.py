@@ -259,9 +259,9 @@ def langevin_sample(
     to 1 at the last), or a callable ``step -> value``. Every value must be finite and > 0.
 
     Per-chain step sizes: ``step_size`` may be a tensor of one step size per chain, shape
-    ``(chains,)`` (e.g. the ``adapted_step_size`` of an earlier run's stats); the chains then
-    move in rescaled coordinates through the same kernels ([Per-chain step sizes] in
-    thermokern/ops/mala.py). ULA takes them without ``noise_scale``, ``grad_clip`` and ``clamp``.
+    ``(chains,)`` (e.g. the ``adapted_step_size`` of an earlier run's stats); the kernels then
+    read each chain's own ([Note: per-chain MALA parameters] in csrc/thermokern.cpp). ULA takes
+    them without ``noise_scale``, ``grad_clip`` and ``clamp``.
 
     Step-size adaptation (MALA): with ``target_accept`` set, each chain's step size is adapted
     during the first ``adapt_steps`` steps by dual averaging (Hoffman & Gelman 2014) toward
