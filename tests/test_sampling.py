@@ -91,6 +91,26 @@ def test_mala_accept_every_isa(cpu_isa):
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
+def test_per_chain_mala_every_isa(cpu_isa):
+    """mala_proposal and mala_accept's per-chain form on each CPU kernel variant, against the
+    reference (chains of 37 elements: the chains change inside the kernel's vectors and noise
+    blocks; one offset puts a block across the 2^32 counter boundary)."""
+    for dtype in DTYPES:
+        x, xp, g, gp, e, ep = _mala_inputs((41, 37), dtype)
+        acc = e.dtype
+        eta = torch.linspace(0.01, 0.2, 41, dtype=acc)
+        t = torch.linspace(0.5, 2.0, 41, dtype=acc)
+        for offset in (5, 2**32 - 100):
+            s, o = torch.tensor(3), torch.tensor(offset)
+            got = torch.ops.thermokern.mala_proposal(x, g, s, o, eta, t)
+            want = reference.kernels.mala_proposal(x, g, s, o, eta, t)
+            tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-5
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        got = torch.ops.thermokern.mala_accept(x, xp, g, gp, e, ep, s, o, 1.0, 1.0, eta, t)
+        want = reference.kernels.mala_accept(x, xp, g, gp, e, ep, s, o, 1.0, 1.0, eta, t)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("seed,offset", [(0, 0), (7, 2**32 - 3), (2**64 - 5, 2**40 + 1)])
 def test_mala_uniform_counter_layout(backend, seed, offset):
