@@ -99,6 +99,7 @@ from thermokern.ops.linear import (
     check_head,
     head_chunks,
     head_inputs,
+    ignore_index_of,
     logit_grad,
 )
 from thermokern.ops.partition import partition_bwd, partition_fwd
@@ -774,7 +775,7 @@ def _run_head(kind, hidden, weight_shard, bias_shard, target, temperature, param
     start, widths, total = _gather_layout(
         weight_shard.shape[0], vocab_start, group, world, rank, hidden.device, "weight_shard"
     )
-    check_target_values(tgt, total, params[2] if kind == "ce" else params[0])  # on every rank
+    check_target_values(tgt, total, ignore_index_of(kind, params))  # on every rank
     cfg = _HeadConfig(kind, params, reduction, name, group, world, (start, widths, total))
     out = _DistLinearHead.apply(h2, weight_shard, bias_shard, t_rows, tgt, inv_t, cfg)
     return out, out_shape, tgt

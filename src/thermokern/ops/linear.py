@@ -36,7 +36,7 @@ from thermokern._checks import (
     inverse_temperature,
 )
 from thermokern._dtypes import acc_dtype
-from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
+from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd, reduce_loss
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
 
@@ -404,25 +404,31 @@ def head_inputs(hidden, target, temperature):
     return h2, tgt, inv_t, t_rows, out_shape
 
 
+def ignore_index_of(kind: str, params: tuple) -> int:
+    """The ignore_index among a head's ``params`` ("ce": (beta, eps, ignore_index, zw);
+    "logprobs": (ignore_index,); "entropy": none, -100). Shared with thermokern.distributed."""
+    if kind == "ce":
+        return params[2]
+    return params[0] if kind == "logprobs" else -100
+
+
 def _run(kind, hidden, weight, bias, target, temperature, params, reduction, backend):
     """The checked head: flattens the tokens, resolves the backend, applies _LinearHead."""
     name = _backend.resolve_backend(backend, hidden)
     h2, tgt, inv_t, t_rows, out_shape = head_inputs(hidden, target, temperature)
+    ignore_index = ignore_index_of(kind, params)
     if tgt is not None:  # once for all chunks (a CPU kernel would name the row in its chunk)
-        check_target_values(tgt, weight.shape[0], params[2] if kind == "ce" else params[0])
+        check_target_values(tgt, weight.shape[0], ignore_index)
     if not torch.compiler.is_compiling():
         out = _LinearHead.apply(h2, weight, bias, t_rows, tgt, inv_t, kind, params, reduction, name)
         return out, out_shape, tgt
     # [Note: the heads under torch.compile]
-    ignore_index = params[2] if kind == "ce" else (params[0] if params else -100)
     floats = [params[0], params[1], params[3]] if kind == "ce" else []
     out = torch.ops.thermokern.linear_head(
         h2, weight, bias, t_rows, tgt, inv_t, kind, floats, ignore_index, name
     )
-    if kind == "ce" and reduction == "sum":
-        out = out.sum()
-    elif kind == "ce" and reduction == "mean":  # NaN when every row is ignored, as eager
-        out = out.sum() / (tgt != ignore_index).sum().to(out.dtype)
+    if kind == "ce":  # "mean": NaN when every row is ignored, as eager
+        out = reduce_loss(out, out.shape, tgt, ignore_index, reduction)
     return out, out_shape, tgt
 
 

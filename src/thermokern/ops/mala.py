@@ -121,10 +121,10 @@ def energy_and_grad(
 
 
 def _chain_tensors(x: torch.Tensor, eta, t):
-    """The per-chain form of (eta, T) ([Note: per-chain MALA parameters] in csrc/thermokern.cpp):
-    each a (chains,) tensor as given or a 1-element tensor of the number (a fill kernel, no host
-    copy), in the accumulation dtype; None when both are numbers (the kernels take those
-    directly: the proposal is then langevin_step)."""
+    """(eta, T) as mala_proposal takes them ([Note: per-chain MALA parameters] in
+    csrc/thermokern.cpp): each a (chains,) tensor as given or a 1-element tensor of the number
+    (a fill kernel, no host copy), in the accumulation dtype; None when both are numbers (the
+    proposal is then langevin_step's kernel)."""
     if not isinstance(eta, torch.Tensor) and not isinstance(t, torch.Tensor):
         return None
     acc = acc_dtype(x.dtype)
@@ -245,12 +245,11 @@ def checked_accept(x, x_prop, grad, grad_prop, energy, energy_prop, eta, t, seed
     """:func:`mala_accept` with every argument already checked and converted (x_prop, the
     gradients in x's dtype, the energies in its accumulation dtype, seed and offset tensors,
     the backend resolved): what the samplers call every step."""
+    # A per-chain tensor goes in as chain_step_size / chain_temperature (the number beside it is
+    # then unused), a number as itself.
+    chain = tuple(v if isinstance(v, torch.Tensor) else None for v in (eta, t))
+    numbers = tuple(1.0 if isinstance(v, torch.Tensor) else v for v in (eta, t))
     with torch.no_grad():
-        chain = _chain_tensors(x, eta, t)
-        if chain is None:
-            chain, numbers = (None, None), (eta, t)
-        else:
-            numbers = (1.0, 1.0)  # replaced by the per-chain tensors
         return mala_accept_kernel(
             name, x, x_prop, grad, grad_prop, energy, energy_prop, seed_t, offset_t, *numbers, *chain
         )
