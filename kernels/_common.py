@@ -152,28 +152,167 @@ def _per_target(value, tgt, in_range, ignore_index, ACC: tl.constexpr):
 @triton.jit
 def _store_row_grad(
     x_row, g_row, C, tgt, ignore_index, inv_t, shift, log_norm, scale, w0, w1, on_target, off_target,
-    HAS_W1: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_TARGET: tl.constexpr, HAS_W1: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """The gradient of a row-loss of one target, in one pass over the row:
+    """The gradient of a row-loss, in one pass over the row:
     g_j = scale (p_j (w0 + w1 log p_j) - on_target [j = target] - off_target), with p from the
-    saved statistics (w1 only with HAS_W1; a term carrying p_j = 0 is 0); 0 on a row whose
-    target is ignore_index, NaN for an out-of-range target (whose logits are not read)."""
-    live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
-    dead = tl.where(tgt == ignore_index, 0.0, float("nan")).to(ACC)
+    saved statistics (w1 only with HAS_W1; a term carrying p_j = 0 is 0). With HAS_TARGET, 0 on
+    a row whose target is ignore_index and NaN for an out-of-range target (whose logits are not
+    read); without, every row is live and the target terms are absent."""
     cols = tl.arange(0, BLOCK_C)
     out_t = g_row.dtype.element_ty
+    if HAS_TARGET:
+        live = (tgt >= 0) & (tgt < C) & (tgt != ignore_index)
+        dead = tl.where(tgt == ignore_index, 0.0, float("nan")).to(ACC)
     for c0 in range(0, C, BLOCK_C):
         mask = c0 + cols < C
-        x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
+        if HAS_TARGET:
+            x = tl.load(x_row + c0 + cols, mask=mask & live, other=0.0).to(ACC)
+        else:
+            x = tl.load(x_row + c0 + cols, mask=mask, other=0.0).to(ACC)
         logp = _log_p(x, shift, log_norm, inv_t)
         if HAS_W1:
             pw = tl.exp(logp) * (w0 + w1 * logp)
         else:
             pw = tl.exp(logp) * w0
-        pw = _unless_p_zero(logp, pw)
-        gj = pw - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
-        g = tl.where(live, scale * gj, dead)
+        gj = _unless_p_zero(logp, pw)
+        if HAS_TARGET:
+            gj = gj - tl.where(c0 + cols == tgt, on_target, 0.0) - off_target
+        g = scale * gj
+        if HAS_TARGET:
+            g = tl.where(live, g, dead)
         tl.store(g_row + c0 + cols, g.to(out_t), mask=mask)
+
+
+# ----------------------------------------------------------------------------- the row kernels
+# One forward and one backward kernel serve the three row ops; OUTPUT selects the op's
+# per-row output (constexpr: each op compiles only its own branches):
+#   OUTPUT_NONE:  softmax_entropy, no target, no output beyond (entropy, shift, log_norm);
+#   OUTPUT_LOSS:  cross_entropy, loss = CE - beta H + zw lse^2 (kernels/cross_entropy.py);
+#   OUTPUT_LOGP:  token_logprobs, log p of the target = -CE without the weights.
+# The backward forms g_j = a dCE/dx_j + b dH/dx_j per row, with
+#   dCE/dx_j = k [p_j (1 + 2 zw lse) - (1 - eps) [j = y] - eps / C],   dH/dx_j = -k p_j (log p_j + H):
+#   softmax_entropy a = 0, b = g;  cross_entropy a = g, b = -beta g;  token_logprobs a = -g, b = g_H.
+OUTPUT_NONE = tl.constexpr(0)
+OUTPUT_LOSS = tl.constexpr(1)
+OUTPUT_LOGP = tl.constexpr(2)
+_OUTPUTS = {
+    "entropy": OUTPUT_NONE.value,
+    "loss": OUTPUT_LOSS.value,
+    "logp": OUTPUT_LOGP.value,
+}  # by launchers
+
+
+@triton.jit
+def _row_fwd_kernel(
+    x_ptr,  # (N, C) logits, unit stride along C
+    target_ptr,  # (N,) int64 target class of each row (read unless OUTPUT_NONE)
+    out_ptr,  # (N,) out: the loss or log p of the target, accumulation dtype (unless OUTPUT_NONE)
+    entropy_ptr,  # (N,) out: entropy of softmax(k x), accumulation dtype
+    shift_ptr,  # (N,) out: the shift m (the row maximum, input units), accumulation dtype
+    log_norm_ptr,  # (N,) out: log sum e^{k(x - m)}, accumulation dtype
+    C,  # number of classes
+    row_stride,  # elements between rows of x
+    inv_t_ptr,  # (1,) or (N,) 1 / temperature, accumulation dtype
+    beta_ptr,  # (1,) entropy weight, accumulation dtype (read only with HAS_ENTROPY)
+    eps_ptr,  # (1,) label smoothing, accumulation dtype (read only with HAS_SMOOTHING)
+    zw_ptr,  # (1,) z-loss weight, accumulation dtype (read only with HAS_Z_LOSS)
+    ignore_index,  # target value of rows whose output is 0
+    INV_T_STRIDE: tl.constexpr,  # 0: one 1/T for every row; 1: one per row
+    OUTPUT: tl.constexpr,  # OUTPUT_NONE, OUTPUT_LOSS or OUTPUT_LOGP
+    HAS_SMOOTHING: tl.constexpr,  # eps != 0: also sum the row (the mean_j z_j term)
+    HAS_ENTROPY: tl.constexpr,  # beta != 0: subtract beta H
+    HAS_Z_LOSS: tl.constexpr,  # zw != 0: add zw lse^2
+    ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
+    BLOCK_C: tl.constexpr,  # columns per step
+):
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
+    if OUTPUT == OUTPUT_NONE:
+        m, log_d, h, _ = _row_stats(x_row, C, inv_t, 0.0, SUM_X=False, ACC=ACC, BLOCK_C=BLOCK_C)
+    else:
+        tgt, in_range, x_y = _target(x_row, target_ptr, row, C, ACC)  # out of range: NaN below
+        # Reference the smoothing sum is taken against: x_y when finite (differences near the
+        # target are exact), else 0 so that an infinite x_y never meets itself (inf - inf).
+        ref = tl.where(tl.abs(x_y) < float("inf"), x_y, 0.0).to(ACC)
+        # sx = sum_j (x_j - ref), only with HAS_SMOOTHING
+        m, log_d, h, sx = _row_stats(x_row, C, inv_t, ref, SUM_X=HAS_SMOOTHING, ACC=ACC, BLOCK_C=BLOCK_C)
+        if HAS_SMOOTHING:
+            eps = tl.load(eps_ptr).to(ACC)
+            mean_diff = m - ref - sx / C  # m - mean_j x_j
+            loss = log_d + inv_t * ((1.0 - eps) * (m - x_y) + eps * mean_diff)
+        else:
+            loss = log_d + inv_t * (m - x_y)
+        if HAS_ENTROPY:
+            loss -= tl.load(beta_ptr).to(ACC) * h
+        if HAS_Z_LOSS:
+            lse = m * inv_t + log_d
+            loss += tl.load(zw_ptr).to(ACC) * lse * lse
+        if OUTPUT == OUTPUT_LOGP:  # log p_y = k (x_y - m) - log d, exactly -loss
+            loss = -loss
+        tl.store(out_ptr + row, _per_target(loss, tgt, in_range, ignore_index, ACC))
+    _store_row_stats(row, entropy_ptr, shift_ptr, log_norm_ptr, h, m, log_d)
+
+
+@triton.jit
+def _row_bwd_kernel(
+    grad_ptr,  # (N,) upstream gradient of the op's first output (H, loss or log p), acc dtype
+    grad_entropy_ptr,  # (N,) upstream gradient of the entropy (read only with HAS_ENTROPY_GRAD)
+    x_ptr,  # (N, C) logits, unit stride along C
+    target_ptr,  # (N,) int64 target class of each row (read unless OUTPUT_NONE)
+    entropy_ptr,  # (N,) entropy saved by the forward, accumulation dtype
+    shift_ptr,  # (N,) shift saved by the forward
+    log_norm_ptr,  # (N,) log-normaliser saved by the forward
+    grad_x_ptr,  # (N, C) out, contiguous, input dtype (may be x_ptr: in place)
+    C,  # number of classes
+    row_stride,  # elements between rows of x
+    inv_t_ptr,  # (1,) or (N,) 1 / temperature, accumulation dtype
+    beta_ptr,  # (1,) entropy weight, accumulation dtype (read only with HAS_ENTROPY)
+    eps_ptr,  # (1,) label smoothing, accumulation dtype (read only with HAS_SMOOTHING)
+    zw_ptr,  # (1,) z-loss weight, accumulation dtype (read only with HAS_Z_LOSS)
+    ignore_index,  # target value of rows that get a zero gradient
+    INV_T_STRIDE: tl.constexpr,  # 0: one 1/T for every row; 1: one per row
+    OUTPUT: tl.constexpr,  # OUTPUT_NONE, OUTPUT_LOSS or OUTPUT_LOGP
+    HAS_SMOOTHING: tl.constexpr,  # eps != 0
+    HAS_ENTROPY: tl.constexpr,  # beta != 0
+    HAS_Z_LOSS: tl.constexpr,  # zw != 0
+    HAS_ENTROPY_GRAD: tl.constexpr,  # grad_entropy given (OUTPUT_LOGP): add its term
+    HAS_W1: tl.constexpr,  # b may be nonzero: OUTPUT_NONE, HAS_ENTROPY or HAS_ENTROPY_GRAD
+    ACC: tl.constexpr,  # accumulation dtype
+    BLOCK_C: tl.constexpr,  # columns per step
+):
+    row, x_row, inv_t = _row_start(x_ptr, row_stride, inv_t_ptr, INV_T_STRIDE, ACC)
+    mx, ln = _load_shift_norm(row, shift_ptr, log_norm_ptr, ACC)
+    g = tl.load(grad_ptr + row).to(ACC)
+    h = tl.load(entropy_ptr + row).to(ACC)
+    # The per-row coefficients a (of dCE/dx) and b (of dH/dx); see above.
+    if OUTPUT == OUTPUT_NONE:
+        a = tl.zeros((), ACC)
+        b = g
+        tgt = tl.zeros((), tl.int64)
+    else:
+        tgt = tl.load(target_ptr + row).to(tl.int64)
+        a = -g if OUTPUT == OUTPUT_LOGP else g
+        b = tl.zeros((), ACC)
+        if HAS_ENTROPY:
+            b = -tl.load(beta_ptr).to(ACC) * g
+        if HAS_ENTROPY_GRAD:
+            b = tl.load(grad_entropy_ptr + row).to(ACC)
+    # g_j = k [p_j (a (1 + 2 zw lse) - b H - b log p_j) - a (1 - eps) [j = y] - a eps / C]
+    w0 = a
+    if HAS_Z_LOSS:
+        w0 += 2.0 * a * tl.load(zw_ptr).to(ACC) * (mx * inv_t + ln)
+    w0 -= b * h
+    if HAS_SMOOTHING:
+        eps = tl.load(eps_ptr).to(ACC)
+        on_target = a * (1.0 - eps)
+        off_target = a * eps / C
+    else:
+        on_target = a
+        off_target = tl.zeros((), ACC)
+    _store_row_grad(
+        x_row, grad_x_ptr + row * C, C, tgt, ignore_index, inv_t, mx, ln, inv_t, w0, -b, on_target, off_target,
+        OUTPUT != OUTPUT_NONE, HAS_W1, ACC, BLOCK_C,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launcher helpers
@@ -289,57 +428,93 @@ def _inv_t_arg(inv_t: torch.Tensor, n: int, acc_t: torch.dtype) -> tuple[torch.T
     return inv_t.contiguous(), 1
 
 
-class _RowLaunch:
-    """The launch of a row kernel over (N, C) ``logits`` (unit stride along C) and 1/T ``inv_t``
-    (see :func:`_inv_t_arg`): one program per row, with the row kernels' argument convention,
-    their tensors, then (C, row stride, inv_t), then their scalars, then the meta-parameters
-    INV_T_STRIDE, ACC, BLOCK_C (and num_warps).
+def _acc_scalar(value: float, acc_t: torch.dtype, device: torch.device) -> torch.Tensor:
+    # torch.full: a fill kernel, no host-to-device copy (no sync; capturable in CUDA graphs).
+    return torch.full((1,), value, dtype=acc_t, device=device)
 
-    ``target``: the (N,) class indices of a row op with one target per row, checked and held as
-    ``target`` in the int64 the kernels read.
+
+class _RowLaunch:
+    """The launch of the row kernels (:func:`_row_fwd_kernel`, :func:`_row_bwd_kernel`) for one
+    row op over (N, C) ``logits`` (unit stride along C) and 1/T ``inv_t`` (see
+    :func:`_inv_t_arg`): one program per row.
+
+    ``output``: the op's per-row output, ``"entropy"`` (softmax_entropy: none beyond the
+    statistics), ``"loss"`` (cross_entropy) or ``"logp"`` (token_logprobs). ``target``: the (N,)
+    class indices of the ops with a target, checked and held in the int64 the kernels read.
+    The float weights reach the kernels as 1-element accumulation-dtype tensors (a Python float
+    would be typed fp32 and cost float64 inputs 1e-8 of relative accuracy); a weight that is 0
+    is not materialised: its HAS_* flag is off and the kernels never read it.
     """
 
-    def __init__(self, logits: torch.Tensor, inv_t: torch.Tensor, target: torch.Tensor | None = None):
+    def __init__(
+        self, output: str, logits: torch.Tensor, inv_t: torch.Tensor, target: torch.Tensor | None = None,
+        ignore_index: int = -100, entropy_weight: float = 0.0, label_smoothing: float = 0.0,
+        z_loss_weight: float = 0.0,
+    ):  # fmt: skip
         self.logits = logits
         self.N, self.C = logits.shape
         self.acc_t, acc_tl = _acc(logits.dtype)
         self.inv_t, inv_t_stride = _inv_t_arg(inv_t, self.N, self.acc_t)
-        self.target = None if target is None else _check_target(target, self.N)
+        self.has_target = output != "entropy"
+        # A pointer the kernels never read (no target; a zero weight): any tensor of the row op's.
+        self.target = _check_target(target, self.N) if self.has_target else self.inv_t
+        self.ignore_index = int(ignore_index)
+        beta, eps, zw = float(entropy_weight), float(label_smoothing), float(z_loss_weight)
+        self.weights = tuple(
+            _acc_scalar(v, self.acc_t, logits.device) if v != 0.0 else self.inv_t for v in (beta, eps, zw)
+        )
         block, warps = _block_and_warps(self.C)
-        self.meta = {"INV_T_STRIDE": inv_t_stride, "ACC": acc_tl, "BLOCK_C": block, "num_warps": warps}
+        self.meta = {
+            "INV_T_STRIDE": inv_t_stride, "OUTPUT": _OUTPUTS[output], "HAS_SMOOTHING": eps != 0.0,
+            "HAS_ENTROPY": beta != 0.0, "HAS_Z_LOSS": zw != 0.0, "ACC": acc_tl, "BLOCK_C": block,
+            "num_warps": warps,
+        }  # fmt: skip
 
-    def row_outputs(self, count: int) -> tuple[torch.Tensor, ...]:
-        """``count`` new per-row outputs, (N,) in the accumulation dtype."""
-        return tuple(_empty(self.N, self.acc_t, self.logits.device) for _ in range(count))
+    def _launch(self, kernel, tensors: tuple, **flags) -> None:
+        """``kernel(*tensors, C, row stride, inv_t, beta, eps, zw, ignore_index, **meta)`` over
+        the rows (no launch when there are none)."""
+        if self.N == 0:
+            return
+        _wrap_triton(kernel)[(self.N,)](
+            *tensors, self.C, self.logits.stride(0), self.inv_t, *self.weights, self.ignore_index,
+            **flags, **self.meta,
+        )  # fmt: skip
 
-    def grad_output(self, in_place: bool = False) -> torch.Tensor:
-        """The gradient of the logits, (N, C), contiguous, in their dtype: a new tensor, or the
-        logits themselves for an in-place backward (they must be contiguous; each backward
-        kernel reads x_j before it writes g_j there and nothing of the row after that)."""
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        """The forward's per-row outputs, (N,) in the accumulation dtype: (entropy, shift,
+        log_norm), after the op's own output (loss or logp) when it has one."""
+        outputs = tuple(_empty(self.N, self.acc_t, self.logits.device) for _ in range(3 + self.has_target))
+        out = outputs[0]  # never written without a target
+        self._launch(_row_fwd_kernel, (self.logits, self.target, out, *outputs[-3:]))
+        return outputs
+
+    def backward(
+        self, grad: torch.Tensor, entropy: torch.Tensor, shift: torch.Tensor, log_norm: torch.Tensor,
+        grad_entropy: torch.Tensor | None = None, in_place: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """The gradient of the logits, (N, C), contiguous, in their dtype, from the (N,) upstream
+        gradient of the op's first output (and of its entropy, ``grad_entropy``, for logp) and
+        the statistics the forward returned.
+
+        ``in_place``: write it over the logits instead (they must be contiguous; the kernel reads
+        x_j before it writes g_j there and nothing of the row after that).
+        """
         if not in_place:
-            return _empty((self.N, self.C), self.logits.dtype, self.logits.device)
-        if not self.logits.is_contiguous():
+            grad_x = _empty((self.N, self.C), self.logits.dtype, self.logits.device)
+        elif not self.logits.is_contiguous():
             raise ValueError(
                 "logits: the in-place backward writes the gradient over the logits, which must be "
                 f"contiguous, got strides {self.logits.stride()}"
             )
-        return self.logits
-
-    def upstream(self, grad: torch.Tensor) -> torch.Tensor:
-        """An (N,) upstream gradient as the backward kernels read it: contiguous, in the
-        accumulation dtype."""
-        return grad.to(self.acc_t).contiguous()
-
-    @staticmethod
-    def saved(entropy: torch.Tensor, shift: torch.Tensor, log_norm: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The (entropy, shift, log_norm) a forward returned, as the backward kernels read them."""
-        return entropy.contiguous(), shift.contiguous(), log_norm.contiguous()
-
-    def __call__(self, kernel, tensors: tuple, scalars: tuple = (), **flags) -> None:
-        """``kernel(*tensors, C, row stride, inv_t, *scalars, **flags, **meta)`` over the rows
-        (no launch when there are none)."""
-        if self.N == 0:
-            return
-        _wrap_triton(kernel)[(self.N,)](
-            *tensors, self.C, self.logits.stride(0), self.inv_t, *scalars, **flags, **self.meta
-        )
+        else:
+            grad_x = self.logits
+        grad = grad.to(self.acc_t).contiguous()
+        has_entropy_grad = grad_entropy is not None
+        grad_entropy = grad_entropy.to(self.acc_t).contiguous() if has_entropy_grad else grad
+        saved = (entropy.contiguous(), shift.contiguous(), log_norm.contiguous())
+        has_w1 = not self.has_target or self.meta["HAS_ENTROPY"] or has_entropy_grad
+        self._launch(
+            _row_bwd_kernel, (grad, grad_entropy, self.logits, self.target, *saved, grad_x),
+            HAS_ENTROPY_GRAD=has_entropy_grad, HAS_W1=has_w1,
+        )  # fmt: skip
+        return grad_x

@@ -325,16 +325,17 @@ def test_triton_launches_on_the_tensors_device():
 
 _PTX_CHECK = r"""
 from _util import compile_sm90, sm90_dtypes
-from thermokern.kernels import cross_entropy as ce, softmax_entropy as ent
+from thermokern.kernels._common import OUTPUT_LOSS, OUTPUT_NONE, _row_bwd_kernel, _row_fwd_kernel
 
-kernels = (ent._softmax_entropy_fwd_kernel, ent._softmax_entropy_bwd_kernel, ce._cross_entropy_fwd_kernel,
-           ce._cross_entropy_bwd_kernel)
+none = {"OUTPUT": OUTPUT_NONE.value, "HAS_SMOOTHING": False, "HAS_ENTROPY": False, "HAS_Z_LOSS": False}
+loss = {"OUTPUT": OUTPUT_LOSS.value, "HAS_SMOOTHING": True, "HAS_ENTROPY": True, "HAS_Z_LOSS": True}
 for ty, acc_ty, acc in sm90_dtypes():
-    for kernel in kernels:
-        consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
-        if "HAS_ENTROPY" in kernel.arg_names:
-            consts |= {"HAS_SMOOTHING": True, "HAS_ENTROPY": True, "HAS_Z_LOSS": True}
-        compile_sm90(kernel, consts, {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}, ptr=acc_ty)
+    types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
+    for flags in (none, loss):
+        consts = flags | {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
+        compile_sm90(_row_fwd_kernel, consts, types, ptr=acc_ty)
+        bwd = consts | {"HAS_ENTROPY_GRAD": False, "HAS_W1": True}
+        compile_sm90(_row_bwd_kernel, bwd, types, ptr=acc_ty)
 print("ok")
 """
 

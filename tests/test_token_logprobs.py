@@ -120,15 +120,16 @@ def test_errors():
 
 _PTX_CHECK = r"""
 from _util import compile_sm90, sm90_dtypes
-from thermokern.kernels import token_logprobs as tlp
+from thermokern.kernels._common import OUTPUT_LOGP, _row_bwd_kernel, _row_fwd_kernel
 
+flags = {"INV_T_STRIDE": 1, "OUTPUT": OUTPUT_LOGP.value, "HAS_SMOOTHING": False, "HAS_ENTROPY": False,
+         "HAS_Z_LOSS": False}
 for ty, acc_ty, acc in sm90_dtypes():
-    for kernel in (tlp._token_logprobs_fwd_kernel, tlp._token_logprobs_bwd_kernel):
-        for grad_h in (False, True):
-            consts = {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
-            if "HAS_ENTROPY_GRAD" in kernel.arg_names:
-                consts |= {"HAS_ENTROPY_GRAD": grad_h}
-            compile_sm90(kernel, consts, {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}, ptr=acc_ty)
+    types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
+    compile_sm90(_row_fwd_kernel, flags | {"ACC": acc, "BLOCK_C": 4096}, types, ptr=acc_ty)
+    for grad_h in (False, True):
+        consts = flags | {"HAS_ENTROPY_GRAD": grad_h, "HAS_W1": grad_h, "ACC": acc, "BLOCK_C": 4096}
+        compile_sm90(_row_bwd_kernel, consts, types, ptr=acc_ty)
 print("ok")
 """
 
