@@ -346,16 +346,17 @@ def launcher(fn):
     return wrapper
 
 
-def in_place_twin(bwd):
-    """The launcher of a row op's in-place backward ``<op>_bwd_``: ``bwd`` (which takes the same
-    arguments and ``in_place``) writing the gradient over its logits, returning nothing."""
+def in_place_twin(fn):
+    """The launcher of an op's in-place twin ``<name>_`` (a row op's backward writing the
+    gradient over its logits, ``langevin_step_``): ``fn`` (which takes the same arguments and
+    ``in_place``) with ``in_place=True``, returning nothing."""
 
-    @functools.wraps(bwd)
-    def bwd_(*args) -> None:
-        bwd(*args, in_place=True)
+    @functools.wraps(fn)
+    def twin(*args) -> None:
+        fn(*args, in_place=True)
 
-    bwd_.__name__ = bwd_.__qualname__ = bwd.__name__ + "_"
-    return bwd_
+    twin.__name__ = twin.__qualname__ = fn.__name__ + "_"
+    return twin
 
 
 def _poison(*tensors: torch.Tensor) -> None:

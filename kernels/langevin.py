@@ -1,4 +1,4 @@
-"""Triton kernels for langevin_step, with their launchers.
+"""Triton kernel for langevin_step and its backward, with their launchers.
 
 One program owns BLOCK_C Philox counters, i.e. the 4 * BLOCK_C elements 4c .. 4c + 3 of a
 contiguous tensor, handled as a (BLOCK_C, 4) block. The noise follows [Note: Langevin noise
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _empty, _interpreting, _wrap_triton, launcher
+from ._common import _empty, _interpreting, _wrap_triton, in_place_twin, launcher
 
 # Series coefficients (Taylor, as doubles; rounded to the accumulation dtype in the kernel),
 # the ones of NoiseSeries in philox.h: atanh(s)/s = sum z^i / (2i + 1) with z = s^2,
@@ -167,10 +167,12 @@ def _value(
 
 
 @triton.jit
-def _langevin_step_fwd_kernel(
+def _langevin_step_kernel(
+    grad_out_ptr,  # (n,) contiguous upstream gradient, x's dtype (read only with BACKWARD)
     x_ptr,  # (n,) contiguous input
-    grad_ptr,  # (n,) contiguous, x's dtype
-    out_ptr,  # (n,) contiguous output, x's dtype (may be x_ptr: in place)
+    grad_ptr,  # (n,) contiguous energy gradient, x's dtype
+    out_ptr,  # (n,) out, x's dtype: the step (may be x_ptr: in place), or with BACKWARD d loss / d x
+    grad_grad_ptr,  # (n,) out with BACKWARD: d loss / d grad, x's dtype
     seed_ptr,  # 0-dim int64: Philox key
     offset_ptr,  # 0-dim int64: counter of element 0
     n,  # number of elements
@@ -183,68 +185,41 @@ def _langevin_step_fwd_kernel(
     HAS_CLIP: tl.constexpr,  # grad_clip given
     HAS_LO: tl.constexpr,  # lower bound given
     HAS_HI: tl.constexpr,  # upper bound given
+    BACKWARD: tl.constexpr,  # the step's backward instead of the step
     ACC: tl.constexpr,  # accumulation dtype (float32, or float64 for float64 input)
     BLOCK_C: tl.constexpr,  # counters (4 elements each) per program
 ):
     c, offs = _counters(tl.program_id(0).to(tl.int64) * BLOCK_C, BLOCK_C)
     mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC)
     neg_step, sigma, clip = -_param(step_bits, ACC), _param(sigma_bits, ACC), _param(clip_bits, ACC)
-    v = _value(x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip, HAS_NOISE, HAS_CLIP, ACC)
-    if HAS_LO:
-        lo = _param(lo_bits, ACC)
-        v = tl.where(v < lo, lo, v)
-    if HAS_HI:
-        hi = _param(hi_bits, ACC)
-        v = tl.where(v > hi, hi, v)
-    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _langevin_step_bwd_kernel(
-    grad_out_ptr,  # (n,) contiguous upstream gradient, x's dtype
-    x_ptr,  # (n,) contiguous input of the forward
-    grad_ptr,  # (n,) contiguous grad of the forward
-    grad_x_ptr,  # (n,) out: d loss / d x, x's dtype
-    grad_grad_ptr,  # (n,) out: d loss / d grad, x's dtype
-    seed_ptr,  # 0-dim int64: Philox key
-    offset_ptr,  # 0-dim int64: counter of element 0
-    n,  # number of elements
-    step_bits,  # step_size as float64 bits (int64)
-    sigma_bits,  # noise_std as float64 bits
-    clip_bits,  # grad_clip as float64 bits (HAS_CLIP)
-    lo_bits,  # lower clamp bound as float64 bits (HAS_LO)
-    hi_bits,  # upper clamp bound as float64 bits (HAS_HI)
-    HAS_NOISE: tl.constexpr,  # sigma != 0
-    HAS_CLIP: tl.constexpr,  # grad_clip given
-    HAS_LO: tl.constexpr,  # lower bound given
-    HAS_HI: tl.constexpr,  # upper bound given
-    ACC: tl.constexpr,  # accumulation dtype
-    BLOCK_C: tl.constexpr,  # counters per program
-):
-    c, offs = _counters(tl.program_id(0).to(tl.int64) * BLOCK_C, BLOCK_C)
-    mask = offs < n
-    go = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(ACC)
-    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC)
-    neg_step = -_param(step_bits, ACC)
-    clip = _param(clip_bits, ACC)
-    keep = mask
-    if HAS_LO or HAS_HI:  # recompute v to see where the clamp was inactive
+    if BACKWARD:
+        go = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(ACC)
+        keep = mask
+        if HAS_LO or HAS_HI:  # recompute v to see where the clamp was inactive
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+            v = _value(x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip, HAS_NOISE, HAS_CLIP, ACC)
+            # (a NaN v fails every comparison: no gradient, as in torch.clamp's backward)
+            if HAS_LO:
+                keep = keep & (v > _param(lo_bits, ACC))
+            if HAS_HI:
+                keep = keep & (v < _param(hi_bits, ACC))
+        gx = tl.where(keep, go, 0.0)
+        if HAS_CLIP:
+            keep = keep & (g > -clip) & (g < clip)
+        gg = tl.where(keep, neg_step * go, 0.0)
+        tl.store(out_ptr + offs, gx.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_grad_ptr + offs, gg.to(grad_grad_ptr.dtype.element_ty), mask=mask)
+    else:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-        sigma = _param(sigma_bits, ACC)
         v = _value(x, g, c, seed_ptr, offset_ptr, neg_step, sigma, clip, HAS_NOISE, HAS_CLIP, ACC)
-        # (a NaN v fails every comparison: no gradient, as in torch.clamp's backward)
         if HAS_LO:
-            keep = keep & (v > _param(lo_bits, ACC))
+            lo = _param(lo_bits, ACC)
+            v = tl.where(v < lo, lo, v)
         if HAS_HI:
-            keep = keep & (v < _param(hi_bits, ACC))
-    gx = tl.where(keep, go, 0.0)
-    if HAS_CLIP:
-        keep = keep & (g > -clip) & (g < clip)
-    gg = tl.where(keep, neg_step * go, 0.0)
-    tl.store(grad_x_ptr + offs, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_grad_ptr + offs, gg.to(grad_grad_ptr.dtype.element_ty), mask=mask)
+            hi = _param(hi_bits, ACC)
+            v = tl.where(v > hi, hi, v)
+        tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -273,15 +248,14 @@ def _block_c() -> tuple[int, int]:
     return (4096, 4) if _interpreting() else (256, 4)
 
 
-def _launch(kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi) -> None:
-    """Launch a step kernel over the elements of ``x`` with the step kernels' argument
-    convention: ``kernel(*tensors, seed, offset, n, <the five parameters as float64 bits>,
-    HAS_NOISE, HAS_CLIP, HAS_LO, HAS_HI, ACC, BLOCK_C)``, one program per BLOCK_C counters."""
+def _launch(x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi, backward=False) -> None:
+    """Launch :func:`_langevin_step_kernel` over the elements of ``x``: ``tensors`` are its
+    (grad_out, x, grad, out, grad_grad), one program per BLOCK_C counters."""
     n = x.numel()
     if n == 0:
         return
     block_c, warps = _block_c()
-    _wrap_triton(kernel)[(triton.cdiv((n + 3) // 4, block_c),)](
+    _wrap_triton(_langevin_step_kernel)[(triton.cdiv((n + 3) // 4, block_c),)](
         *tensors,
         seed,
         offset,
@@ -291,6 +265,7 @@ def _launch(kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, l
         HAS_CLIP=grad_clip is not None,
         HAS_LO=lo is not None,
         HAS_HI=hi is not None,
+        BACKWARD=backward,
         ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
         BLOCK_C=block_c,
         num_warps=warps,
@@ -298,9 +273,10 @@ def _launch(kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, l
 
 
 def _launch_fwd(x, grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi) -> None:
-    """Write the step of contiguous ``x`` into contiguous ``out`` (may be ``x``)."""
-    tensors = (x, grad.contiguous(), out)
-    _launch(_langevin_step_fwd_kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi)
+    """Write the step of contiguous ``x`` into contiguous ``out`` (may be ``x``); grad_out and
+    grad_grad are never touched without BACKWARD (x stands in for them)."""
+    tensors = (x, x, grad.contiguous(), out, x)
+    _launch(x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi)
 
 
 @launcher
@@ -314,35 +290,25 @@ def langevin_step(
     grad_clip: float | None,
     lo: float | None,
     hi: float | None,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """The step of ``x`` as a new contiguous tensor of x's shape and dtype.
 
     ``seed``/``offset``: 0-dim int64 tensors on x's device; ``grad``: x's shape and dtype.
     Non-contiguous inputs are read through contiguous copies (the noise follows the logical
     row-major index either way).
+    ``in_place``: write the step into ``x`` instead (through a contiguous copy when ``x`` is
+    not contiguous); that is :func:`langevin_step_`.
     """
-    out = _empty(x.shape, x.dtype, x.device)
-    _launch_fwd(x.contiguous(), grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi)
+    xc = x.contiguous()
+    out = xc if in_place else _empty(x.shape, x.dtype, x.device)
+    _launch_fwd(xc, grad, out, seed, offset, step_size, noise_std, grad_clip, lo, hi)
+    if in_place and xc is not x:
+        x.copy_(xc)
     return out
 
 
-@launcher
-def langevin_step_(
-    x: torch.Tensor,
-    grad: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
-    step_size: float,
-    noise_std: float,
-    grad_clip: float | None,
-    lo: float | None,
-    hi: float | None,
-) -> None:
-    """The step written into ``x`` (through a contiguous copy when ``x`` is not contiguous)."""
-    xc = x.contiguous()
-    _launch_fwd(xc, grad, xc, seed, offset, step_size, noise_std, grad_clip, lo, hi)
-    if xc is not x:
-        x.copy_(xc)
+langevin_step_ = in_place_twin(langevin_step)
 
 
 @launcher
@@ -362,7 +328,7 @@ def langevin_step_bwd(
     grad_x = _empty(x.shape, x.dtype, x.device)
     grad_grad = _empty(x.shape, x.dtype, x.device)
     tensors = (grad_out.to(x.dtype).contiguous(), x.contiguous(), grad.contiguous(), grad_x, grad_grad)
-    _launch(_langevin_step_bwd_kernel, x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi)
+    _launch(x, tensors, seed, offset, step_size, noise_std, grad_clip, lo, hi, backward=True)
     return grad_x, grad_grad
 
 

@@ -653,11 +653,12 @@ from thermokern.kernels import langevin as tk
 
 common = {"seed_ptr": "*i64", "offset_ptr": "*i64", "n": "i64", "step_bits": "i64", "sigma_bits": "i64",
           "clip_bits": "i64", "lo_bits": "i64", "hi_bits": "i64"}
-for kernel, ptrs in ((tk._langevin_step_fwd_kernel, ("x_ptr", "grad_ptr", "out_ptr")),
-                     (tk._langevin_step_bwd_kernel, ("grad_out_ptr", "x_ptr", "grad_ptr", "grad_x_ptr", "grad_grad_ptr"))):
+kernel = tk._langevin_step_kernel
+for backward in (False, True):
     for ty, _, acc in sm90_dtypes():
-        types = {p: ty for p in ptrs} | common
-        consts = {"HAS_NOISE": True, "HAS_CLIP": True, "HAS_LO": True, "HAS_HI": True, "ACC": acc, "BLOCK_C": 256}
+        types = {p: ty for p in ("grad_out_ptr", "x_ptr", "grad_ptr", "out_ptr", "grad_grad_ptr")} | common
+        consts = {"HAS_NOISE": True, "HAS_CLIP": True, "HAS_LO": True, "HAS_HI": True, "BACKWARD": backward,
+                  "ACC": acc, "BLOCK_C": 256}
         assert set(types) | set(consts) == set(kernel.arg_names), kernel.arg_names  # every parameter typed here
         ptx = compile_sm90(kernel, consts, types).asm["ptx"]
         assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty

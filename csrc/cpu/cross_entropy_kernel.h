@@ -61,7 +61,7 @@ void cross_entropy_bwd_rows(const CrossEntropyArgs& a, int64_t row_begin, int64_
 
 }  // namespace CPU_CAPABILITY
 
-TK_DEFINE_ROW_KERNEL(cross_entropy_fwd, CrossEntropyArgs)
-TK_DEFINE_ROW_KERNEL(cross_entropy_bwd, CrossEntropyArgs)
+TK_DEFINE_ISA_ENTRY(cross_entropy_fwd, CrossEntropyArgs, cross_entropy_fwd_rows)
+TK_DEFINE_ISA_ENTRY(cross_entropy_bwd, CrossEntropyArgs, cross_entropy_bwd_rows)
 
 }  // namespace thermokern::cpu

@@ -23,3 +23,11 @@
     case c10::ScalarType::Half: { using scalar_t = c10::Half; __VA_ARGS__; break; } \
     default: break;                                                                \
   }
+
+// Defines the per-ISA entry point NAME (TK_CAT(NAME, CPU_CAPABILITY), declared by the op's
+// <op>_args.h): CPU_CAPABILITY::KERNEL<scalar_t>(a, begin, end) for a.dtype's scalar_t, with
+// KERNEL's (begin, end) the range of rows, tasks or counters the caller splits over threads.
+#define TK_DEFINE_ISA_ENTRY(NAME, ARGS, KERNEL)                                                 \
+  void TK_CAT(NAME, CPU_CAPABILITY)(const ARGS& a, int64_t begin, int64_t end) {                \
+    TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::KERNEL<scalar_t>(a, begin, end))           \
+  }

@@ -173,8 +173,8 @@ struct Simd {  // one lane: the header's scalar arithmetic
   static U sel(M m, U t, U f) { return m ? t : f; }
   static F self(M m, F t, F f) { return m ? t : f; }
   static F cvt(U a) { return static_cast<float>(static_cast<int32_t>(a)); }
-  static F as_f(U a) { return detail::bits_float(a); }
-  static U as_u(F a) { return detail::float_bits(a); }
+  static F as_f(U a) { return detail::bit_cast<float>(a); }
+  static U as_u(F a) { return detail::bit_cast<uint32_t>(a); }
   static F fset1(float v) { return v; }
   static F fadd(F a, F b) { return a + b; }
   static F fsub(F a, F b) { return a - b; }
@@ -449,37 +449,54 @@ struct StepParams {
 // Counters per block: 256 elements, a 1 KB (float) noise buffer.
 constexpr int64_t kBlock = 64;
 
-template <typename scalar_t>
-void fwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
+// The sweep of [Note: the Langevin CPU kernel], shared by langevin_step, mala_proposal and
+// sgld_step: over the counters [c_begin, c_end) of a tensor of `numel` elements whose counter
+// c is Philox counter first + c, per block of kBlock counters, the normals (when `noise`) go
+// into the block's buffer z, block(e0, ne) sees the block's elements [e0, e0 + ne), and each
+// vector of x and g (k: its first element's index in the block) becomes
+// out = update(x, g, k, z + k).
+template <typename scalar_t, typename Block, typename Update>
+void sweep(const PhiloxKeys& keys, uint64_t seed, uint64_t first, int64_t numel, int64_t c_begin,
+           int64_t c_end, bool noise, const scalar_t* x, const scalar_t* g, scalar_t* out, Block&& block,
+           Update&& update) {
   using L = Lanes<scalar_t>;
-  using acc_t = typename L::acc_t;
-  const StepParams<acc_t> sp(a);
-  const PhiloxKeys keys(a.seed);
+  using Va = typename L::Va;
   // + kSize: full-vector noise loads past the block's last element stay inside the buffer
-  alignas(64) acc_t z[4 * kBlock + L::kSize] = {};
-  const auto* x = static_cast<const scalar_t*>(a.x);
-  const auto* g = static_cast<const scalar_t*>(a.grad);
-  auto* out = static_cast<scalar_t*>(a.out);
-  for (int64_t c0 = ctr_begin; c0 < ctr_end; c0 += kBlock) {
-    const int64_t nc = std::min(kBlock, ctr_end - c0);
-    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, a.n - e0);
-    if (sp.has_noise) normals(keys, a.seed, a.offset + static_cast<uint64_t>(c0), nc, z);
+  alignas(64) typename L::acc_t z[4 * kBlock + L::kSize] = {};
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kBlock) {
+    const int64_t nc = std::min(kBlock, c_end - c0);
+    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, numel - e0);
+    if (noise) normals(keys, seed, first + static_cast<uint64_t>(c0), nc, z);
+    block(e0, ne);
     for (int64_t i = 0; i < ne; i += L::kSize) {
       const int64_t cnt = ne - i;
-      typename L::Va xv[L::kParts], gv[L::kParts];
+      Va xv[L::kParts], gv[L::kParts];
       L::load(x + e0 + i, cnt, xv);
       L::load(g + e0 + i, cnt, gv);
       for (int p = 0; p < L::kParts; ++p) {
-        xv[p] = sp.clamp(sp.value(xv[p], gv[p], z + i + p * L::Va::size()));
+        const int64_t k = i + p * Va::size();
+        xv[p] = update(xv[p], gv[p], k, z + k);
       }
       L::store(out + e0 + i, cnt, xv);
     }
   }
 }
 
-// grad_x = grad_out where lo < v < hi, else 0 (a v on a bound counts as clamped, as in
-// torch.clamp's backward); grad_grad = -eta grad_out where also |grad| < clip. v is
-// recomputed (noise included).
+// Does nothing per block (the kernels whose coefficients are the same for every element).
+struct NoBlock {
+  void operator()(int64_t, int64_t) const {}
+};
+
+template <typename scalar_t>
+void fwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
+  using Va = typename Lanes<scalar_t>::Va;
+  using acc_t = typename Lanes<scalar_t>::acc_t;
+  const StepParams<acc_t> sp(a);
+  sweep(PhiloxKeys(a.seed), a.seed, a.offset, a.n, ctr_begin, ctr_end, sp.has_noise,
+        static_cast<const scalar_t*>(a.x), static_cast<const scalar_t*>(a.grad), static_cast<scalar_t*>(a.out),
+        NoBlock{}, [&](const Va& x, const Va& g, int64_t, const acc_t* z) { return sp.clamp(sp.value(x, g, z)); });
+}
+
 template <typename scalar_t>
 void bwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   using L = Lanes<scalar_t>;
@@ -537,12 +554,8 @@ inline void words_counters(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr
 }  // namespace langevin
 }  // namespace CPU_CAPABILITY
 
-void TK_CAT(langevin_fwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::langevin::fwd<scalar_t>(a, b, e))
-}
-void TK_CAT(langevin_bwd, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::langevin::bwd<scalar_t>(a, b, e))
-}
+TK_DEFINE_ISA_ENTRY(langevin_fwd, LangevinArgs, langevin::fwd)
+TK_DEFINE_ISA_ENTRY(langevin_bwd, LangevinArgs, langevin::bwd)
 void TK_CAT(langevin_words, CPU_CAPABILITY)(const LangevinArgs& a, int64_t b, int64_t e) {
   CPU_CAPABILITY::langevin::words_counters(a, b, e);
 }

@@ -108,19 +108,11 @@ void proposal(const MalaProposalArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   using acc_t = typename L::acc_t;
   using Va = typename L::Va;
   constexpr int64_t kBuf = 4 * langevin::kBlock + L::kSize;
-  const langevin::PhiloxKeys keys(a.seed);
-  alignas(64) acc_t z[kBuf] = {};
   alignas(64) acc_t neg_eta[kBuf] = {};
   alignas(64) acc_t sigma[kBuf] = {};
-  const auto* x = static_cast<const scalar_t*>(a.x);
-  const auto* g = static_cast<const scalar_t*>(a.grad);
-  auto* out = static_cast<scalar_t*>(a.out);
   const auto* step = static_cast<const acc_t*>(a.step);
   const auto* temp = static_cast<const acc_t*>(a.temp);
-  for (int64_t c0 = ctr_begin; c0 < ctr_end; c0 += langevin::kBlock) {
-    const int64_t nc = std::min(langevin::kBlock, ctr_end - c0);
-    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, a.numel - e0);
-    langevin::normals(keys, a.seed, a.offset + static_cast<uint64_t>(c0), nc, z);
+  const auto block = [&](int64_t e0, int64_t ne) {
     for (int64_t j = 0; j < ne;) {  // one run of coefficients per chain
       const int64_t chain = (e0 + j) / a.row;
       const int64_t end = std::min(ne, (chain + 1) * a.row - e0);
@@ -130,30 +122,20 @@ void proposal(const MalaProposalArgs& a, int64_t ctr_begin, int64_t ctr_end) {
       std::fill(sigma + j, sigma + end, static_cast<acc_t>(std::sqrt(2.0 * eta * t)));
       j = end;
     }
-    for (int64_t i = 0; i < ne; i += L::kSize) {
-      const int64_t cnt = ne - i;
-      Va xv[L::kParts], gv[L::kParts];
-      L::load(x + e0 + i, cnt, xv);
-      L::load(g + e0 + i, cnt, gv);
-      for (int p = 0; p < L::kParts; ++p) {
-        const int64_t k = i + p * Va::size();
-        const Va v = xv[p] + Va::loadu(neg_eta + k) * gv[p];
-        xv[p] = v + Va::loadu(sigma + k) * Va::loadu(z + k);
-      }
-      L::store(out + e0 + i, cnt, xv);
-    }
-  }
+  };
+  const auto update = [&](const Va& x, const Va& g, int64_t k, const acc_t* z) {
+    const Va v = x + Va::loadu(neg_eta + k) * g;
+    return v + Va::loadu(sigma + k) * Va::loadu(z);
+  };
+  langevin::sweep(langevin::PhiloxKeys(a.seed), a.seed, a.offset, a.numel, ctr_begin, ctr_end, true,
+                  static_cast<const scalar_t*>(a.x), static_cast<const scalar_t*>(a.grad),
+                  static_cast<scalar_t*>(a.out), block, update);
 }
 
 }  // namespace mala
 }  // namespace CPU_CAPABILITY
 
-void TK_CAT(mala_accept, CPU_CAPABILITY)(const MalaArgs& a, int64_t b, int64_t e) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::mala::accept<scalar_t>(a, b, e))
-}
-
-void TK_CAT(mala_proposal, CPU_CAPABILITY)(const MalaProposalArgs& a, int64_t b, int64_t e) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::mala::proposal<scalar_t>(a, b, e))
-}
+TK_DEFINE_ISA_ENTRY(mala_accept, MalaArgs, mala::accept)
+TK_DEFINE_ISA_ENTRY(mala_proposal, MalaProposalArgs, mala::proposal)
 
 }  // namespace thermokern::cpu

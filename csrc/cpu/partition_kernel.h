@@ -707,13 +707,8 @@ void partition_bwd_tasks(const PartitionArgs& a, int64_t begin, int64_t end) {
 
 }  // namespace CPU_CAPABILITY
 
-void TK_CAT(partition_fwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::partition_fwd_tasks<scalar_t>(a, begin, end))
-}
-
-void TK_CAT(partition_bwd, CPU_CAPABILITY)(const PartitionArgs& a, int64_t begin, int64_t end) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::partition_bwd_tasks<scalar_t>(a, begin, end))
-}
+TK_DEFINE_ISA_ENTRY(partition_fwd, PartitionArgs, partition_fwd_tasks)
+TK_DEFINE_ISA_ENTRY(partition_bwd, PartitionArgs, partition_bwd_tasks)
 
 int64_t TK_CAT(partition_fwd_tasks, CPU_CAPABILITY)(const PartitionArgs& a) {
   const int64_t W = a.dtype == c10::ScalarType::Double

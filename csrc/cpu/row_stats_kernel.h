@@ -335,11 +335,3 @@ void softmax_affine_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, int64_t
 
 }  // namespace CPU_CAPABILITY
 }  // namespace thermokern::cpu
-
-// Defines the per-ISA entry point NAME (TK_CAT(NAME, CPU_CAPABILITY), declared by the op's
-// <op>_args.h) of the row kernel NAME_rows<scalar_t>(const ARGS&, row_begin, row_end).
-#define TK_DEFINE_ROW_KERNEL(NAME, ARGS)                                                 \
-  void TK_CAT(NAME, CPU_CAPABILITY)(const ARGS& a, int64_t row_begin, int64_t row_end) { \
-    TK_DISPATCH_FLOAT_TYPES(a.dtype,                                                     \
-                            CPU_CAPABILITY::NAME##_rows<scalar_t>(a, row_begin, row_end)) \
-  }

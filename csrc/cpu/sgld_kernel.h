@@ -39,30 +39,15 @@ void tensor_range(const SgldArgs& a, const SgldTensor& t, const PhiloxKeys& keys
   const Va wd(static_cast<acc_t>(a.weight_decay));
   const bool has_noise = a.noise_std != 0.0;
   const bool has_wd = a.weight_decay != 0.0;
-  // + kSize: full-vector noise loads past the block's last element stay inside the buffer
-  alignas(64) acc_t z[4 * langevin::kBlock + L::kSize] = {};
   auto* p = reinterpret_cast<scalar_t*>(t.param);
-  const auto* g = reinterpret_cast<const scalar_t*>(t.grad);
-  const uint64_t first = a.offset + static_cast<uint64_t>(t.counter_start);
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += langevin::kBlock) {
-    const int64_t nc = std::min(langevin::kBlock, c_end - c0);
-    const int64_t e0 = 4 * c0, ne = std::min(4 * nc, t.numel - e0);
-    if (has_noise) langevin::normals(keys, a.seed, first + static_cast<uint64_t>(c0), nc, z);
-    for (int64_t i = 0; i < ne; i += L::kSize) {
-      const int64_t cnt = ne - i;
-      Va xv[L::kParts], gv[L::kParts];
-      L::load(p + e0 + i, cnt, xv);
-      L::load(g + e0 + i, cnt, gv);
-      for (int k = 0; k < L::kParts; ++k) {
-        Va gk = gv[k];
-        if (has_wd) gk = gk + wd * xv[k];
-        Va v = xv[k] + neg_lr * gk;
-        if (has_noise) v = v + sigma * Va::loadu(z + i + k * Va::size());
-        xv[k] = v;
-      }
-      L::store(p + e0 + i, cnt, xv);
-    }
-  }
+  const auto update = [&](const Va& x, Va g, int64_t, const acc_t* z) {
+    if (has_wd) g = g + wd * x;
+    Va v = x + neg_lr * g;
+    if (has_noise) v = v + sigma * Va::loadu(z);
+    return v;
+  };
+  langevin::sweep(keys, a.seed, a.offset + static_cast<uint64_t>(t.counter_start), t.numel, c_begin, c_end,
+                  has_noise, p, reinterpret_cast<const scalar_t*>(t.grad), p, langevin::NoBlock{}, update);
 }
 
 template <typename scalar_t>
@@ -86,8 +71,6 @@ void step(const SgldArgs& a, int64_t w_begin, int64_t w_end) {
 }  // namespace sgld
 }  // namespace CPU_CAPABILITY
 
-void TK_CAT(sgld_step, CPU_CAPABILITY)(const SgldArgs& a, int64_t b, int64_t e) {
-  TK_DISPATCH_FLOAT_TYPES(a.dtype, CPU_CAPABILITY::sgld::step<scalar_t>(a, b, e))
-}
+TK_DEFINE_ISA_ENTRY(sgld_step, SgldArgs, sgld::step)
 
 }  // namespace thermokern::cpu

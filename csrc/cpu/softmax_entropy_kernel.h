@@ -38,7 +38,7 @@ void softmax_entropy_bwd_rows(const SoftmaxEntropyArgs& a, int64_t row_begin, in
 
 }  // namespace CPU_CAPABILITY
 
-TK_DEFINE_ROW_KERNEL(softmax_entropy_fwd, SoftmaxEntropyArgs)
-TK_DEFINE_ROW_KERNEL(softmax_entropy_bwd, SoftmaxEntropyArgs)
+TK_DEFINE_ISA_ENTRY(softmax_entropy_fwd, SoftmaxEntropyArgs, softmax_entropy_fwd_rows)
+TK_DEFINE_ISA_ENTRY(softmax_entropy_bwd, SoftmaxEntropyArgs, softmax_entropy_bwd_rows)
 
 }  // namespace thermokern::cpu

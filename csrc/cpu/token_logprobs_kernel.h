@@ -54,7 +54,7 @@ void token_logprobs_bwd_rows(const TokenLogprobsArgs& a, int64_t row_begin, int6
 
 }  // namespace CPU_CAPABILITY
 
-TK_DEFINE_ROW_KERNEL(token_logprobs_fwd, TokenLogprobsArgs)
-TK_DEFINE_ROW_KERNEL(token_logprobs_bwd, TokenLogprobsArgs)
+TK_DEFINE_ISA_ENTRY(token_logprobs_fwd, TokenLogprobsArgs, token_logprobs_fwd_rows)
+TK_DEFINE_ISA_ENTRY(token_logprobs_bwd, TokenLogprobsArgs, token_logprobs_bwd_rows)
 
 }  // namespace thermokern::cpu

@@ -1,6 +1,7 @@
 // Helpers shared by the CUDA translation units (softmax_entropy.cu, cross_entropy.cu,
-// partition.cu, langevin.cu): launch constants, 16-byte vector packs, the warp/block merge of
-// online row statistics (row_stats.h), and the host-side choice of vector width and block size.
+// partition.cu, langevin.cu, mala.cu): launch constants, 16-byte vector packs, the warp/block
+// merge of online row statistics (row_stats.h), the grid-stride loop over Philox counters, and
+// the host-side choice of vector width and block size.
 //
 // Everything here sits in an unnamed namespace: each .cu that includes this header gets its
 // own internal-linkage copy (the same one its kernels, also in an unnamed namespace, use), so
@@ -13,6 +14,7 @@
 
 #include <c10/cuda/CUDAStream.h>
 
+#include "thermokern/philox.h"
 #include "thermokern/row_stats.h"
 
 namespace thermokern::cuda {
@@ -39,6 +41,25 @@ __device__ __forceinline__ RowStats<T> shfl_xor_stats(const RowStats<T>& r, int 
   return RowStats<T>{__shfl_xor_sync(0xffffffffu, r.m, mask),
                      __shfl_xor_sync(0xffffffffu, r.d, mask),
                      __shfl_xor_sync(0xffffffffu, r.s, mask)};
+}
+
+// One thread per Philox counter (grid-stride) over a tensor of n elements: f(c, z) for each
+// counter c this thread owns, z the four normals of counter offset + c under key seed
+// ([Note: Langevin noise layout] in philox.h) when `noise`, else zeros; element 4c + k takes
+// z.v[k]. seed and offset are read from device memory (a CUDA-graph replay sees in-place updates).
+template <typename acc_t, typename F>
+__device__ __forceinline__ void for_each_counter(const int64_t* __restrict__ seed_ptr,
+                                                 const int64_t* __restrict__ offset_ptr, int64_t n, bool noise,
+                                                 F&& f) {
+  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
+  const int64_t n_ctr = (n + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < n_ctr; c += stride) {
+    Normal4<acc_t> z{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
+    if (noise) z = langevin_normal4<acc_t>(seed, offset + static_cast<uint64_t>(c));
+    f(c, z);
+  }
 }
 
 // Stands in for the sum when block_merge has none to add up.

@@ -73,15 +73,6 @@ __device__ __forceinline__ bool clamp_passes(acc_t v, const StepParams<acc_t>& p
   return keep;
 }
 
-template <typename acc_t, bool HAS_NOISE>
-__device__ __forceinline__ Normal4<acc_t> counter_noise(uint64_t seed, uint64_t counter) {
-  if constexpr (HAS_NOISE) {
-    return langevin_normal4<acc_t>(seed, counter);
-  } else {
-    return Normal4<acc_t>{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
-  }
-}
-
 // out may be x (in place), so neither is __restrict__.
 template <typename scalar_t, typename acc_t, bool HAS_NOISE, bool VEC>
 __global__ void langevin_step_fwd_kernel(const scalar_t* x,                   // (n,) contiguous
@@ -90,12 +81,7 @@ __global__ void langevin_step_fwd_kernel(const scalar_t* x,                   //
                                          const int64_t* __restrict__ seed_ptr,
                                          const int64_t* __restrict__ offset_ptr, int64_t n,
                                          StepParams<acc_t> p) {
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
-  const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
-  const int64_t n_ctr = (n + 3) / 4;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < n_ctr; c += stride) {
-    const Normal4<acc_t> z = counter_noise<acc_t, HAS_NOISE>(seed, offset + static_cast<uint64_t>(c));
+  for_each_counter<acc_t>(seed_ptr, offset_ptr, n, HAS_NOISE, [&](int64_t c, const Normal4<acc_t>& z) {
     const int64_t e0 = 4 * c;
     if (VEC && e0 + 4 <= n) {
       const Pack<scalar_t, 4> xv = *reinterpret_cast<const Pack<scalar_t, 4>*>(x + e0);
@@ -118,7 +104,7 @@ __global__ void langevin_step_fwd_kernel(const scalar_t* x,                   //
         }
       }
     }
-  }
+  });
 }
 
 // grad_x = grad_out where the clamp passed v, else 0; grad_grad = -eta grad_out where also
@@ -132,14 +118,8 @@ __global__ void langevin_step_bwd_kernel(const scalar_t* __restrict__ grad_out, 
                                          const int64_t* __restrict__ seed_ptr,
                                          const int64_t* __restrict__ offset_ptr, int64_t n,
                                          StepParams<acc_t> p) {
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
-  const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
   const bool clamped = p.has_lo || p.has_hi;
-  const int64_t n_ctr = (n + 3) / 4;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < n_ctr; c += stride) {
-    Normal4<acc_t> z{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
-    if (clamped) z = counter_noise<acc_t, HAS_NOISE>(seed, offset + static_cast<uint64_t>(c));
+  for_each_counter<acc_t>(seed_ptr, offset_ptr, n, HAS_NOISE && clamped, [&](int64_t c, const Normal4<acc_t>& z) {
     const int64_t e0 = 4 * c;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -155,7 +135,7 @@ __global__ void langevin_step_bwd_kernel(const scalar_t* __restrict__ grad_out, 
       if (p.has_clip) keep = keep && g > -p.clip && g < p.clip;
       grad_grad[e] = static_cast<scalar_t>(keep ? p.neg_step * go : acc_t(0));
     }
-  }
+  });
 }
 
 int64_t grid_for(int64_t n) {

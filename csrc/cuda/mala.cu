@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common.cuh"
 #include "thermokern/mala.h"
 #include "thermokern/philox.h"
 #include "thermokern/mala_plan.h"
@@ -141,12 +142,7 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
                                      const int64_t* __restrict__ offset_ptr, int64_t numel,
                                      int64_t row, ChainParamView<acc_t> step,
                                      ChainParamView<acc_t> temp) {
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
-  const uint64_t offset = static_cast<uint64_t>(*offset_ptr);
-  const int64_t n_ctr = (numel + 3) / 4;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < n_ctr; c += stride) {
-    const Normal4<acc_t> z = langevin_normal4<acc_t>(seed, offset + static_cast<uint64_t>(c));
+  for_each_counter<acc_t>(seed_ptr, offset_ptr, numel, true, [&](int64_t c, const Normal4<acc_t>& z) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t e = 4 * c + k;
@@ -157,7 +153,7 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
       const acc_t v = static_cast<acc_t>(x[e]) + static_cast<acc_t>(-eta) * static_cast<acc_t>(grad[e]);
       out[e] = static_cast<scalar_t>(v + static_cast<acc_t>(sqrt(2.0 * eta * t)) * z.v[k]);
     }
-  }
+  });
 }
 
 void launch_proposal(const MalaProposalPlan& p) {

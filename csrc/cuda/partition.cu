@@ -266,6 +266,21 @@ __device__ __forceinline__ void part_element(PartState<acc_t>& st, const scalar_
   part_update<MOM>(st, xv, wv, k);
 }
 
+// Pack v of the weight (1 where there is none) and of the mask (keep: true where there is none).
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_weight_mask(const Pack<scalar_t, VEC>* wp, const Pack<uint8_t, VEC>* mp,
+                                                 int64_t v, acc_t (&wv)[VEC], bool (&keep)[VEC]) {
+  Pack<scalar_t, VEC> pw;
+  Pack<uint8_t, VEC> pm;
+  if (wp != nullptr) pw = wp[v];
+  if (mp != nullptr) pm = mp[v];
+#pragma unroll
+  for (int q = 0; q < VEC; ++q) {
+    wv[q] = wp != nullptr ? static_cast<acc_t>(pw.v[q]) : acc_t(1);
+    keep[q] = mp == nullptr || pm.v[q] != 0;
+  }
+}
+
 // Elements e0 .. e0 + len - 1 of one row, lane `lane` of G, with weight and mask contiguous
 // (read at x's offsets): a scalar head up to the first VEC-aligned element (phase: x's element
 // offset from 16-byte alignment, shared by weight and mask), VEC-packs, then a scalar tail.
@@ -288,27 +303,12 @@ __device__ __forceinline__ void rows_accumulate(PartState<acc_t>& st, const scal
   for (int64_t v = lane; v < n_vec; v += G) {
     const Pack<scalar_t, VEC> px = xp[v];
     acc_t xv[VEC], wv[VEC];
+    bool keep[VEC];
+    load_weight_mask(wp, mp, v, wv, keep);
 #pragma unroll
     for (int q = 0; q < VEC; ++q) {
       const acc_t a = static_cast<acc_t>(px.v[q]);
-      xv[q] = negate ? -a : a;
-      wv[q] = acc_t(1);
-    }
-    if (wp != nullptr) {
-      const Pack<scalar_t, VEC> pw = wp[v];
-#pragma unroll
-      for (int q = 0; q < VEC; ++q) wv[q] = static_cast<acc_t>(pw.v[q]);
-    }
-    if (mp != nullptr) {
-      const Pack<uint8_t, VEC> pm = mp[v];
-#pragma unroll
-      for (int q = 0; q < VEC; ++q) {
-        if (pm.v[q] == 0) xv[q] = -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int q = 0; q < VEC; ++q) {
-      if (wv[q] == acc_t(0)) xv[q] = -INFINITY;
+      xv[q] = (!keep[q] || wv[q] == acc_t(0)) ? acc_t(-INFINITY) : (negate ? -a : a);
     }
     part_update<MOM>(st, xv, wv, k);
   }
@@ -543,25 +543,11 @@ __global__ void __launch_bounds__(kTileThreads) partition_bwd_kernel(
     const Pack<scalar_t, VEC> px = xp[v];
     acc_t wv[VEC];
     bool keep[VEC];
-#pragma unroll
-    for (int q = 0; q < VEC; ++q) {
-      wv[q] = acc_t(1);
-      keep[q] = true;
-    }
     if constexpr (VEC == 1) {
-      if (w != nullptr) wv[0] = static_cast<acc_t>(w[w_st.at(o, r, i)]);
-      if (mk != nullptr) keep[0] = mk[m_st.at(o, r, i)] != 0;
+      wv[0] = w != nullptr ? static_cast<acc_t>(w[w_st.at(o, r, i)]) : acc_t(1);
+      keep[0] = mk == nullptr || mk[m_st.at(o, r, i)] != 0;
     } else {
-      if (wp != nullptr) {
-        const Pack<scalar_t, VEC> pw = wp[v];
-#pragma unroll
-        for (int q = 0; q < VEC; ++q) wv[q] = static_cast<acc_t>(pw.v[q]);
-      }
-      if (mp != nullptr) {
-        const Pack<uint8_t, VEC> pm = mp[v];
-#pragma unroll
-        for (int q = 0; q < VEC; ++q) keep[q] = pm.v[q] != 0;
-      }
+      load_weight_mask(wp, mp, v, wv, keep);
     }
     Pack<scalar_t, VEC> ox, ow;
     int64_t ii = i, rr = r, oo = o;

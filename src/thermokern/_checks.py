@@ -248,6 +248,21 @@ def divide_by_temperature(
     return z, t.broadcast_to(out_shape)
 
 
+def check_logits_temperature(
+    logits: torch.Tensor, temperature: object, dim: int, what: str
+) -> tuple[float | torch.Tensor, torch.Tensor | None]:
+    """(T, z) for a row op of ``logits`` over the (normalised) dimension ``dim``, called ``what``
+    in the error when it is empty: T checked (a tensor may require grad), and z = logits / T
+    when autograd must differentiate w.r.t. T (the op then runs on z at T = 1, see
+    :func:`divide_by_temperature`), else None."""
+    temperature = check_temperature(temperature, differentiable=True)
+    if logits.shape[dim] == 0:
+        raise ValueError(f"logits: {what} has size 0")
+    if not temperature_needs_grad(temperature):
+        return temperature, None
+    return temperature, divide_by_temperature(logits, temperature, (dim,))[0]
+
+
 # ----------------------------------------------------------------------------- cross-entropy
 def check_target(
     target: object, logits: torch.Tensor, name: str = "logits", class_dim: str = "the class dim"

@@ -96,74 +96,51 @@ TK_INLINE float philox_uint_to_uniform_open0(uint32_t v) {
 
 namespace detail {
 
-TK_INLINE uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  __builtin_memcpy(&u, &f, sizeof u);
-  return u;
-#endif
+// The bits of a 4-byte value as another 4-byte type (float <-> uint32_t); memcpy is the
+// defined way on the host and compiles to a register move under nvcc as well.
+template <typename To, typename From>
+TK_INLINE To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: sizes differ");
+  To t;
+  __builtin_memcpy(&t, &v, sizeof t);
+  return t;
 }
 
-TK_INLINE float bits_float(uint32_t u) {
+// Correctly rounded division and square root of float or double also under nvcc
+// --use_fast_math (which makes float '/' and sqrtf approximate on the device).
+template <typename T>
+TK_INLINE T div_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  __builtin_memcpy(&f, &u, sizeof f);
-  return f;
+  if constexpr (sizeof(T) == sizeof(float)) return __fdiv_rn(a, b);
 #endif
+  return a / b;  // IEEE on the host, and for double on the device
 }
 
-// Correctly rounded division and square root also under nvcc --use_fast_math (which makes
-// float '/' and sqrtf approximate); double ones are always IEEE.
-TK_INLINE float div_rn(float a, float b) {
+template <typename T>
+TK_INLINE T sqrt_rn(T a) {
+  constexpr bool kFloat = sizeof(T) == sizeof(float);
 #if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
+  if constexpr (kFloat) return __fsqrt_rn(a);
+  else return __dsqrt_rn(a);
 #else
-  return a / b;
-#endif
-}
-TK_INLINE double div_rn(double a, double b) { return a / b; }
-
-TK_INLINE float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(a);
-#else
-  return __builtin_sqrtf(a);
-#endif
-}
-TK_INLINE double sqrt_rn(double a) {
-#if defined(__CUDA_ARCH__)
-  return __dsqrt_rn(a);
-#else
-  return __builtin_sqrt(a);
+  if constexpr (kFloat) return __builtin_sqrtf(a);
+  else return __builtin_sqrt(a);
 #endif
 }
 
 }  // namespace detail
 
-// Series coefficients (Taylor, exact rationals rounded to T) for the noise functions.
+// Series lengths and coefficients (Taylor, exact rationals rounded to T) of the noise
+// functions for T = float or double (the truncation errors are in [Note: Langevin noise layout]):
+//   atanh(s) / s = sum_i z^i / (2i + 1), z = s^2: kLog terms;
+//   sin(t) / t = sum_i (-1)^i t^{2i} / (2i + 1)!,  cos(t) = sum_i (-1)^i t^{2i} / (2i)!: kSin, kCos.
 template <typename T>
-struct NoiseSeries;
-
-template <>
-struct NoiseSeries<float> {
-  // atanh(s) / s = sum_i z^i / (2i + 1), z = s^2
-  static constexpr int kLog = 5;
-  TK_HOST_DEVICE static constexpr float log_c(int i) { return 1.0f / static_cast<float>(2 * i + 1); }
-  // sin(t) / t = sum_i (-1)^i t^{2i} / (2i + 1)!,  cos(t) = sum_i (-1)^i t^{2i} / (2i)!
-  static constexpr int kSin = 5;
-  static constexpr int kCos = 5;
-};
-
-template <>
-struct NoiseSeries<double> {
-  static constexpr int kLog = 10;
-  TK_HOST_DEVICE static constexpr double log_c(int i) { return 1.0 / static_cast<double>(2 * i + 1); }
-  static constexpr int kSin = 8;
-  static constexpr int kCos = 9;
+struct NoiseSeries {
+  static constexpr bool kDouble = sizeof(T) == sizeof(double);
+  static constexpr int kLog = kDouble ? 10 : 5;
+  static constexpr int kSin = kDouble ? 8 : 5;
+  static constexpr int kCos = kDouble ? 9 : 5;
+  TK_HOST_DEVICE static constexpr T log_c(int i) { return T(1) / static_cast<T>(2 * i + 1); }
 };
 
 // (-1)^i / n! for the sine (n = 2i + 1) and cosine (n = 2i) series, computed in double and
@@ -181,14 +158,14 @@ TK_INLINE uint32_t noise_k24(uint32_t w) { return (w >> 8) + 1u; }
 // -2 ln(k 2^-24) >= 0 for k in [1, 2^24] (see [Note: Langevin noise layout]).
 template <typename T>
 TK_INLINE T noise_neg2_log_u(uint32_t k) {
-  const uint32_t bits = detail::float_bits(static_cast<float>(k));  // exact: k < 2^25
+  const uint32_t bits = detail::bit_cast<uint32_t>(static_cast<float>(k));  // exact: k < 2^25
   int32_t j = static_cast<int32_t>(bits >> 23) - 127;
   uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F800000u;  // m in [1, 2)
   if (mbits >= 0x3FB504F3u) {                            // m >= sqrt(2) (as float): halve m
     mbits -= 0x00800000u;
     j += 1;
   }
-  const T f = static_cast<T>(detail::bits_float(mbits)) - T(1);  // m - 1, exact
+  const T f = static_cast<T>(detail::bit_cast<float>(mbits)) - T(1);  // m - 1, exact
   const T s = detail::div_rn(f, f + T(2));
   const T z = s * s;
   T p = NoiseSeries<T>::log_c(NoiseSeries<T>::kLog - 1);

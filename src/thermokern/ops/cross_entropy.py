@@ -14,11 +14,9 @@ from thermokern import _backend, reference
 from thermokern._checks import (
     as_rows,
     check_cross_entropy_args,
+    check_logits_temperature,
     check_target_values,
-    check_temperature,
-    divide_by_temperature,
     inverse_temperature,
-    temperature_needs_grad,
 )
 from thermokern._dispatch import KernelOp
 from thermokern._dtypes import acc_dtype
@@ -147,11 +145,10 @@ def entropy_regularized_cross_entropy(
     entropy_weight, label_smoothing, ignore_index, z_loss_weight = check_cross_entropy_args(
         logits, target, entropy_weight, label_smoothing, ignore_index, reduction, z_loss_weight
     )
-    temperature = check_temperature(temperature, differentiable=True)
-    if logits.shape[-1] == 0:
-        raise ValueError("logits: the class dimension (last) has size 0")
-    if temperature_needs_grad(temperature):  # the loss depends on logits / T only
-        z, _ = divide_by_temperature(logits, temperature, (logits.dim() - 1,))
+    temperature, z = check_logits_temperature(
+        logits, temperature, logits.dim() - 1, "the class dimension (last)"
+    )
+    if z is not None:  # the loss depends on logits / T only
         return entropy_regularized_cross_entropy(
             z, target, entropy_weight=entropy_weight, label_smoothing=label_smoothing,
             ignore_index=ignore_index, reduction=reduction, z_loss_weight=z_loss_weight,

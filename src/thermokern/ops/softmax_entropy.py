@@ -15,10 +15,8 @@ from thermokern._checks import (
     as_rows,
     check_dim,
     check_float_tensor,
-    check_temperature,
-    divide_by_temperature,
+    check_logits_temperature,
     inverse_temperature,
-    temperature_needs_grad,
 )
 from thermokern._dispatch import KernelOp
 from thermokern._dtypes import acc_dtype
@@ -110,13 +108,10 @@ def softmax_entropy(
     """
     check_float_tensor(logits, "logits")
     dim = check_dim(dim, logits.dim())
-    temperature = check_temperature(temperature, differentiable=True)
-    if logits.shape[dim] == 0:
-        raise ValueError(
-            f"logits: dimension {dim} (the class dimension) has size 0; the entropy is undefined"
-        )
-    if temperature_needs_grad(temperature):  # H depends on logits / T only
-        z, _ = divide_by_temperature(logits, temperature, (dim,))
+    temperature, z = check_logits_temperature(
+        logits, temperature, dim, f"dimension {dim} (the class dimension)"
+    )
+    if z is not None:  # H depends on logits / T only
         return softmax_entropy(z, dim, backend=backend).to(logits.dtype)
     name = _backend.resolve_backend(backend, logits)
     out_shape = logits.shape[:dim] + logits.shape[dim + 1 :]

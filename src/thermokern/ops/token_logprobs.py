@@ -17,10 +17,8 @@ from thermokern._checks import (
     as_rows,
     check_float_tensor,
     check_int,
+    check_logits_temperature,
     check_target,
-    check_temperature,
-    divide_by_temperature,
-    temperature_needs_grad,
 )
 from thermokern._dispatch import KernelOp
 from thermokern._dtypes import acc_dtype
@@ -123,11 +121,9 @@ def token_logprobs(
     ignore_index = check_int(ignore_index, "ignore_index")
     if not isinstance(with_entropy, bool):
         raise TypeError(f"with_entropy: expected a bool, got {type(with_entropy).__name__}")
-    temperature = check_temperature(temperature, differentiable=True)
-    if logits.shape[-1] == 0:
-        raise ValueError("logits: the vocabulary dimension (last) has size 0")
-    if temperature_needs_grad(temperature):  # both outputs depend on logits / T only
-        z, _ = divide_by_temperature(logits, temperature, (logits.dim() - 1,))
+    last = logits.dim() - 1
+    temperature, z = check_logits_temperature(logits, temperature, last, "the vocabulary dimension (last)")
+    if z is not None:  # both outputs depend on logits / T only
         return token_logprobs(
             z, target, ignore_index=ignore_index, with_entropy=with_entropy, backend=backend
         )

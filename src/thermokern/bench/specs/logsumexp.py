@@ -9,12 +9,7 @@ import thermokern
 
 from ..providers import Provider, standard_providers
 from ..registry import register
-from ._rows import (
-    LOGIT_SCALE,
-    partition_shapes,
-    row_reference_chunks,
-    row_spec,
-)
+from ._rows import LOGIT_SCALE, partition_shapes, row_reference_chunks, row_spec
 
 
 # ============================================================================ logsumexp

@@ -9,12 +9,7 @@ from thermokern import reference
 
 from ..providers import Fn, Provider, peer_softmax_providers, standard_providers
 from ..registry import register
-from ._rows import (
-    LOGIT_SCALE,
-    logit_shapes,
-    row_reference_chunks,
-    row_spec,
-)
+from ._rows import LOGIT_SCALE, logit_shapes, row_reference_chunks, row_spec
 
 TEMPERATURE = 1.0
 

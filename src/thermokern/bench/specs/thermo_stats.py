@@ -10,12 +10,7 @@ from thermokern import reference
 
 from ..providers import Provider, standard_providers
 from ..registry import register
-from ._rows import (
-    LOGIT_SCALE,
-    partition_shapes,
-    row_reference_chunks,
-    row_spec,
-)
+from ._rows import LOGIT_SCALE, partition_shapes, row_reference_chunks, row_spec
 
 TEMPERATURE = 1.0
 
