@@ -494,7 +494,7 @@ void fwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   const StepParams<acc_t> sp(a);
   sweep(PhiloxKeys(a.seed), a.seed, a.offset, a.n, ctr_begin, ctr_end, sp.has_noise,
         static_cast<const scalar_t*>(a.x), static_cast<const scalar_t*>(a.grad), static_cast<scalar_t*>(a.out),
-        NoBlock{}, [&](const Va& x, const Va& g, int64_t, const acc_t* z) { return sp.clamp(sp.value(x, g, z)); });
+        NoBlock{}, [sp](const Va& x, const Va& g, int64_t, const acc_t* z) { return sp.clamp(sp.value(x, g, z)); });
 }
 
 template <typename scalar_t>

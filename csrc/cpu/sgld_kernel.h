@@ -40,7 +40,7 @@ void tensor_range(const SgldArgs& a, const SgldTensor& t, const PhiloxKeys& keys
   const bool has_noise = a.noise_std != 0.0;
   const bool has_wd = a.weight_decay != 0.0;
   auto* p = reinterpret_cast<scalar_t*>(t.param);
-  const auto update = [&](const Va& x, Va g, int64_t, const acc_t* z) {
+  const auto update = [=](const Va& x, Va g, int64_t, const acc_t* z) {
     if (has_wd) g = g + wd * x;
     Va v = x + neg_lr * g;
     if (has_noise) v = v + sigma * Va::loadu(z);
