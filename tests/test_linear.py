@@ -292,8 +292,41 @@ def test_compile_fullgraph():
         assert_close(a, r, torch.float32, grad=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("learn_t", [False, True])
+def test_compile_scalar_loss_computes_gradients_in_forward(monkeypatch, dtype, reduction, learn_t):
+    """Compiled, a scalar cross-entropy head takes its gradients from the forward sweep
+    (thermokern::linear_head_loss, three matmuls a chunk), as eager does: the recomputing
+    backward never runs, and values and gradients equal eager's."""
+    h, w, b, t = _inputs(37, 16, 300, dtype)
+    temp = torch.tensor(0.9, requires_grad=learn_t)
+    kw = {"entropy_weight": -0.3, "label_smoothing": 0.1, "reduction": reduction, "backend": "cpu"}
+
+    def step(h, w, b, temp):
+        return 3.0 * thermokern.linear_cross_entropy(h, w, t, bias=b, temperature=temp, **kw)
+
+    ins = (h, w, b, temp) if learn_t else (h, w, b)
+    want = step(h, w, b, temp)
+    want_grads = torch.autograd.grad(want, ins)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the compiled scalar loss took the eager head or recomputed its logits")
+
+    monkeypatch.setattr(linear, "_head_grads", forbidden)
+    monkeypatch.setattr(linear._LinearHead, "apply", forbidden)  # compiled: the custom ops only
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True)(h, w, b, temp)
+    got_grads = torch.autograd.grad(got, ins)
+    assert_close(got, want.detach(), dtype)
+    for a, r in zip(got_grads, want_grads, strict=True):
+        assert a.dtype == r.dtype
+        assert_close(a, r, dtype, grad=True)
+
+
 def test_opcheck_custom_ops():
-    """torch.library.opcheck of thermokern::linear_head (the heads under torch.compile)."""
+    """torch.library.opcheck of thermokern::linear_head and thermokern::linear_head_loss (the
+    heads under torch.compile)."""
     h, w, b, t = _inputs(9, 8, 50, torch.float32)
     inv_t = torch.full((1,), 1 / 0.9)
     temp = torch.full((9,), 0.9, requires_grad=True)
@@ -301,6 +334,13 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(op, (h, w, b, temp, t, inv_t, "ce", [0.1, 0.05, 1e-3], -100, "cpu"))
     torch.library.opcheck(op, (h, w, None, None, t, inv_t, "logprobs", [], -100, "cpu"))
     torch.library.opcheck(op, (h, w, b, None, None, inv_t, "entropy", [], -100, "cpu"))
+    loss = torch.ops.thermokern.linear_head_loss.default
+    floats = [0.1, 0.05, 1e-3]
+    torch.library.opcheck(loss, (h, w, b, temp, t, inv_t, floats, -100, "mean", "cpu", [True] * 4))
+    h2, w2 = h.detach(), w.detach().requires_grad_(True)
+    torch.library.opcheck(
+        loss, (h2, w2, None, None, t, inv_t, floats, -100, "sum", "cpu", [False, True, False, False])
+    )
 
 
 def _heads_vs_reference(backend, device, dtype, learn_t, v):

@@ -219,6 +219,22 @@ def _head_grads(kind, grad_out, hidden, weight, bias, target, inv_t, params, nam
     return grads.scaled(None, weight.dtype, None if bias is None else bias.dtype)
 
 
+def _scalar_loss(hidden, weight, bias, target, inv_t, params, reduction, name, needs, learn_t):
+    """The cross-entropy head reduced to a scalar ("sum" or "mean"): ``(loss, grads, row_g)``,
+    with ``row_g`` each row's share of the upstream gradient and, when ``needs`` (hidden,
+    weight, bias) or ``learn_t`` asks for one, ``grads`` (a HeadGrads) filled for an upstream
+    gradient 1 in the same sweep ([Note: when the gradient is computed]), else None."""
+    acc = acc_dtype(hidden.dtype)
+    grads = HeadGrads(hidden, weight, bias, needs, learn_t) if any(needs) or learn_t else None
+    # "mean" counts the rows not ignored (on the device): NaN when there are none, as eager
+    count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
+    row_g = torch.ones((), dtype=acc, device=hidden.device)
+    row_g = row_g / count if count is not None else row_g
+    out = _head_rows("ce", hidden, weight, bias, target, inv_t, params, name, grads, row_g)
+    loss = out.sum() if count is None else out.sum() / count
+    return loss, grads, row_g
+
+
 class _LinearHead(torch.autograd.Function):
     """One of the three heads over flattened tokens: hidden (N, D), weight (V, D), bias (V,) or
     None, target (N,) int64 or None, temperature per row (N,) (only when it requires grad) or
@@ -226,21 +242,15 @@ class _LinearHead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, temperature, target, inv_t, kind, params, reduction, name):
-        acc = acc_dtype(hidden.dtype)
         needs = ctx.needs_input_grad[:3]
         learn_t = temperature is not None and ctx.needs_input_grad[3]
         # [Note: when the gradient is computed]: now for a scalar loss, else in the backward.
-        scalar = kind == "ce" and reduction != "none"
-        now = scalar and (any(needs) or learn_t)
-        grads = HeadGrads(hidden, weight, bias, needs, learn_t) if now else None
-        row_g = None
-        if scalar:  # the output is the reduced loss, whose gradient w.r.t. each row's loss is row_g
-            count = (target != params[2]).sum().to(acc) if reduction == "mean" else None
-            row_g = torch.ones((), dtype=acc, device=hidden.device)
-            row_g = row_g / count if count is not None else row_g
-        out = _head_rows(kind, hidden, weight, bias, target, inv_t, params, name, grads, row_g)
-        if scalar:  # "mean" counts the rows not ignored (on the device): NaN when there are none
-            out = out.sum() if count is None else out.sum() / count
+        if kind == "ce" and reduction != "none":
+            args = (hidden, weight, bias, target, inv_t, params, reduction, name, needs, learn_t)
+            out, grads, row_g = _scalar_loss(*args)
+        else:
+            out = _head_rows(kind, hidden, weight, bias, target, inv_t, params, name)
+            grads = row_g = None
         ctx.kind, ctx.params, ctx.name = kind, params, name
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -265,11 +275,14 @@ class _LinearHead(torch.autograd.Function):
 # [Note: the heads under torch.compile]
 # _LinearHead keeps Python state between its forward and backward (the gradients the forward
 # computed, used once), which dynamo cannot trace. Under torch.compile the heads are instead
-# the opaque custom ops below: thermokern::linear_head gives the per-row outputs (a scalar loss
-# is reduced from them by traced torch ops) and its autograd calls thermokern::linear_head_bwd,
-# which recomputes each chunk's logits: four matmuls where the eager path of a scalar loss
-# needs three, the same numbers otherwise. Both ops run the sweeps above on the resolved
-# backend.
+# the opaque custom ops below, which run the sweeps above on the resolved backend:
+# * a cross-entropy reduced to a scalar, with a gradient to compute: thermokern::linear_head_loss
+#   returns the loss and its gradients for an upstream 1, computed in the forward sweep as
+#   eager does (three matmuls); its backward multiplies them by the upstream gradient (out of
+#   place: one elementwise pass over each gradient, which eager does in place);
+# * everything else: thermokern::linear_head gives the per-row outputs (a scalar loss is reduced
+#   from them by traced torch ops) and its autograd calls thermokern::linear_head_bwd, which
+#   recomputes each chunk's logits, as eager does for per-row outputs.
 def _params(kind: str, floats: list[float], ignore_index: int) -> tuple:
     if kind == "ce":
         return floats[0], floats[1], ignore_index, floats[2]
@@ -351,6 +364,67 @@ def _linear_head_backward(ctx, grad):
 _linear_head_op.register_autograd(_linear_head_backward, setup_context=_linear_head_setup)
 
 
+@torch.library.custom_op("thermokern::linear_head_loss", mutates_args=())
+def _linear_head_loss_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: torch.Tensor | None,
+    target: torch.Tensor,
+    inv_t: torch.Tensor,
+    floats: list[float],
+    ignore_index: int,
+    reduction: str,
+    name: str,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scalar cross-entropy of :func:`_scalar_loss` and its gradients for an upstream 1:
+    (loss, grad hidden (hidden's dtype), grad weight, grad bias, grad T per row (accumulation
+    dtype)); an empty tensor for each that ``needs`` (hidden, weight, bias, T) does not ask for."""
+    params = _params("ce", floats, ignore_index)
+    loss, grads, _ = _scalar_loss(
+        hidden, weight, bias, target, inv_t, params, reduction, name, needs[:3], needs[3]
+    )
+    out = grads.scaled(None, None, None) if grads is not None else (None,) * 4
+    return loss, *(hidden.new_empty(0) if t is None else t for t in out)
+
+
+@_linear_head_loss_op.register_fake
+def _(hidden, weight, bias, temperature, target, inv_t, floats, ignore_index, reduction, name, needs):
+    acc = acc_dtype(hidden.dtype)
+    shapes = (
+        (hidden.shape, hidden.dtype),
+        (weight.shape, acc),
+        (weight.shape[:1], acc),
+        (hidden.shape[:1], acc),
+    )
+    grads = (
+        hidden.new_empty(s if need else (0,), dtype=d) for need, (s, d) in zip(needs, shapes, strict=True)
+    )
+    return hidden.new_empty((), dtype=acc), *grads
+
+
+def _linear_head_loss_setup(ctx, inputs, output):
+    hidden, weight, bias, *_, needs = inputs
+    ctx.save_for_backward(*output[1:])
+    ctx.needs = needs
+    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype, None)
+
+
+def _linear_head_loss_backward(ctx, grad, *_):
+    out = []
+    for t, dtype, need, asked in zip(
+        ctx.saved_tensors, ctx.dtypes, ctx.needs, ctx.needs_input_grad, strict=False
+    ):
+        if asked and not need:  # never: the forward was told what autograd would ask for
+            raise RuntimeError("thermokern::linear_head_loss: a gradient was asked for that was not computed")
+        out.append((t * grad.to(t.dtype)).to(dtype or t.dtype) if asked else None)
+    return *out, *(None,) * 7
+
+
+_linear_head_loss_op.register_autograd(_linear_head_loss_backward, setup_context=_linear_head_loss_setup)
+
+
 # ----------------------------------------------------------------------------- arguments
 def check_head(hidden, weight, bias, *, weight_name="weight", bias_name="bias", allow_empty=False):
     """The checks of a head's hidden (..., D), weight (V, D) and bias (V,) (shared with
@@ -424,6 +498,12 @@ def _run(kind, hidden, weight, bias, target, temperature, params, reduction, bac
         return out, out_shape, tgt
     # [Note: the heads under torch.compile]
     floats = [params[0], params[1], params[3]] if kind == "ce" else []
+    needs = [
+        t is not None and t.requires_grad and torch.is_grad_enabled() for t in (h2, weight, bias, t_rows)
+    ]
+    if kind == "ce" and reduction != "none" and any(needs):
+        args = (h2, weight, bias, t_rows, tgt, inv_t, floats, ignore_index, reduction, name, needs)
+        return torch.ops.thermokern.linear_head_loss(*args)[0], out_shape, tgt
     out = torch.ops.thermokern.linear_head(
         h2, weight, bias, t_rows, tgt, inv_t, kind, floats, ignore_index, name
     )
