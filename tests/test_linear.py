@@ -292,16 +292,15 @@ def test_compile_fullgraph():
         assert_close(a, r, torch.float32, grad=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("learn_t", [False, True])
-def test_compile_scalar_loss_computes_gradients_in_forward(monkeypatch, dtype, reduction, learn_t):
+def _compiled_scalar_head(monkeypatch, device, backend, dtype, reduction, learn_t):
     """Compiled, a scalar cross-entropy head takes its gradients from the forward sweep
     (thermokern::linear_head_loss, three matmuls a chunk), as eager does: the recomputing
     backward never runs, and values and gradients equal eager's."""
-    h, w, b, t = _inputs(37, 16, 300, dtype)
-    temp = torch.tensor(0.9, requires_grad=learn_t)
-    kw = {"entropy_weight": -0.3, "label_smoothing": 0.1, "reduction": reduction, "backend": "cpu"}
+    h, w, b, t = (
+        x.detach().to(device).requires_grad_(x.is_floating_point()) for x in _inputs(37, 16, 300, dtype)
+    )
+    temp = torch.tensor(0.9, device=device, requires_grad=learn_t)
+    kw = {"entropy_weight": -0.3, "label_smoothing": 0.1, "reduction": reduction, "backend": backend}
 
     def step(h, w, b, temp):
         return 3.0 * thermokern.linear_cross_entropy(h, w, t, bias=b, temperature=temp, **kw)
@@ -322,6 +321,13 @@ def test_compile_scalar_loss_computes_gradients_in_forward(monkeypatch, dtype, r
     for a, r in zip(got_grads, want_grads, strict=True):
         assert a.dtype == r.dtype
         assert_close(a, r, dtype, grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("learn_t", [False, True])
+def test_compile_scalar_loss_computes_gradients_in_forward(monkeypatch, dtype, reduction, learn_t):
+    _compiled_scalar_head(monkeypatch, "cpu", "cpu", dtype, reduction, learn_t)
 
 
 def test_opcheck_custom_ops():
@@ -398,3 +404,11 @@ def test_gpu_heads_match_reference(monkeypatch, backend, dtype, learn_t):
     weights the fp32 weight-gradient sums in slabs of 512 rows) against float64 on the CPU."""
     monkeypatch.setattr(linear, "FP32_SLAB_BYTES", 512 * 32 * 4)
     _heads_vs_reference(backend, "cuda", dtype, learn_t, v=5003)
+
+
+@pytest.mark.cuda
+@gpu
+@pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
+def test_gpu_compiled_scalar_head(monkeypatch, backend):
+    """The compiled scalar head on the GPU (thermokern::linear_head_loss): as eager."""
+    _compiled_scalar_head(monkeypatch, "cuda", backend, torch.bfloat16, "mean", True)
