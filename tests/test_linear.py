@@ -294,7 +294,7 @@ def test_compile_fullgraph():
 
 def _compiled_scalar_head(monkeypatch, device, backend, dtype, reduction, learn_t):
     """Compiled, a scalar cross-entropy head takes its gradients from the forward sweep
-    (thermokern::linear_head_loss, three matmuls a chunk), as eager does: the recomputing
+    (thermokern::linear_head, three matmuls a chunk), as eager does: the recomputing
     backward never runs, and values and gradients equal eager's."""
     h, w, b, t = (
         x.detach().to(device).requires_grad_(x.is_floating_point()) for x in _inputs(37, 16, 300, dtype)
@@ -331,21 +331,22 @@ def test_compile_scalar_loss_computes_gradients_in_forward(monkeypatch, dtype, r
 
 
 def test_opcheck_custom_ops():
-    """torch.library.opcheck of thermokern::linear_head and thermokern::linear_head_loss (the
-    heads under torch.compile)."""
+    """torch.library.opcheck of thermokern::linear_head (the heads under torch.compile): per-row
+    outputs (their backward thermokern::linear_head_bwd) and a scalar loss with the gradients
+    its forward computes."""
     h, w, b, t = _inputs(9, 8, 50, torch.float32)
     inv_t = torch.full((1,), 1 / 0.9)
     temp = torch.full((9,), 0.9, requires_grad=True)
     op = torch.ops.thermokern.linear_head.default
-    torch.library.opcheck(op, (h, w, b, temp, t, inv_t, "ce", [0.1, 0.05, 1e-3], -100, "cpu"))
-    torch.library.opcheck(op, (h, w, None, None, t, inv_t, "logprobs", [], -100, "cpu"))
-    torch.library.opcheck(op, (h, w, b, None, None, inv_t, "entropy", [], -100, "cpu"))
-    loss = torch.ops.thermokern.linear_head_loss.default
-    floats = [0.1, 0.05, 1e-3]
-    torch.library.opcheck(loss, (h, w, b, temp, t, inv_t, floats, -100, "mean", "cpu", [True] * 4))
+    ce = [0.1, 0.05, 1e-3]
+    every = [True] * 4
+    torch.library.opcheck(op, (h, w, b, temp, t, inv_t, "ce", ce, -100, "none", "cpu", every))
+    torch.library.opcheck(op, (h, w, None, None, t, inv_t, "logprobs", [], -100, "none", "cpu", every))
+    torch.library.opcheck(op, (h, w, b, None, None, inv_t, "entropy", [], -100, "none", "cpu", every))
+    torch.library.opcheck(op, (h, w, b, temp, t, inv_t, "ce", ce, -100, "mean", "cpu", every))
     h2, w2 = h.detach(), w.detach().requires_grad_(True)
     torch.library.opcheck(
-        loss, (h2, w2, None, None, t, inv_t, floats, -100, "sum", "cpu", [False, True, False, False])
+        op, (h2, w2, None, None, t, inv_t, "ce", ce, -100, "sum", "cpu", [False, True, False, False])
     )
 
 
@@ -410,5 +411,5 @@ def test_gpu_heads_match_reference(monkeypatch, backend, dtype, learn_t):
 @gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
 def test_gpu_compiled_scalar_head(monkeypatch, backend):
-    """The compiled scalar head on the GPU (thermokern::linear_head_loss): as eager."""
+    """The compiled scalar head on the GPU (thermokern::linear_head): as eager."""
     _compiled_scalar_head(monkeypatch, "cuda", backend, torch.bfloat16, "mean", True)

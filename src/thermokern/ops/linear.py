@@ -36,7 +36,7 @@ from thermokern._checks import (
     inverse_temperature,
 )
 from thermokern._dtypes import acc_dtype
-from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd, reduce_loss
+from thermokern.ops.cross_entropy import cross_entropy_bwd, cross_entropy_fwd
 from thermokern.ops.softmax_entropy import softmax_entropy_bwd, softmax_entropy_fwd
 from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
 
@@ -275,18 +275,28 @@ class _LinearHead(torch.autograd.Function):
 # [Note: the heads under torch.compile]
 # _LinearHead keeps Python state between its forward and backward (the gradients the forward
 # computed, used once), which dynamo cannot trace. Under torch.compile the heads are instead
-# the opaque custom ops below, which run the sweeps above on the resolved backend:
-# * a cross-entropy reduced to a scalar, with a gradient to compute: thermokern::linear_head_loss
-#   returns the loss and its gradients for an upstream 1, computed in the forward sweep as
-#   eager does (three matmuls); its backward multiplies them by the upstream gradient (out of
-#   place: one elementwise pass over each gradient, which eager does in place);
-# * everything else: thermokern::linear_head gives the per-row outputs (a scalar loss is reduced
-#   from them by traced torch ops) and its autograd calls thermokern::linear_head_bwd, which
-#   recomputes each chunk's logits, as eager does for per-row outputs.
+# two opaque custom ops, which run the same sweeps on the resolved backend and keep no state:
+# thermokern::linear_head gives the head's output and, for a cross-entropy reduced to a scalar,
+# its gradients for an upstream 1, computed in the forward sweep as eager does (three matmuls);
+# its backward multiplies them by the upstream gradient (out of place: one elementwise pass,
+# which eager does in place). Per-row outputs (reduction "none", the log-probs, the entropy)
+# come alone, and their backward is thermokern::linear_head_bwd, which recomputes each chunk's
+# logits, as eager does.
 def _params(kind: str, floats: list[float], ignore_index: int) -> tuple:
     if kind == "ce":
         return floats[0], floats[1], ignore_index, floats[2]
     return (ignore_index,) if kind == "logprobs" else ()
+
+
+def _grad_shapes(hidden, weight, bias) -> tuple:
+    """(shape, dtype) of the gradients w.r.t. hidden, weight, bias and T per row as the sweeps
+    make them (HeadGrads): hidden's in its dtype, the others in the accumulation dtype."""
+    acc = acc_dtype(hidden.dtype)
+    return (hidden.shape, hidden.dtype), (weight.shape, acc), (weight.shape[:1], acc), (hidden.shape[:1], acc)
+
+
+def _or_empty(hidden, grads) -> tuple:
+    return tuple(hidden.new_empty(0) if t is None else t for t in grads)
 
 
 @torch.library.custom_op("thermokern::linear_head", mutates_args=())
@@ -300,17 +310,36 @@ def _linear_head_op(
     kind: str,
     floats: list[float],
     ignore_index: int,
+    reduction: str,
     name: str,
-) -> torch.Tensor:
-    """The per-row outputs of :func:`_head_rows` (``temperature``: T per row, an input only for
-    its gradient)."""
-    return _head_rows(kind, hidden, weight, bias, target, inv_t, _params(kind, floats, ignore_index), name)
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, grad hidden, grad weight, grad bias, grad T per row): the per-row outputs of
+    :func:`_head_rows`, or for kind "ce" with reduction "mean"/"sum" the loss of
+    :func:`_scalar_loss` and the gradients ``needs`` (hidden, weight, bias, T) asks for, for an
+    upstream 1 (HeadGrads' dtypes); an empty tensor for each gradient not computed here.
+    ``temperature``: T per row, an input only for its gradient."""
+    params = _params(kind, floats, ignore_index)
+    if kind != "ce" or reduction == "none":
+        return _head_rows(kind, hidden, weight, bias, target, inv_t, params, name), *_or_empty(
+            hidden, (None,) * 4
+        )
+    loss, grads, _ = _scalar_loss(
+        hidden, weight, bias, target, inv_t, params, reduction, name, needs[:3], needs[3]
+    )
+    return loss, *_or_empty(hidden, (None,) * 4 if grads is None else grads.scaled(None, None, None))
 
 
 @_linear_head_op.register_fake
-def _(hidden, weight, bias, temperature, target, inv_t, kind, floats, ignore_index, name):
-    n = hidden.shape[0]
-    return hidden.new_empty((2, n) if kind == "logprobs" else (n,), dtype=acc_dtype(hidden.dtype))
+def _(hidden, weight, bias, temperature, target, inv_t, kind, floats, ignore_index, reduction, name, needs):
+    n, acc = hidden.shape[0], acc_dtype(hidden.dtype)
+    scalar = kind == "ce" and reduction != "none"
+    out = hidden.new_empty(() if scalar else (2, n) if kind == "logprobs" else (n,), dtype=acc)
+    shapes = _grad_shapes(hidden, weight, bias)
+    return out, *(
+        hidden.new_empty(s if scalar and need else (0,), dtype=d)
+        for need, (s, d) in zip(needs, shapes, strict=True)
+    )
 
 
 @torch.library.custom_op("thermokern::linear_head_bwd", mutates_args=())
@@ -327,102 +356,57 @@ def _linear_head_bwd_op(
     name: str,
     needs: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad hidden, grad weight, grad bias, grad T per row) of :func:`_head_grads`; an empty
-    tensor for each that ``needs`` (hidden, weight, bias, T) does not ask for."""
+    """(grad hidden, grad weight, grad bias, grad T per row) of :func:`_head_grads` for the
+    per-row upstream gradients ``grad``, in the parameters' dtypes; an empty tensor for each
+    that ``needs`` (hidden, weight, bias, T) does not ask for."""
     params = _params(kind, floats, ignore_index)
-    out = _head_grads(kind, grad, hidden, weight, bias, target, inv_t, params, name, needs[:3], needs[3])
-    return tuple(hidden.new_empty(0) if t is None else t for t in out)
+    return _or_empty(
+        hidden,
+        _head_grads(kind, grad, hidden, weight, bias, target, inv_t, params, name, needs[:3], needs[3]),
+    )
 
 
 @_linear_head_bwd_op.register_fake
 def _(grad, hidden, weight, bias, target, inv_t, kind, floats, ignore_index, name, needs):
-    acc = acc_dtype(hidden.dtype)
-    shapes = (
-        (hidden.shape, hidden.dtype),
-        (weight.shape, weight.dtype),
-        (weight.shape[:1], hidden.dtype if bias is None else bias.dtype),
-        (hidden.shape[:1], acc),
+    dtypes = (
+        hidden.dtype,
+        weight.dtype,
+        hidden.dtype if bias is None else bias.dtype,
+        acc_dtype(hidden.dtype),
     )
+    shapes = _grad_shapes(hidden, weight, bias)
     return tuple(
-        hidden.new_empty(s if need else (0,), dtype=d) for need, (s, d) in zip(needs, shapes, strict=True)
+        hidden.new_empty(s if need else (0,), dtype=d)
+        for need, (s, _), d in zip(needs, shapes, dtypes, strict=True)
     )
 
 
 def _linear_head_setup(ctx, inputs, output):
-    hidden, weight, bias, _, target, inv_t, kind, floats, ignore_index, name = inputs
-    ctx.save_for_backward(hidden, weight, bias, target, inv_t)
+    hidden, weight, bias, _, target, inv_t, kind, floats, ignore_index, reduction, name, needs = inputs
+    ctx.scalar = kind == "ce" and reduction != "none"
+    ctx.save_for_backward(hidden, weight, bias, target, inv_t, *output[1:])
     ctx.args = (kind, floats, ignore_index, name)
-
-
-def _linear_head_backward(ctx, grad):
-    hidden, weight, bias, target, inv_t = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:4])
-    grads = torch.ops.thermokern.linear_head_bwd(grad, hidden, weight, bias, target, inv_t, *ctx.args, needs)
-    return *(g if need else None for g, need in zip(grads, needs, strict=True)), *(None,) * 6
-
-
-_linear_head_op.register_autograd(_linear_head_backward, setup_context=_linear_head_setup)
-
-
-@torch.library.custom_op("thermokern::linear_head_loss", mutates_args=())
-def _linear_head_loss_op(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    temperature: torch.Tensor | None,
-    target: torch.Tensor,
-    inv_t: torch.Tensor,
-    floats: list[float],
-    ignore_index: int,
-    reduction: str,
-    name: str,
-    needs: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The scalar cross-entropy of :func:`_scalar_loss` and its gradients for an upstream 1:
-    (loss, grad hidden (hidden's dtype), grad weight, grad bias, grad T per row (accumulation
-    dtype)); an empty tensor for each that ``needs`` (hidden, weight, bias, T) does not ask for."""
-    params = _params("ce", floats, ignore_index)
-    loss, grads, _ = _scalar_loss(
-        hidden, weight, bias, target, inv_t, params, reduction, name, needs[:3], needs[3]
-    )
-    out = grads.scaled(None, None, None) if grads is not None else (None,) * 4
-    return loss, *(hidden.new_empty(0) if t is None else t for t in out)
-
-
-@_linear_head_loss_op.register_fake
-def _(hidden, weight, bias, temperature, target, inv_t, floats, ignore_index, reduction, name, needs):
-    acc = acc_dtype(hidden.dtype)
-    shapes = (
-        (hidden.shape, hidden.dtype),
-        (weight.shape, acc),
-        (weight.shape[:1], acc),
-        (hidden.shape[:1], acc),
-    )
-    grads = (
-        hidden.new_empty(s if need else (0,), dtype=d) for need, (s, d) in zip(needs, shapes, strict=True)
-    )
-    return hidden.new_empty((), dtype=acc), *grads
-
-
-def _linear_head_loss_setup(ctx, inputs, output):
-    hidden, weight, bias, *_, needs = inputs
-    ctx.save_for_backward(*output[1:])
     ctx.needs = needs
     ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype, None)
 
 
-def _linear_head_loss_backward(ctx, grad, *_):
-    out = []
-    for t, dtype, need, asked in zip(
-        ctx.saved_tensors, ctx.dtypes, ctx.needs, ctx.needs_input_grad, strict=False
-    ):
-        if asked and not need:  # never: the forward was told what autograd would ask for
-            raise RuntimeError("thermokern::linear_head_loss: a gradient was asked for that was not computed")
-        out.append((t * grad.to(t.dtype)).to(dtype or t.dtype) if asked else None)
-    return *out, *(None,) * 7
+def _linear_head_backward(ctx, grad, *_):
+    asked = list(ctx.needs_input_grad[:4])
+    hidden, weight, bias, target, inv_t, *grads = ctx.saved_tensors
+    if ctx.scalar:  # computed in the forward for an upstream 1
+        if any(a and not n for a, n in zip(asked, ctx.needs, strict=True)):  # never: _run tells it
+            raise RuntimeError(
+                "thermokern::linear_head: a gradient was asked for that its forward did not compute"
+            )
+        grads = [(t * grad.to(t.dtype)).to(d or t.dtype) for t, d in zip(grads, ctx.dtypes, strict=True)]
+    else:
+        grads = torch.ops.thermokern.linear_head_bwd(
+            grad, hidden, weight, bias, target, inv_t, *ctx.args, asked
+        )
+    return *(g if a else None for g, a in zip(grads, asked, strict=True)), *(None,) * 8
 
 
-_linear_head_loss_op.register_autograd(_linear_head_loss_backward, setup_context=_linear_head_loss_setup)
+_linear_head_op.register_autograd(_linear_head_backward, setup_context=_linear_head_setup)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -501,15 +485,21 @@ def _run(kind, hidden, weight, bias, target, temperature, params, reduction, bac
     needs = [
         t is not None and t.requires_grad and torch.is_grad_enabled() for t in (h2, weight, bias, t_rows)
     ]
-    if kind == "ce" and reduction != "none" and any(needs):
-        args = (h2, weight, bias, t_rows, tgt, inv_t, floats, ignore_index, reduction, name, needs)
-        return torch.ops.thermokern.linear_head_loss(*args)[0], out_shape, tgt
-    out = torch.ops.thermokern.linear_head(
-        h2, weight, bias, t_rows, tgt, inv_t, kind, floats, ignore_index, name
+    args = (
+        h2,
+        weight,
+        bias,
+        t_rows,
+        tgt,
+        inv_t,
+        kind,
+        floats,
+        ignore_index,
+        reduction or "none",
+        name,
+        needs,
     )
-    if kind == "ce":  # "mean": NaN when every row is ignored, as eager
-        out = reduce_loss(out, out.shape, tgt, ignore_index, reduction)
-    return out, out_shape, tgt
+    return torch.ops.thermokern.linear_head(*args)[0], out_shape, tgt
 
 
 def linear_cross_entropy(
