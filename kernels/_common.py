@@ -1,5 +1,6 @@
-"""Pieces shared by the Triton row kernels of kernels/softmax_entropy.py, kernels/cross_entropy.py
-and kernels/token_logprobs.py (and a few launcher helpers every kernel module uses).
+"""The Triton row kernels that softmax_entropy, cross_entropy and token_logprobs share (one
+forward, one backward; their launchers are in kernels/<op>.py and go through
+:class:`_RowLaunch`), their device helpers, and a few launcher helpers every kernel module uses.
 
 One program per row; each program walks its row in blocks of BLOCK_C columns keeping scalar
 online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 1/T:
@@ -8,8 +9,8 @@ online statistics (m, d, s) as in csrc/include/thermokern/row_stats.h, with k = 
 k comes from a 1-D accumulation-dtype tensor of 1 element (one 1/T for every row) or N (one
 per row): the kernels read ``inv_t_ptr + row * INV_T_STRIDE`` with INV_T_STRIDE 0 or 1.
 Row offsets are int64 (rows * stride passes 2^31 for large vocabularies). The row kernels take
-their tensors, then (C, row_stride, inv_t_ptr), then their scalars, then INV_T_STRIDE, ACC and
-BLOCK_C; :class:`_RowLaunch` launches them so. The launchers go through
+their tensors, then (C, row_stride, inv_t_ptr), then the weights and ignore_index, then their
+meta-parameters; :class:`_RowLaunch` launches them so. The launchers go through
 ``torch.library.wrap_triton`` (by way of :func:`_wrap_triton`) so that ``torch.compile`` can
 trace them when they run inside a ``triton_op``.
 

@@ -26,12 +26,6 @@ import torch
 from ._common import _RowLaunch, in_place_twin, launcher
 
 
-def _rows(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight) -> _RowLaunch:
-    return _RowLaunch(
-        "loss", logits, inv_t, target, ignore_index, entropy_weight, label_smoothing, z_loss_weight
-    )
-
-
 @launcher
 def cross_entropy_fwd(
     logits: torch.Tensor,
@@ -48,9 +42,8 @@ def cross_entropy_fwd(
     accumulation dtype (float64 for float64 logits, else float32), on the logits' device, 1
     element (the same 1/T for every row) or N (one per row).
     """
-    return _rows(
-        logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight
-    ).forward()
+    weights = (entropy_weight, label_smoothing, z_loss_weight)
+    return _RowLaunch("loss", logits, inv_t, target, ignore_index, *weights).forward()
 
 
 @launcher
@@ -75,7 +68,8 @@ def cross_entropy_bwd(
     ``in_place``: write the gradient over ``logits`` (contiguous) instead; that is
     :func:`cross_entropy_bwd_`.
     """
-    rows = _rows(logits, target, inv_t, entropy_weight, label_smoothing, ignore_index, z_loss_weight)
+    weights = (entropy_weight, label_smoothing, z_loss_weight)
+    rows = _RowLaunch("loss", logits, inv_t, target, ignore_index, *weights)
     return rows.backward(grad, entropy, shift, log_norm, in_place=in_place)
 
 
