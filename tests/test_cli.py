@@ -62,7 +62,7 @@ def test_tiny_linear_head_benchmark_run():
         quick=True,
         progress=False,
         out=None,
-        providers=["cpu", "eager", "torch_chunked", "matmuls"],
+        providers=["cpu", "cpu+compile", "eager", "compile", "torch_chunked", "matmuls"],
     )
     rows = result["rows"]
     assert {r["op"] for r in rows} == set(ops)
@@ -70,7 +70,13 @@ def test_tiny_linear_head_benchmark_run():
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     assert sum("32x1000 skipped" in n for n in result["notes"]) == len(ops)
     # no peer has the entropy term: they are compared at beta = 0 only
-    assert {r["provider"] for r in rows if r["op"] == ops[1]} == {"cpu", "eager", "matmuls"}
+    assert {r["provider"] for r in rows if r["op"] == ops[1]} == {
+        "cpu",
+        "cpu+compile",
+        "eager",
+        "compile",
+        "matmuls",
+    }
     for r in rows:
         assert "error" not in r and r["median_ms"] > 0, r
         if r["provider"] == "matmuls":

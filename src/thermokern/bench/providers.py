@@ -75,6 +75,17 @@ def thermokern_provider(
     return Provider(name or backend, make, kind="thermokern", inplace=inplace)
 
 
+def thermokern_compile_provider(backend: str, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Provider:
+    """``<backend>+compile``: ``torch.compile`` of ``fn(x, backend)``, thermokern inside a compiled
+    model, compiled afresh for every case (like :func:`compile_provider`)."""
+
+    def make() -> Fn:
+        torch._dynamo.reset()
+        return torch.compile(lambda x: fn(x, backend), dynamic=False)
+
+    return Provider(f"{backend}+compile", make, kind="thermokern", compiled=True)
+
+
 # ============================================================================ PyTorch baselines
 def eager_provider(fn: Fn, *, inplace: bool = False, exact: bool = True) -> Provider:
     """``eager``: ``fn`` as written, the way one would do it in plain PyTorch."""

@@ -341,9 +341,9 @@ def run(
 
     if any(p.compiled for _, provs, _, _, _ in plan for p in provs):
         notes.append(
-            "compile: torch.compile(eager, dynamic=False), compiled afresh for every case after "
-            "torch._dynamo.reset() (inductor's on-disk caches stay as they are); compile_s is its first "
-            "call (compile + one run), excluded from the timings"
+            "compile (and <backend>+compile): torch.compile(eager (or thermokern's op), dynamic=False), "
+            "compiled afresh for every case after torch._dynamo.reset() (inductor's on-disk caches stay "
+            "as they are); compile_s is its first call (compile + one run), excluded from the timings"
         )
     notes.append(
         "GB/s = minimal bytes / median time; fwd: read N*C inputs + write N outputs; "

@@ -31,7 +31,15 @@ import torch.nn.functional as F
 import thermokern
 from thermokern import reference
 
-from ..providers import Fn, Provider, backends, thermokern_provider
+from ..providers import (
+    Fn,
+    Provider,
+    backends,
+    compile_provider,
+    eager_provider,
+    thermokern_compile_provider,
+    thermokern_provider,
+)
 from ..registry import OpSpec, register
 from ._rows import LOGIT_SCALE, logit_dtypes
 
@@ -236,7 +244,12 @@ def head_providers(
     loss without an entropy term), and the matmul floor; with notes."""
     names, notes = backends(device)
     provs = [thermokern_provider(b, thermokern_fn) for b in names]
-    provs.append(Provider("eager", lambda: eager_fn, kind="baseline"))
+    provs += [thermokern_compile_provider(b, thermokern_fn) for b in names]
+    provs += [eager_provider(eager_fn), compile_provider(eager_fn)]
+    notes.append(
+        "<backend>+compile: the head inside torch.compile (its custom ops, [Note: the heads under "
+        "torch.compile]); compile: torch.compile of eager (the logits materialised)"
+    )
     kind = torch.device(device).type
     if peers:
         if _torch_chunked_available():
