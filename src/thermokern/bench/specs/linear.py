@@ -239,17 +239,24 @@ def head_providers(
     *,
     per_row: bool,
     peers: bool,
+    compiled: bool = False,
 ) -> tuple[list[Provider], list[str]]:
     """thermokern's backends, eager, the peers computing the same function (``peers``: the
-    loss without an entropy term), and the matmul floor; with notes."""
+    loss without an entropy term), and the matmul floor; with notes. ``compiled``: also the
+    first backend inside torch.compile and compiled eager (each compiles per case and mode: one
+    op has them, so that a quick GPU run stays short)."""
     names, notes = backends(device)
     provs = [thermokern_provider(b, thermokern_fn) for b in names]
-    provs += [thermokern_compile_provider(b, thermokern_fn) for b in names]
-    provs += [eager_provider(eager_fn), compile_provider(eager_fn)]
-    notes.append(
-        "<backend>+compile: the head inside torch.compile (its custom ops, [Note: the heads under "
-        "torch.compile]); compile: torch.compile of eager (the logits materialised)"
-    )
+    if compiled and names:
+        provs.append(thermokern_compile_provider(names[0], thermokern_fn))
+    provs.append(eager_provider(eager_fn))
+    if compiled:
+        provs.append(compile_provider(eager_fn))
+        notes.append(
+            f"{names[0] if names else '<backend>'}+compile: the head inside torch.compile (its custom "
+            "ops, [Note: the heads under torch.compile]); compile: torch.compile of eager (the logits "
+            "materialised)"
+        )
     kind = torch.device(device).type
     if peers:
         if _torch_chunked_available():
@@ -352,7 +359,9 @@ def _thermokern_ce(entropy_weight: float) -> Callable[[torch.Tensor, str], torch
 
 
 def ce_providers(device: str) -> tuple[list[Provider], list[str]]:
-    provs, notes = head_providers(device, _thermokern_ce(0.0), eager_ce, per_row=False, peers=True)
+    provs, notes = head_providers(
+        device, _thermokern_ce(0.0), eager_ce, per_row=False, peers=True, compiled=True
+    )
     notes.append(
         "beta = 0: the loss every fused head computes (mean over tokens); "
         f"the entropy-regularised loss (beta = {ENTROPY_WEIGHT}) is linear_entropy_regularized_cross_entropy"
