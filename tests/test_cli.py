@@ -72,8 +72,9 @@ def test_tiny_linear_head_benchmark_run():
     # no peer has the entropy term: they are compared at beta = 0 only
     assert {r["provider"] for r in rows if r["op"] == ops[1]} == {"cpu", "eager", "matmuls"}
     # the head inside torch.compile and compiled eager: for the scalar loss only
-    compiled = {"cpu", "cpu+compile", "eager", "compile", "torch_chunked", "matmuls"}
-    assert {r["provider"] for r in rows if r["op"] == ops[0]} == compiled
+    assert {"cpu", "cpu+compile", "eager", "compile", "matmuls"} <= {
+        r["provider"] for r in rows if r["op"] == ops[0]
+    }
     for r in rows:
         assert "error" not in r and r["median_ms"] > 0, r
         if r["provider"] == "matmuls":
