@@ -197,11 +197,8 @@ def _store_row_grad(
 OUTPUT_NONE = tl.constexpr(0)
 OUTPUT_LOSS = tl.constexpr(1)
 OUTPUT_LOGP = tl.constexpr(2)
-_OUTPUTS = {
-    "entropy": OUTPUT_NONE.value,
-    "loss": OUTPUT_LOSS.value,
-    "logp": OUTPUT_LOGP.value,
-}  # by launchers
+# The OUTPUT of each row op, by the name _RowLaunch takes.
+_OUTPUTS = {"entropy": OUTPUT_NONE.value, "loss": OUTPUT_LOSS.value, "logp": OUTPUT_LOGP.value}
 
 
 @triton.jit

@@ -497,6 +497,9 @@ void fwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
         NoBlock{}, [sp](const Va& x, const Va& g, int64_t, const acc_t* z) { return sp.clamp(sp.value(x, g, z)); });
 }
 
+// grad_x = grad_out where lo < v < hi, else 0 (a v on a bound counts as clamped, as in
+// torch.clamp's backward); grad_grad = -eta grad_out where also |grad| < clip. v is
+// recomputed (noise included).
 template <typename scalar_t>
 void bwd(const LangevinArgs& a, int64_t ctr_begin, int64_t ctr_end) {
   using L = Lanes<scalar_t>;
