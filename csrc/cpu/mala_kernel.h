@@ -59,7 +59,7 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
   bool have_words = false;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int64_t base = c * D;
-    const Va vstep(chain_step != nullptr ? chain_step[c * a.chain_step_stride] : step);
+    const Va vstep(chain_value(chain_step, a.chain_step_stride, c, step));
     Va acc0(acc_t(0)), acc1(acc_t(0));
     for (int64_t i = 0; i < D; i += R::kSize) {
       const int64_t cnt = D - i;
@@ -81,7 +81,7 @@ void accept(const MalaArgs& a, int64_t c_begin, int64_t c_end) {
     }
     const acc_t sum =
         at::vec::vec_reduce_all<acc_t>([](Va& p, Va& q) { return p + q; }, acc0 + acc1);
-    const acc_t t_c = chain_temp != nullptr ? chain_temp[c * a.chain_temp_stride] : temperature;
+    const acc_t t_c = chain_value(chain_temp, a.chain_temp_stride, c, temperature);
     const acc_t la = mala_log_alpha<acc_t>(e[c], ep[c], sum, t_c);
     const uint64_t ctr = mala_uniform_counter(a.offset, a.numel, c);
     if (!have_words || ctr != words_ctr) {

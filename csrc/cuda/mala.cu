@@ -29,20 +29,18 @@ namespace thermokern::cuda {
 
 namespace {
 
-constexpr int kMalaWarp = 32;
 constexpr int kMalaMaxThreads = 256;
-constexpr int64_t kMalaMaxBlocks = 1 << 20;  // grid-stride beyond this many chains
 
 template <typename T>
 __device__ __forceinline__ T mala_block_sum(T v) {
-  __shared__ T partial[kMalaMaxThreads / kMalaWarp];
-  for (int mask = kMalaWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
-  const int warp = threadIdx.x / kMalaWarp, lane = threadIdx.x % kMalaWarp;
+  __shared__ T partial[kMalaMaxThreads / kWarp];
+  for (int mask = kWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / kMalaWarp) ? partial[lane] : T(0);
-    for (int mask = kMalaWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
+    v = lane < static_cast<int>(blockDim.x / kWarp) ? partial[lane] : T(0);
+    for (int mask = kWarp / 2; mask > 0; mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, mask);
   }
   __syncthreads();  // partial is reused by the next chain
   return v;         // valid in thread 0
@@ -55,7 +53,7 @@ struct ChainParamView {
   const acc_t* values = nullptr;
   int64_t stride = 0;
   __device__ __forceinline__ acc_t of(int64_t c, acc_t fallback) const {
-    return values != nullptr ? values[c * stride] : fallback;
+    return chain_value(values, stride, c, fallback);
   }
 };
 
@@ -112,9 +110,9 @@ __global__ void mala_accept_kernel(const scalar_t* __restrict__ x,          // (
 void launch(const MalaPlan& p) {
   const c10::cuda::CUDAGuard guard(p.x.device());
   const int64_t D = p.layout.row;
-  int threads = kMalaWarp;
+  int threads = kWarp;
   while (threads < kMalaMaxThreads && threads < D) threads *= 2;
-  const int64_t blocks = std::min<int64_t>(p.layout.chains, kMalaMaxBlocks);
+  const int64_t blocks = std::min<int64_t>(p.layout.chains, kMaxBlocks);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "mala_accept_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -143,15 +141,23 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
                                      int64_t row, ChainParamView<acc_t> step,
                                      ChainParamView<acc_t> temp) {
   for_each_counter<acc_t>(seed_ptr, offset_ptr, numel, true, [&](int64_t c, const Normal4<acc_t>& z) {
+    // The chain's coefficients, formed again only where its four elements cross into the next
+    // chain (a 64-bit division and a double sqrt per chain run, not per element).
+    int64_t chain_end = 0;
+    acc_t neg_eta = 0, sigma = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t e = 4 * c + k;
       if (e >= numel) break;
-      const int64_t chain = e / row;
-      const double eta = static_cast<double>(step.of(chain, acc_t(0)));
-      const double t = static_cast<double>(temp.of(chain, acc_t(0)));
-      const acc_t v = static_cast<acc_t>(x[e]) + static_cast<acc_t>(-eta) * static_cast<acc_t>(grad[e]);
-      out[e] = static_cast<scalar_t>(v + static_cast<acc_t>(sqrt(2.0 * eta * t)) * z.v[k]);
+      if (e >= chain_end) {
+        const int64_t chain = e / row;
+        chain_end = (chain + 1) * row;
+        const double eta = static_cast<double>(step.of(chain, acc_t(0)));
+        neg_eta = static_cast<acc_t>(-eta);
+        sigma = static_cast<acc_t>(sqrt(2.0 * eta * static_cast<double>(temp.of(chain, acc_t(0)))));
+      }
+      const acc_t v = static_cast<acc_t>(x[e]) + neg_eta * static_cast<acc_t>(grad[e]);
+      out[e] = static_cast<scalar_t>(v + sigma * z.v[k]);
     }
   });
 }
@@ -160,7 +166,7 @@ void launch_proposal(const MalaProposalPlan& p) {
   const c10::cuda::CUDAGuard guard(p.x.device());
   constexpr int kThreads = 256;
   const int64_t n_ctr = (p.layout.numel + 3) / 4;
-  const int64_t blocks = std::min<int64_t>((n_ctr + kThreads - 1) / kThreads, kMalaMaxBlocks);
+  const int64_t blocks = std::min<int64_t>((n_ctr + kThreads - 1) / kThreads, kMaxBlocks);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "mala_proposal_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

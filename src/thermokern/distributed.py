@@ -560,10 +560,11 @@ class _DistEntropyCE(torch.autograd.Function):
         ctx.params = (ignore_index,) if logprobs else params
         ctx.name, ctx.logprobs = name, logprobs
         ctx.set_materialize_grads(False)
+        h_out = torch.where(tgt != ignore_index, h, torch.zeros_like(h))
         if not logprobs:
-            ctx.mark_non_differentiable(h)
+            ctx.mark_non_differentiable(h_out)
         out = -loss if logprobs else loss
-        return out.to(acc), torch.where(tgt != ignore_index, h, torch.zeros_like(h))
+        return out.to(acc), h_out
 
     @staticmethod
     @once_differentiable
@@ -697,7 +698,7 @@ class _DistLinearHead(torch.autograd.Function):
         layout = (start, weight.shape[0], total)
         outs, saved = [], []
         # Every rank cuts the same chunks (sized for the widest shard): one collective each.
-        in_place = not learn_t  # as in ops/linear.py: a learnable temperature reads both
+        in_place = not (now and learn_t)  # as in ops/linear.py: T's gradient reads both
         for rows, h, k, logits in head_chunks(hidden, weight, bias, inv_t, max(widths), in_place):
             tgt = target[rows]
             fields = _ce_fields(logits, tgt, k, start, eps, ignore_index, cfg.name)

@@ -29,6 +29,14 @@
 
 namespace thermokern {
 
+// Chain c's value of a per-chain parameter ([Note: per-chain MALA parameters] in
+// csrc/thermokern.cpp): values[c * stride] (stride 0: one value for every chain), or
+// `fallback` when the op got none.
+template <typename T>
+TK_INLINE T chain_value(const T* values, int64_t stride, int64_t c, T fallback) {
+  return values != nullptr ? values[c * stride] : fallback;
+}
+
 // Counters used by one MALA step on `numel` elements in `chains` chains.
 TK_INLINE uint64_t mala_counters(int64_t numel, int64_t chains) {
   return static_cast<uint64_t>((numel + 3) / 4) + static_cast<uint64_t>((chains + 3) / 4);

@@ -97,9 +97,9 @@ inline MalaPlan plan_mala_accept(const at::Tensor& x, const at::Tensor& x_prop,
   p.chain_temp = chain_param(chain_temperature, x, "chain_temperature");
   p.layout = mala_layout(x, seed, offset);
   p.x_new = new_output(x.sizes(), x.options());
-  p.accepted = at::empty({x.size(0)}, x.options().dtype(at::kBool));
-  p.log_alpha = new_output({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));
-  if (x.size(0) == 0) return p;
+  p.accepted = at::empty({p.layout.chains}, x.options().dtype(at::kBool));
+  p.log_alpha = new_output({p.layout.chains}, x.options().dtype(acc_dtype(x.scalar_type())));
+  if (p.layout.chains == 0) return p;
   p.x = x.contiguous();
   p.x_prop = x_prop.contiguous();
   p.grad = grad.contiguous();

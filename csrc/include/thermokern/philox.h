@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "thermokern/common.h"
 
@@ -96,6 +97,10 @@ TK_INLINE float philox_uint_to_uniform_open0(uint32_t v) {
 
 namespace detail {
 
+// The noise maths is written for these two types only (its series lengths, its rounding).
+template <typename T>
+constexpr bool kFloatOrDouble = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
 // The bits of a 4-byte value as another 4-byte type (float <-> uint32_t); memcpy is the
 // defined way on the host and compiles to a register move under nvcc as well.
 template <typename To, typename From>
@@ -110,6 +115,7 @@ TK_INLINE To bit_cast(From v) {
 // --use_fast_math (which makes float '/' and sqrtf approximate on the device).
 template <typename T>
 TK_INLINE T div_rn(T a, T b) {
+  static_assert(kFloatOrDouble<T>, "div_rn: float or double");
 #if defined(__CUDA_ARCH__)
   if constexpr (sizeof(T) == sizeof(float)) return __fdiv_rn(a, b);
 #endif
@@ -118,6 +124,7 @@ TK_INLINE T div_rn(T a, T b) {
 
 template <typename T>
 TK_INLINE T sqrt_rn(T a) {
+  static_assert(kFloatOrDouble<T>, "sqrt_rn: float or double");
   constexpr bool kFloat = sizeof(T) == sizeof(float);
 #if defined(__CUDA_ARCH__)
   if constexpr (kFloat) return __fsqrt_rn(a);
@@ -136,6 +143,7 @@ TK_INLINE T sqrt_rn(T a) {
 //   sin(t) / t = sum_i (-1)^i t^{2i} / (2i + 1)!,  cos(t) = sum_i (-1)^i t^{2i} / (2i)!: kSin, kCos.
 template <typename T>
 struct NoiseSeries {
+  static_assert(detail::kFloatOrDouble<T>, "NoiseSeries: float or double");
   static constexpr bool kDouble = sizeof(T) == sizeof(double);
   static constexpr int kLog = kDouble ? 10 : 5;
   static constexpr int kSin = kDouble ? 8 : 5;

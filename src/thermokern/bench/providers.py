@@ -76,14 +76,9 @@ def thermokern_provider(
 
 
 def thermokern_compile_provider(backend: str, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Provider:
-    """``<backend>+compile``: ``torch.compile`` of ``fn(x, backend)``, thermokern inside a compiled
-    model, compiled afresh for every case (like :func:`compile_provider`)."""
-
-    def make() -> Fn:
-        torch._dynamo.reset()
-        return torch.compile(lambda x: fn(x, backend), dynamic=False)
-
-    return Provider(f"{backend}+compile", make, kind="thermokern", compiled=True)
+    """``<backend>+compile``: :func:`compile_provider` of ``fn(x, backend)``, thermokern inside a
+    compiled model."""
+    return compile_provider(lambda x: fn(x, backend), name=f"{backend}+compile", kind="thermokern")
 
 
 # ============================================================================ PyTorch baselines
@@ -92,14 +87,17 @@ def eager_provider(fn: Fn, *, inplace: bool = False, exact: bool = True) -> Prov
     return Provider("eager", lambda: fn, kind="baseline", inplace=inplace, exact=exact)
 
 
-def compile_provider(fn: Fn, *, inplace: bool = False, exact: bool = True) -> Provider:
-    """``compile``: ``torch.compile(fn, dynamic=False)``, compiled afresh for every case."""
+def compile_provider(
+    fn: Fn, *, inplace: bool = False, exact: bool = True, name: str = "compile", kind: str = "compiled"
+) -> Provider:
+    """``compile`` (or ``name``): ``torch.compile(fn, dynamic=False)``, compiled afresh for
+    every case."""
 
     def make() -> Fn:
         torch._dynamo.reset()  # a fresh compile per case: honest compile times, no recompile limit
         return torch.compile(fn, dynamic=False)
 
-    return Provider("compile", make, kind="compiled", compiled=True, inplace=inplace, exact=exact)
+    return Provider(name, make, kind=kind, compiled=True, inplace=inplace, exact=exact)
 
 
 def standard_providers(

@@ -2,7 +2,8 @@
 proposal ``mala_proposal`` and the kernel declarations.
 
 The schemas of ``mala_accept`` and ``mala_proposal`` are in csrc/thermokern.cpp ([Note: MALA
-acceptance] in csrc/include/thermokern/mala.h, [Note: per-chain MALA parameters] there); the
+acceptance] in csrc/include/thermokern/mala.h, [Note: per-chain MALA parameters] in
+csrc/thermokern.cpp); the
 CPU and CUDA kernels register under them, the Triton launchers are in kernels/mala.py. With one
 step size and temperature for every chain the proposal is :func:`thermokern.langevin_step`'s
 kernel; with one per chain, ``mala_proposal``'s. The energy gradients come from
@@ -333,19 +334,11 @@ def mala_step(
     name = _backend.resolve_backend(backend, x)
     x = x.detach()
     energy, grad = energy_and_grad(energy_fn, x)
-    x_prop = mala_proposal(x, grad, step_size=eta, temperature=t, seed=seed_t, offset=offset_t, backend=name)
+    # Everything is checked above (once: a per-chain tensor's check reads values back on CUDA)
+    # and energy_and_grad gives the energies and gradients in the kernels' dtypes.
+    x_prop = checked_proposal(x, grad, eta, t, seed_t, offset_t, name)
     energy_prop, grad_prop = energy_and_grad(energy_fn, x_prop)
-    x_new, accepted, _ = mala_accept(
-        x,
-        x_prop,
-        grad,
-        grad_prop,
-        energy,
-        energy_prop,
-        step_size=eta,
-        temperature=t,
-        seed=seed_t,
-        offset=offset_t,
-        backend=name,
+    x_new, accepted, _ = checked_accept(
+        x, x_prop, grad, grad_prop, energy, energy_prop, eta, t, seed_t, offset_t, name
     )
     return x_new, accepted

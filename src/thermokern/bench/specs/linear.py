@@ -249,14 +249,14 @@ def head_providers(
     provs = [thermokern_provider(b, thermokern_fn) for b in names]
     if compiled and names:
         provs.append(thermokern_compile_provider(names[0], thermokern_fn))
+        notes.append(
+            f"{names[0]}+compile: the head inside torch.compile (its custom ops, [Note: the heads "
+            "under torch.compile])"
+        )
     provs.append(eager_provider(eager_fn))
     if compiled:
         provs.append(compile_provider(eager_fn))
-        notes.append(
-            f"{names[0] if names else '<backend>'}+compile: the head inside torch.compile (its custom "
-            "ops, [Note: the heads under torch.compile]); compile: torch.compile of eager (the logits "
-            "materialised)"
-        )
+        notes.append("compile: torch.compile of eager (the logits materialised)")
     kind = torch.device(device).type
     if peers:
         if _torch_chunked_available():
