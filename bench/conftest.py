@@ -15,7 +15,7 @@ one (op, provider, shape, dtype, mode) case of the ``thermokern.bench`` registry
 ``benchmark.extra_info`` the effective bandwidth (minimal bytes / median time), the copy
 bandwidth of the same byte count and the percentage of it, the max abs error against float64,
 and the compile time for ``compile``. The row-reduction suites (bench_softmax_entropy.py,
-bench_cross_entropy.py, bench_partition.py) take their parameters from :func:`row_op_cases`,
+bench_cross_entropy.py, bench_token_logprobs.py, bench_partition.py) take their parameters from :func:`row_op_cases`,
 the language-model heads (bench_linear.py) from :func:`linear_op_cases`: (op, provider) x
 shape x dtype x mode, shapes small enough for a CPU run of a few minutes.
 Compare runs with ``--benchmark-autosave`` / ``--benchmark-compare``.

@@ -7,7 +7,7 @@ against float64 and the peak extra memory, and puts the numbers next to a ``dst.
 of the input's size measured in the same run (the practical bandwidth ceiling).
 
 Layout:
-  * ``registry``  :class:`OpSpec`, :data:`OPS`, :func:`register`, shape/dtype parsing;
+  * ``registry``  :class:`OpSpec`, :data:`OPS`, :func:`register`, :func:`forward_spec`, shape/dtype parsing;
   * ``providers`` :class:`Provider`; thermokern backends, eager, ``torch.compile`` and peer
                   (Liger, quack) adapters;
   * ``specs/``    one module per op (baseline, providers, shapes, dtypes, reference, registration);

@@ -153,6 +153,17 @@ class OpSpec:
         return self.shape_dims is None or len(shape) == len(self.shape_dims)
 
 
+def forward_spec(
+    name, providers, make_input, reference_chunks, min_bytes, shapes, dtypes, params, **fields
+) -> OpSpec:
+    """The OpSpec of an op timed forward only, with no upstream gradient (a sampler update, a
+    whole sampling run); ``fields`` sets the rest (``elementwise``, ``has_reference``)."""
+    no_grad = lambda x, gen: None
+    # OpSpec's fields in their order, up to ``modes``
+    spec = (name, providers, make_input, no_grad, min_bytes, tensor_bytes, reference_chunks, shapes, dtypes)
+    return OpSpec(*spec, params, ("fwd",), **fields)
+
+
 OPS: dict[str, OpSpec] = {}
 """Every benchmarked op by name, in the order ``thermokern bench`` runs them."""
 

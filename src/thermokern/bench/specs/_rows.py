@@ -1,6 +1,7 @@
-"""Helpers shared by the row-reduction specs (softmax_entropy, cross entropy, logsumexp,
-thermo_stats): LM-like logits, a per-row upstream gradient, the minimal bytes of a row
-reduction, the float64 reference in row chunks, and the default shapes and dtypes."""
+"""Helpers shared by the row-reduction specs (softmax_entropy, cross entropy, token_logprobs,
+logsumexp, thermo_stats): LM-like logits (with targets for the ops that take them), a per-row
+upstream gradient, the minimal bytes of a row reduction, the float64 reference in row chunks,
+and the default shapes and dtypes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..providers import Provider, standard_providers
 from ..registry import OpSpec, tensor_bytes
 
 LOGIT_SCALE = 2.0  # logits ~ N(0, 2^2): peaked enough to resemble LM logits, no underflow issues
@@ -18,6 +20,29 @@ def logits(shape, dtype, device, gen) -> torch.Tensor:
     """``randn(shape) * LOGIT_SCALE`` in ``dtype`` (drawn in float32)."""
     x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * LOGIT_SCALE
     return x.to(dtype)
+
+
+_TARGETS: dict[tuple, torch.Tensor] = {}  # (shape, device) -> targets, made with the logits
+
+
+def target(x: torch.Tensor) -> torch.Tensor:
+    """The targets drawn with the logits ``x`` by :func:`targeted_logits` (by shape and device)."""
+    return _TARGETS[(tuple(x.shape), str(x.device))]
+
+
+def targeted_logits(shape, dtype, device, gen) -> torch.Tensor:
+    """LM-like :func:`logits`; their uniformly random targets are kept aside for :func:`target`."""
+    x = logits(shape, dtype, device, gen)
+    n_rows = math.prod(shape[:-1])
+    t = torch.randint(0, shape[-1], (n_rows,), generator=gen, device=device).reshape(shape[:-1])
+    _TARGETS[(tuple(x.shape), str(x.device))] = t
+    return x
+
+
+def acc_row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """An upstream gradient ~ N(0, 1) per row, in float32 (for the ops whose per-row output is
+    float32 whatever the logits' dtype: the losses and log-probs)."""
+    return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32)
 
 
 def row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -104,4 +129,23 @@ def row_spec(name: str, providers, reference_chunks, default_shapes, params: dic
         default_shapes=default_shapes,
         params=params,
         **(base | fields),
+    )
+
+
+def targeted_spec(name: str, thermokern_fn, eager, reference_fn, shapes, params: dict, note: str) -> OpSpec:
+    """The OpSpec of a row op with a target per row (cross entropy, token log-probs): logits
+    from :func:`targeted_logits`, a float32 per-row output; providers from
+    ``thermokern_fn(x, backend)`` and ``eager(x)`` (both read :func:`target`); the float64
+    reference ``reference_fn(chunk, targets) -> (r,)``; ``note`` on the peers."""
+
+    def providers(device: str) -> tuple[list[Provider], list[str]]:
+        provs, notes = standard_providers(device, thermokern_fn, eager)
+        return provs, [*notes, note]
+
+    def reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
+        t = target(x).reshape(-1)
+        return row_reference_chunks(x, grad, mode, lambda chunk, rows: reference_fn(chunk, t[rows]))
+
+    return row_spec(
+        name, providers, reference_chunks, shapes, params, make_input=targeted_logits, make_grad=acc_row_grad
     )

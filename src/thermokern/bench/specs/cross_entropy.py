@@ -3,38 +3,15 @@ the softmax entropy, with uniformly random targets."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 import thermokern
 from thermokern import reference
 
-from ..providers import Provider, standard_providers
 from ..registry import register
-from ._rows import logits, row_reference_chunks, row_spec
+from ._rows import target, targeted_spec
 
 ENTROPY_WEIGHT = 0.1
-_TARGETS: dict[tuple, torch.Tensor] = {}  # (shape, device) -> targets, made with the input
-
-
-def target(x: torch.Tensor) -> torch.Tensor:
-    """The targets drawn with the input ``x`` (by shape and device)."""
-    return _TARGETS[(tuple(x.shape), str(x.device))]
-
-
-def make_input(shape, dtype, device, gen) -> torch.Tensor:
-    """LM-like logits; their uniformly random targets are kept aside for :func:`target`."""
-    x = logits(shape, dtype, device, gen)
-    n_rows = math.prod(shape[:-1])
-    t = torch.randint(0, shape[-1], (n_rows,), generator=gen, device=device).reshape(shape[:-1])
-    _TARGETS[(tuple(x.shape), str(x.device))] = t
-    return x
-
-
-def make_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """An upstream gradient ~ N(0, 1) per row, in float32 (the loss is float32)."""
-    return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32)
 
 
 def eager(x: torch.Tensor) -> torch.Tensor:
@@ -52,22 +29,10 @@ def _thermokern(x: torch.Tensor, backend: str) -> torch.Tensor:
     )
 
 
-def providers(device: str) -> tuple[list[Provider], list[str]]:
-    provs, notes = standard_providers(device, _thermokern, eager)
-    notes.append("liger/quack: no entropy-regularised cross-entropy to compare with")
-    return provs, notes
-
-
-def reference_chunks(x: torch.Tensor, grad: torch.Tensor | None, mode: str):
-    """float64 loss (``fwd``) or gradient (``fwd+bwd``) by the reference implementation."""
-    t = target(x).reshape(-1)
-
-    def fn(chunk: torch.Tensor, rows: slice) -> torch.Tensor:
-        return reference.entropy_regularized_cross_entropy(
-            chunk, t[rows], entropy_weight=ENTROPY_WEIGHT, reduction="none"
-        )
-
-    return row_reference_chunks(x, grad, mode, fn)
+def _reference(chunk: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return reference.entropy_regularized_cross_entropy(
+        chunk, t, entropy_weight=ENTROPY_WEIGHT, reduction="none"
+    )
 
 
 def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
@@ -77,13 +42,13 @@ def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
 
 
 SPEC = register(
-    row_spec(
+    targeted_spec(
         "entropy_regularized_cross_entropy",
-        providers,
-        reference_chunks,
+        _thermokern,
+        eager,
+        _reference,
         shapes,
         {"entropy_weight": ENTROPY_WEIGHT, "reduction": "none", "target": "uniform random"},
-        make_input=make_input,
-        make_grad=make_grad,
+        "liger/quack: no entropy-regularised cross-entropy to compare with",
     )
 )

@@ -15,7 +15,7 @@ import torch
 from thermokern import sampling
 
 from ..providers import Fn, Provider
-from ..registry import OpSpec, register, tensor_bytes
+from ..registry import OpSpec, forward_spec, register, tensor_bytes
 
 N_STEPS = 64
 STEP_SIZE = 1.0
@@ -106,18 +106,15 @@ def sampler_spec(name, providers, make_input, shapes, updates, params) -> OpSpec
     float64 reference (samplers are random); ``updates`` x 3 passes over the chains (read x and
     the gradient, write x) is the minimal traffic the GB/s column counts."""
     return register(
-        OpSpec(
-            name=name,
-            providers=providers,
-            make_input=make_input,
-            make_grad=lambda x, gen: None,
-            min_bytes=lambda shape, dtype, mode: updates * 3 * tensor_bytes(shape, dtype),
-            input_bytes=tensor_bytes,
-            reference_chunks=lambda x, grad, mode: iter(()),
-            default_shapes=shapes,
-            default_dtypes=lambda device, quick: [torch.float32],
-            params=params,
-            modes=("fwd",),
+        forward_spec(
+            name,
+            providers,
+            make_input,
+            lambda x, grad, mode: iter(()),
+            lambda shape, dtype, mode: updates * 3 * tensor_bytes(shape, dtype),
+            shapes,
+            lambda device, quick: [torch.float32],
+            params,
             has_reference=False,
         )
     )

@@ -11,7 +11,7 @@ import thermokern
 from thermokern import reference
 
 from ..providers import Provider, backends, compile_provider, eager_provider, thermokern_provider
-from ..registry import OpSpec, register, tensor_bytes
+from ..registry import forward_spec, register, tensor_bytes
 
 STEP_SIZE = 0.01
 SIGMA = math.sqrt(2.0 * STEP_SIZE)  # T = 1
@@ -116,17 +116,15 @@ def dtypes(device: str, quick: bool) -> list[torch.dtype]:
 
 
 SPEC = register(
-    OpSpec(
-        name="langevin_step",
-        providers=providers,
-        make_input=make_input,
-        make_grad=lambda x, gen: None,
-        min_bytes=min_bytes,
-        input_bytes=tensor_bytes,
-        reference_chunks=reference_chunks,
-        default_shapes=shapes,
-        default_dtypes=dtypes,
-        params={
+    forward_spec(
+        "langevin_step",
+        providers,
+        make_input,
+        reference_chunks,
+        min_bytes,
+        shapes,
+        dtypes,
+        {
             "step_size": STEP_SIZE,
             "noise": f"sqrt(2 * step_size) = {SIGMA:.4f}",
             "clamp": list(CLAMP),
@@ -135,7 +133,6 @@ SPEC = register(
             "x": "U(-1, 1)",
             "grad": "randn",
         },
-        modes=("fwd",),
         elementwise=True,
     )
 )
