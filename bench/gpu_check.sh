@@ -2,7 +2,7 @@
 # GPU check for thermokern on a machine with an NVIDIA GPU and its own PyTorch (no venv made).
 #
 #   bash bench/gpu_check.sh                                    # call 1 of a lease
-#   GPU_CHECK_STEPS="memcheck racecheck bench_full" bash bench/gpu_check.sh   # call 2
+#   GPU_CHECK_STEPS="memcheck racecheck sgld bench_full" bash bench/gpu_check.sh   # call 2
 #   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh               # rehearsal on a CPU machine
 #
 # Steps (run in the order of GPU_CHECK_STEPS; each under `timeout`, later steps run even when
@@ -17,6 +17,8 @@
 #   racecheck   compute-sanitizer --tool racecheck on a reduced bench/sanitize_cases.py set
 #   bench       thermokern bench --quick --json/--plot into $OUT
 #   bench_full  thermokern bench at the full shapes (GPU_CHECK_BENCH_ARGS adds flags)
+#   sgld        python bench/bench_optim.py: the SGLD optimizer step against the loop, foreach
+#               and compile (a multi-tensor op outside `thermokern bench`; ratios to the log)
 # pytest and the benchmark are stopped with SIGINT at their limit, so that pytest prints its
 # summary (and writes the junit XML) and the benchmark's JSON keeps what it measured.
 # Triton and Inductor compile caches live in build/ (ignored, kept between calls on a warm
@@ -236,6 +238,7 @@ bench() {  # bench EXTRA_ARGS...
 }
 step_bench() { bench --quick; }
 step_bench_full() { bench; }
+step_sgld() { "$PY" bench/bench_optim.py 10; }
 
 # thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
 # triton paths through a one-rank group; several GPUs test the real merge).
@@ -248,15 +251,15 @@ step_distributed() {
 }
 
 export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck \
-    step_bench step_bench_full sanitize bench
+    step_bench step_bench_full step_sgld sanitize bench
 
 # name -> cap (s), reserve for later steps (s), signal at the limit
 declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
-                [bench]=240 [bench_full]=420)
+                [bench]=240 [bench_full]=420 [sgld]=120)
 declare -A RESERVE=([info]=0 [build]=120 [tests]=70 [distributed]=0 [memcheck]=60 [racecheck]=0
-                    [bench]=30 [bench_full]=0)
+                    [bench]=30 [bench_full]=0 [sgld]=0)
 declare -A SIG=([info]=TERM [build]=TERM [tests]=INT [distributed]=TERM [memcheck]=TERM
-                [racecheck]=TERM [bench]=INT [bench_full]=INT)
+                [racecheck]=TERM [bench]=INT [bench_full]=INT [sgld]=TERM)
 
 echo "thermokern gpu_check $(date -Is) in $ROOT on $DEVICE; steps: $STEPS; budget ${BUDGET_S}s; log: $LOG"
 for step in $STEPS; do
