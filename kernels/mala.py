@@ -5,8 +5,8 @@ A program owns BLOCK_N chains (rows of a contiguous (chains, D) view) and walks 
 elements in (BLOCK_N, BLOCK_D) tiles: the first sweep accumulates, per chain,
 ``S = sum (2 (x - x') + eta (g' - g)) (g + g')``; then ``log alpha = -((E' - E) + S / 4) / T``,
 the chain's uniform (word ``c % 4`` of ``tl.randint4x(seed, offset + ceil(numel / 4) + c // 4)``,
-after the proposal's counters) and the decision ``log u <= log alpha``; the second sweep writes
-x' or x into x_new. See [Note: MALA acceptance] in csrc/include/thermokern/mala.h; log u is
+after the proposal's counters) and the decision ``log u <= log alpha``; the second sweep copies
+x' or x (only that one is read) into x_new. See [Note: MALA acceptance] in csrc/include/thermokern/mala.h; log u is
 ``-1/2`` times the same ``-2 ln u`` series as the Langevin noise (kernels/langevin.py), so
 every backend sees the same uniforms. BLOCK_N is 1 for long chains (one program per chain)
 and grows for short ones (2-D toy samples), so that a program still has work for its lanes.
@@ -87,12 +87,10 @@ def _mala_accept_kernel(
     ok = log_u <= la  # a NaN log alpha rejects
     tl.store(log_alpha_ptr + c, la, mask=cmask)
     tl.store(accepted_ptr + c, ok, mask=cmask)
+    src = tl.where(ok[:, None], xp_ptr + rows, x_ptr + rows)  # each chain reads only what it writes
     for d0 in range(0, D, BLOCK_D):
         m = cmask[:, None] & (d0 + cols < D)
-        offs = rows + d0 + cols
-        x = tl.load(x_ptr + offs, mask=m, other=0.0)
-        xp = tl.load(xp_ptr + offs, mask=m, other=0.0)
-        tl.store(out_ptr + offs, tl.where(ok[:, None], xp, x), mask=m)
+        tl.store(out_ptr + rows + d0 + cols, tl.load(src + d0 + cols, mask=m), mask=m)
 
 
 def _blocks(D: int) -> tuple[int, int, int]:

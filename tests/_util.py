@@ -126,6 +126,30 @@ def compile_sm90(
     )
 
 
+def spill_bytes(compiled) -> int | None:
+    """Bytes of register spill stores of a kernel from :func:`compile_sm90`, by Triton's own
+    ptxas (``None`` when this Triton has none)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(compiled.asm["ptx"])
+        r = subprocess.run(
+            [ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    return int(re.search(r"(\d+) bytes spill stores", r.stdout + r.stderr).group(1))
+
+
 def triton_randint4x(seed: int, offset: int, n: int) -> torch.Tensor:
     """Triton's own ``tl.randint4x(seed, offset + i)`` for i < n (a Python int seed, as users
     call it), run through a kernel on CPU tensors: an (n, 4) int64 tensor of the uint32 words."""

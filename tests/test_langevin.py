@@ -648,7 +648,7 @@ def test_tolerance_table_covers_dtypes():
 
 _PTX_CHECK = r"""
 import triton.language as tl
-from _util import compile_sm90, sm90_dtypes
+from _util import compile_sm90, sm90_dtypes, spill_bytes
 from thermokern.kernels import langevin as tk
 
 common = {"seed_ptr": "*i64", "offset_ptr": "*i64", "n": "i64", "step_bits": "i64", "sigma_bits": "i64",
@@ -658,9 +658,11 @@ for backward in (False, True):
     for ty, _, acc in sm90_dtypes():
         types = {p: ty for p in ("grad_out_ptr", "x_ptr", "grad_ptr", "out_ptr", "grad_grad_ptr")} | common
         consts = {"HAS_NOISE": True, "HAS_CLIP": True, "HAS_LO": True, "HAS_HI": True, "BACKWARD": backward,
-                  "ACC": acc, "BLOCK_C": 256}
+                  "ACC": acc, "BLOCK_C": tk._block_c()[0]}
         assert set(types) | set(consts) == set(kernel.arg_names), kernel.arg_names  # every parameter typed here
-        ptx = compile_sm90(kernel, consts, types).asm["ptx"]
+        k = compile_sm90(kernel, consts, types, num_warps=tk._block_c()[1])
+        assert not spill_bytes(k), (ty, backward)
+        ptx = k.asm["ptx"]
         assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty
         assert "sqrt.rn" in ptx, ty
         assert ("div.rn.f32" if acc == tl.float32 else "div.rn.f64") in ptx, ty
@@ -672,30 +674,38 @@ print("ok")
 def test_triton_kernels_compile_for_sm90():
     """The Triton kernels lower to PTX for sm_90 without a GPU (a subprocess: the interpreter
     is on here), with correctly rounded division and square root and no approximate
-    log/sin/cos instructions (which would break the 1e-6 agreement of the normals)."""
+    log/sin/cos instructions (which would break the 1e-6 agreement of the normals), and
+    without register spills at their launch tile."""
     run_offline_triton_compile(_PTX_CHECK)
 
 
 _PTX_CHECK_MALA_SGLD = r"""
 import triton.language as tl
-from _util import compile_sm90, sm90_dtypes
+from _util import compile_sm90, sm90_dtypes, spill_bytes
 from thermokern.kernels import mala, sgld
 
+block_c, warps_c = mala._block_c()
 for ty, acc_ty, acc in sm90_dtypes():
     for per_chain in (False, True):
-        consts = {"ACC": acc, "BLOCK_N": 32, "BLOCK_D": 64, "HAS_CHAIN_STEP": per_chain,
-                  "HAS_CHAIN_TEMP": per_chain, "CHAIN_STEP_STRIDE": 1, "CHAIN_TEMP_STRIDE": 0}
-        types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1",
-                 "seed_ptr": "*i64", "offset_ptr": "*i64", "chain_step_ptr": acc_ty, "chain_temp_ptr": acc_ty}
-        compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty)
-    consts = {"ACC": acc, "BLOCK_C": 256, "STEP_STRIDE": 1, "TEMP_STRIDE": 0}
+        for d in (4096, 2):  # long chains (one per program) and 2-D toy samples (many per program)
+            block_n, block_d, warps = mala._blocks(d)
+            consts = {"ACC": acc, "BLOCK_N": block_n, "BLOCK_D": block_d, "HAS_CHAIN_STEP": per_chain,
+                      "HAS_CHAIN_TEMP": per_chain, "CHAIN_STEP_STRIDE": 1, "CHAIN_TEMP_STRIDE": 0}
+            types = {"e_ptr": acc_ty, "ep_ptr": acc_ty, "log_alpha_ptr": acc_ty, "accepted_ptr": "*i1",
+                     "seed_ptr": "*i64", "offset_ptr": "*i64", "chain_step_ptr": acc_ty, "chain_temp_ptr": acc_ty}
+            k = compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty, num_warps=warps)
+            assert not spill_bytes(k), ("mala_accept", ty, per_chain, d)
+    consts = {"ACC": acc, "BLOCK_C": block_c, "STEP_STRIDE": 1, "TEMP_STRIDE": 0}
     types = {"seed_ptr": "*i64", "offset_ptr": "*i64", "step_ptr": acc_ty, "temp_ptr": acc_ty}
-    ptx = compile_sm90(mala._mala_proposal_kernel, consts, types, ptr=ty).asm["ptx"]
+    k = compile_sm90(mala._mala_proposal_kernel, consts, types, ptr=ty, num_warps=warps_c)
+    assert not spill_bytes(k), ("mala_proposal", ty)
+    ptx = k.asm["ptx"]
     assert "sqrt.approx" not in ptx and "lg2.approx" not in ptx, ty
+block_c, warps_c = sgld._block_c(1 << 20)
 for dtype in (tl.float32, tl.bfloat16, tl.float64):
-    consts = {"DTYPE": dtype, "HAS_NOISE": True, "HAS_WD": True, "BLOCK_C": 256,
+    consts = {"DTYPE": dtype, "HAS_NOISE": True, "HAS_WD": True, "BLOCK_C": block_c,
               "ACC": tl.float64 if dtype == tl.float64 else tl.float32}
-    compile_sm90(sgld._sgld_step_kernel, consts)
+    assert not spill_bytes(compile_sm90(sgld._sgld_step_kernel, consts, num_warps=warps_c)), ("sgld", dtype)
 print("ok")
 """
 
@@ -704,5 +714,5 @@ print("ok")
 def test_triton_mala_sgld_kernels_compile_for_sm90():
     """The MALA accept (with and without per-chain parameters), MALA proposal and SGLD
     multi-tensor kernels lower to sm_90 code without a GPU (the proposal's noise without
-    approximate square roots or logarithms)."""
+    approximate square roots or logarithms), without register spills at their launch tiles."""
     run_offline_triton_compile(_PTX_CHECK_MALA_SGLD)

@@ -489,13 +489,11 @@ def test_cpu_every_isa(cpu_isa):
 
 
 _PTX_CHECK = r"""
-import os, re, subprocess, tempfile
 import torch
 import triton, triton.language as tl
-from _util import compile_sm90, sm90_dtypes
+from _util import compile_sm90, sm90_dtypes, spill_bytes
 from thermokern.kernels import partition as tk
 
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 spills = []
 for (ty, acc_ty, acc), dtype in zip(sm90_dtypes(), (torch.float32, torch.bfloat16, torch.float64), strict=True):
     # The launch configurations on a GPU: large R and I, tiles of _cols_tile elements.
@@ -524,16 +522,9 @@ for (ty, acc_ty, acc), dtype in zip(sm90_dtypes(), (torch.float32, torch.bfloat1
                 consts = consts | flags
                 types = {"x_ptr": ty, "w_ptr": ty, "mask_ptr": "*u8"} | ptrs
                 k = compile_sm90(kernel, consts, types, ptr=idx, scalar=idx, num_warps=warps)
-                if "cols" in kernel.fn.__name__ and os.path.exists(ptxas):
-                    with tempfile.TemporaryDirectory() as d:
-                        src = os.path.join(d, "k.ptx")
-                        with open(src, "w") as f:
-                            f.write(k.asm["ptx"])
-                        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
-                                           capture_output=True, text=True, check=True)
-                    n = int(re.search(r"(\d+) bytes spill stores", r.stdout + r.stderr).group(1))
-                    if n:
-                        spills.append(f"{kernel.fn.__name__} {ty} extras={extras} sizes {idx}: {n} bytes")
+                n = spill_bytes(k)
+                if n:
+                    spills.append(f"{kernel.fn.__name__} {ty} extras={extras} sizes {idx}: {n} bytes")
 # The tiles are sized for the Triton this project builds with (3.8); Triton 3.6 (the GPU image's)
 # spills in the forward column kernel with a weight and a mask: reported, tuned on a GPU.
 if spills and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
@@ -548,8 +539,8 @@ print("ok")
 def test_triton_partition_kernels_compile_for_sm90():
     """The partition kernels (strided weight and mask, moments, both layouts, fwd and bwd) lower
     to sm_90 code without a GPU: the interpreter runs them here, but does not type-check them
-    as the compiler does. The column kernels, at the tiles they launch with, must not spill
-    registers (int64 offset tiles once took all 255 and spilled)."""
+    as the compiler does. At the tiles they launch with they must not spill registers (the
+    column kernels' int64 offset tiles once took all 255 and spilled)."""
     run_offline_triton_compile(_PTX_CHECK)
 
 

@@ -324,24 +324,28 @@ def test_triton_launches_on_the_tensors_device():
 
 
 _PTX_CHECK = r"""
-from _util import compile_sm90, sm90_dtypes
-from thermokern.kernels._common import OUTPUT_LOSS, OUTPUT_NONE, _row_bwd_kernel, _row_fwd_kernel
+from _util import compile_sm90, sm90_dtypes, spill_bytes
+from thermokern.kernels._common import OUTPUT_LOGP, OUTPUT_LOSS, OUTPUT_NONE, _block_and_warps, _row_bwd_kernel, _row_fwd_kernel
 
 none = {"OUTPUT": OUTPUT_NONE.value, "HAS_SMOOTHING": False, "HAS_ENTROPY": False, "HAS_Z_LOSS": False}
 loss = {"OUTPUT": OUTPUT_LOSS.value, "HAS_SMOOTHING": True, "HAS_ENTROPY": True, "HAS_Z_LOSS": True}
+logp = {"OUTPUT": OUTPUT_LOGP.value, "HAS_SMOOTHING": False, "HAS_ENTROPY": False, "HAS_Z_LOSS": False}
+block, warps = _block_and_warps(131072)  # the launch of a long row on a GPU
 for ty, acc_ty, acc in sm90_dtypes():
     types = {"x_ptr": ty, "grad_x_ptr": ty, "target_ptr": "*i64"}
-    for flags in (none, loss):
-        consts = flags | {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": 4096}
-        compile_sm90(_row_fwd_kernel, consts, types, ptr=acc_ty)
-        bwd = consts | {"HAS_ENTROPY_GRAD": False, "HAS_W1": True}
-        compile_sm90(_row_bwd_kernel, bwd, types, ptr=acc_ty)
+    for flags in (none, loss, logp):
+        consts = flags | {"INV_T_STRIDE": 1, "ACC": acc, "BLOCK_C": block}
+        bwd = consts | {"HAS_ENTROPY_GRAD": flags is logp, "HAS_W1": True}
+        for kernel, c in ((_row_fwd_kernel, consts), (_row_bwd_kernel, bwd)):
+            n = spill_bytes(compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps))
+            assert not n, f"{kernel.fn.__name__} {ty} {flags}: {n} bytes of register spills"
 print("ok")
 """
 
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton")
 def test_triton_entropy_kernels_compile_for_sm90():
-    """The entropy and cross-entropy kernels lower to sm_90 code without a GPU (the interpreter
-    runs them here but does not type-check them as the compiler does)."""
+    """The row kernels (entropy, cross-entropy, token log-probs) lower to sm_90 code without a
+    GPU (the interpreter runs them here but does not type-check them as the compiler does),
+    without register spills at the tile they launch with."""
     run_offline_triton_compile(_PTX_CHECK)
