@@ -3,11 +3,5 @@
 #if defined(__x86_64__)
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "../cross_entropy_kernel.h"
-#include "../langevin_kernel.h"
-#include "../mala_kernel.h"
-#include "../partition_kernel.h"
-#include "../sgld_kernel.h"
-#include "../softmax_entropy_kernel.h"
-#include "../token_logprobs_kernel.h"
+#include "kernels.h"
 #endif
