@@ -318,17 +318,8 @@ def langevin_noise_std(step_size: float, temperature: float = 1.0, noise_scale: 
 
 
 def langevin_step(
-    x: torch.Tensor,
-    grad: torch.Tensor,
-    *,
-    step_size: float,
-    temperature: float = 1.0,
-    noise_scale: float | None = None,
-    grad_clip: float | None = None,
-    clamp: tuple[float | None, float | None] | None = None,
-    seed,
-    offset=0,
-) -> torch.Tensor:
+    x, grad, *, step_size, temperature=1.0, noise_scale=None, grad_clip=None, clamp=None, seed, offset=0
+):
     """x - step_size * clip(grad) + sigma * n, clamped, in the accumulation dtype (float32 for
     16-bit inputs), returned in x's dtype; n from :func:`langevin_noise` (a constant for
     autograd). Differentiable by PyTorch's autograd, with the gradient passing the clamp only
@@ -375,18 +366,8 @@ def mala_uniform(chains: int, numel: int, seed, offset=0, device=None) -> torch.
 
 
 def mala_accept(
-    x: torch.Tensor,
-    x_prop: torch.Tensor,
-    grad: torch.Tensor,
-    grad_prop: torch.Tensor,
-    energy: torch.Tensor,
-    energy_prop: torch.Tensor,
-    *,
-    step_size: float | torch.Tensor,
-    temperature: float | torch.Tensor = 1.0,
-    seed,
-    offset=0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, x_prop, grad, grad_prop, energy, energy_prop, *, step_size, temperature=1.0, seed, offset=0
+):
     """(x_new, accepted, log_alpha) of a MALA step, by the textbook formula in float64:
     log alpha = -(E' - E) / T + log q(x | x') - log q(x' | x) with
     log q(a | b) = -|a - b + eta grad E(b)|^2 / (4 eta T) over each chain's elements (dim 0
