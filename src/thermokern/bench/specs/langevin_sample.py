@@ -105,19 +105,13 @@ def sampler_spec(name, providers, make_input, shapes, updates, params) -> OpSpec
     """Register a whole sampling run (shared with the ``ais`` spec): forward only, float32, no
     float64 reference (samplers are random); ``updates`` x 3 passes over the chains (read x and
     the gradient, write x) is the minimal traffic the GB/s column counts."""
-    return register(
-        forward_spec(
-            name,
-            providers,
-            make_input,
-            lambda x, grad, mode: iter(()),
-            lambda shape, dtype, mode: updates * 3 * tensor_bytes(shape, dtype),
-            shapes,
-            lambda device, quick: [torch.float32],
-            params,
-            has_reference=False,
-        )
+    no_reference = lambda x, grad, mode: iter(())
+    min_bytes = lambda shape, dtype, mode: updates * 3 * tensor_bytes(shape, dtype)
+    float32 = lambda device, quick: [torch.float32]
+    spec = forward_spec(
+        name, providers, make_input, no_reference, min_bytes, shapes, float32, params, has_reference=False
     )
+    return register(spec)
 
 
 SPEC = sampler_spec(
