@@ -42,8 +42,10 @@
 #   GPU_CHECK_PYTEST_K     pytest -k expression (default "cuda or gpu or triton")
 #   GPU_CHECK_PYTEST_ARGS  extra pytest arguments (e.g. "--lf" or a test id)
 #   GPU_CHECK_WORKERS      pytest-xdist workers (default 12)
-#   GPU_CHECK_BENCH_ARGS   extra `thermokern bench` arguments (e.g. "--dtype bfloat16
-#                          --shape 16384x131072")
+#   GPU_CHECK_BENCH_ARGS   extra `thermokern bench` arguments; a --shape applies to every op
+#                          it fits, so name the ops too, e.g. "--dtype bfloat16 --shape
+#                          16384x131072 --op softmax_entropy --op entropy_regularized_cross_entropy
+#                          --op token_logprobs --op logsumexp --op langevin_step"
 #   GPU_CHECK_DEVICE       cuda (default) or cpu: rehearse the steps on a machine without a GPU
 #                          (no sanitizer; sanitize_cases and the benchmark on CPU tensors)
 
@@ -236,17 +238,19 @@ bench() {  # bench EXTRA_ARGS...
     "$PY" -m thermokern.cli bench --device "$DEVICE" "$@" ${GPU_CHECK_BENCH_ARGS:-} \
         --json "$OUT/${dev}-${stamp}.json" --plot "$OUT/${dev}-${stamp}.png"
 }
-# The quick benchmark runs the ops with GPU targets (the lease issue's) first, so that a run cut
-# at its limit still has them; then every other registered op.
+# The benchmark runs the ops with GPU targets (the lease issue's) first, so that a run cut at its
+# limit still has them, then every other registered op; GPU_CHECK_BENCH_ARGS with --op picks
+# the ops itself.
 TARGET_OPS="softmax_entropy entropy_regularized_cross_entropy logsumexp langevin_step"
-step_bench() {
-    local op ops=()
+ordered_ops() {
+    local op seen=" "
+    [[ " ${GPU_CHECK_BENCH_ARGS:-} " == *" --op"* ]] && return 0
     for op in $TARGET_OPS $("$PY" -c 'from thermokern import bench; print(*bench.OPS)'); do
-        [[ " ${ops[*]} " == *" --op=$op "* ]] || ops+=("--op=$op")
+        [[ "$seen" == *" $op "* ]] || { seen+="$op "; echo "--op=$op"; }
     done
-    bench --quick "${ops[@]}"
 }
-step_bench_full() { bench; }
+step_bench() { bench --quick $(ordered_ops); }
+step_bench_full() { bench $(ordered_ops); }
 step_sgld() { "$PY" bench/bench_optim.py 10; }
 
 # thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
@@ -261,7 +265,7 @@ step_distributed() {
 
 export TARGET_OPS
 export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck \
-    step_bench step_bench_full step_sgld sanitize bench
+    step_bench step_bench_full step_sgld sanitize bench ordered_ops
 
 # name -> cap (s), reserve for later steps (s), signal at the limit
 declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
