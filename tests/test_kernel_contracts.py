@@ -35,10 +35,10 @@ def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-def _rows(dtype: torch.dtype, temperatures: int):
-    """Logits of 6 rows of 37 classes, their targets (row 1 ignored, index -100) and
+def _rows(dtype: torch.dtype, temperatures: int, c: int = 37):
+    """Logits of 6 rows of ``c`` >= 37 classes, their targets (row 1 ignored, index -100) and
     ``temperatures`` (1 or 6) inverse temperatures."""
-    x = _logits(6, 37, dtype)
+    x = _logits(6, c, dtype)
     target = torch.tensor([3, -100, 0, 36, 5, 1])
     inv_t = torch.rand(temperatures, dtype=acc_dtype(dtype)) + 0.5
     return x, target, inv_t
@@ -61,8 +61,8 @@ def _check_fwd(fwd, backend, args, inv_t, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_softmax_entropy_kernels(backend, dtype):
-    x, _, inv_t = _rows(dtype, 6)
+def test_softmax_entropy_kernels(backend, dtype, c=37):
+    x, _, inv_t = _rows(dtype, 6, c)
     got = _check_fwd(softmax_entropy_fwd, backend, (x, inv_t), inv_t, dtype)
     g = torch.randn(6, dtype=acc_dtype(dtype))
     gx = softmax_entropy_bwd(backend, g, x, inv_t, *got)
@@ -71,8 +71,8 @@ def test_softmax_entropy_kernels(backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_cross_entropy_kernels(backend, dtype):
-    x, target, inv_t = _rows(dtype, 1)
+def test_cross_entropy_kernels(backend, dtype, c=37):
+    x, target, inv_t = _rows(dtype, 1, c)
     params = (0.3, 0.1, -100, 1e-3)  # entropy_weight, label_smoothing, ignore_index, z_loss_weight
     got = _check_fwd(cross_entropy_fwd, backend, (x, target, inv_t, *params), inv_t, dtype)
     g = torch.randn(6, dtype=acc_dtype(dtype))
@@ -84,8 +84,8 @@ def test_cross_entropy_kernels(backend, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_token_logprobs_kernels(backend, dtype):
-    x, target, inv_t = _rows(dtype, 6)
+def test_token_logprobs_kernels(backend, dtype, c=37):
+    x, target, inv_t = _rows(dtype, 6, c)
     got = _check_fwd(token_logprobs_fwd, backend, (x, target, inv_t, -100), inv_t, dtype)
     gl, gh = torch.randn(6, dtype=acc_dtype(dtype)), torch.randn(6, dtype=acc_dtype(dtype))
     for g_h in (gh, None):
@@ -177,9 +177,9 @@ def test_partition_kernels(backend, dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_langevin_kernels(backend, dtype):
-    x = torch.randn(1001, dtype=dtype)
-    g = torch.randn(1001, dtype=dtype) * 3
+def test_langevin_kernels(backend, dtype, n=1001):
+    x = torch.randn(n, dtype=dtype)
+    g = torch.randn(n, dtype=dtype) * 3
     seed, offset = torch.tensor(7), torch.tensor(12)
     args = (seed, offset, 0.1, 0.3, 2.0, -1.5, 1.2)  # step, sigma, grad_clip, clamp lo/hi
     want = langevin_step_fwd("reference", x, g, *args)
@@ -187,7 +187,7 @@ def test_langevin_kernels(backend, dtype):
     y = x.clone()
     langevin_step_inplace(backend, y, g, *args)
     assert_close(y, want, dtype)
-    up = torch.randn(1001, dtype=dtype)
+    up = torch.randn(n, dtype=dtype)
     got = langevin_step_bwd(backend, up, x, g, *args)
     ref = langevin_step_bwd("reference", up, x, g, *args)
     for a, b in zip(got, ref, strict=True):
@@ -256,7 +256,7 @@ def test_mala_proposal_with_equal_parameters_is_langevin_step(dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mala_and_sgld_kernels(backend):
+def test_mala_and_sgld_kernels(backend, sgld_shapes=((5, 7), (300,))):
     x, xp, g, gp = (torch.randn(9, 33) * 0.3 for _ in range(4))
     e, ep = torch.randn(9), torch.randn(9)
     args = (torch.tensor(5), torch.tensor(11), 0.05, 0.9)
@@ -264,12 +264,52 @@ def test_mala_and_sgld_kernels(backend):
     want = mala_accept_kernel("reference", x, xp, g, gp, e, ep, *args)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     assert_close(got[2], want[2], torch.float32)
-    params = [torch.randn(5, 7), torch.randn(300)]
+    params = [torch.randn(shape) for shape in sgld_shapes]
     ref_params = [p.clone() for p in params]
     grads = [torch.randn_like(p) for p in params]
-    sgld = (torch.tensor(3), torch.tensor(100), [0, 9], 0.01, 0.2, 0.1)
+    starts = [0]
+    for p in params[:-1]:
+        starts.append(starts[-1] + (p.numel() + 3) // 4)  # disjoint counters per tensor
+    sgld = (torch.tensor(3), torch.tensor(100), starts, 0.01, 0.2, 0.1)
     seed, offset, starts, lr, sigma, wd = sgld
     sgld_step_kernel(backend, params, grads, seed, offset, starts, lr, sigma, wd)
     sgld_step_kernel("reference", ref_params, grads, seed, offset, starts, lr, sigma, wd)
     for a, b in zip(params, ref_params, strict=True):
         assert_close(a, b, torch.float32)
+
+
+# ----------------------------------------------------------------------------- GPU launch sizes
+@pytest.fixture
+def gpu_launch_sizes(monkeypatch):
+    """The Triton launchers pick the block sizes, tiles and program counts they use on a GPU
+    instead of the interpreter's few large programs (every ``_interpreting`` of
+    thermokern.kernels answers False), while the kernels still run through the interpreter:
+    the GPU's multi-block loops, partial tiles and the backward's split of R run here."""
+    import importlib
+    import pkgutil
+
+    from thermokern import kernels
+
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"thermokern.kernels.{info.name}")
+        if hasattr(module, "_interpreting"):
+            monkeypatch.setattr(module, "_interpreting", lambda: False)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs triton (interpreter)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_kernels_at_gpu_launch_sizes(gpu_launch_sizes, dtype):
+    """Every Triton kernel against its contract at the launch sizes of a GPU, at shapes that
+    need several blocks there: rows of 5000 classes (blocks of 4096), partition rows of 5000
+    and columns of 37 (tiles of 16 columns, the backward's R split over a second grid axis),
+    3001 Langevin elements and 9000 MALA ones (programs of 1024), chains of 3000 (tiles of 2048)
+    and of 3 (many chains per program), SGLD tensors of 3000, 17 and 1000 elements."""
+    test_softmax_entropy_kernels("triton", dtype, c=5000)
+    test_cross_entropy_kernels("triton", dtype, c=5000)
+    test_token_logprobs_kernels("triton", dtype, c=5000)
+    for shape in ((2, 5000, 1), (2, 300, 37)):
+        test_partition_kernels("triton", dtype, shape)
+    test_langevin_kernels("triton", dtype, n=3001)
+    for shape in ((3, 3000), (300, 3)):
+        _check_per_chain_mala("triton", dtype, "cpu", shape)
+    test_mala_and_sgld_kernels("triton", sgld_shapes=((3000,), (17,), (1000,)))
