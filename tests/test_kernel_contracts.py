@@ -300,13 +300,15 @@ def gpu_launch_sizes(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_triton_kernels_at_gpu_launch_sizes(gpu_launch_sizes, dtype):
     """Every Triton kernel against its contract at the launch sizes of a GPU, at shapes that
-    need several blocks there: rows of 5000 classes (blocks of 4096), partition rows of 5000
-    and columns of 37 (tiles of 16 columns, the backward's R split over a second grid axis),
-    3001 Langevin elements and 9000 MALA ones (programs of 1024), chains of 3000 (tiles of 2048)
-    and of 3 (many chains per program), SGLD tensors of 3000, 17 and 1000 elements."""
+    need several blocks there: rows of 5000 classes (blocks of 4096; the in-place backwards
+    too), partition rows of 5000 and columns of 37 (tiles of 16 columns, the backward's R split
+    over a second grid axis), 3001 Langevin elements and 9000 MALA ones (programs of 1024),
+    chains of 3000 (tiles of 2048) and of 3 (many chains per program), SGLD tensors of 3000, 17
+    and 1000 elements."""
     test_softmax_entropy_kernels("triton", dtype, c=5000)
     test_cross_entropy_kernels("triton", dtype, c=5000)
     test_token_logprobs_kernels("triton", dtype, c=5000)
+    _check_in_place("triton", dtype, "cpu", 5000)
     for shape in ((2, 5000, 1), (2, 300, 37)):
         test_partition_kernels("triton", dtype, shape)
     test_langevin_kernels("triton", dtype, n=3001)
