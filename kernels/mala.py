@@ -87,10 +87,15 @@ def _mala_accept_kernel(
     ok = log_u <= la  # a NaN log alpha rejects
     tl.store(log_alpha_ptr + c, la, mask=cmask)
     tl.store(accepted_ptr + c, ok, mask=cmask)
-    src = tl.where(ok[:, None], xp_ptr + rows, x_ptr + rows)  # each chain reads only what it writes
+    take = ok[:, None]
     for d0 in range(0, D, BLOCK_D):
         m = cmask[:, None] & (d0 + cols < D)
-        tl.store(out_ptr + rows + d0 + cols, tl.load(src + d0 + cols, mask=m), mask=m)
+        offs = rows + d0 + cols
+        # Each chain reads only what it writes (two predicated loads, not a pointer select,
+        # keep the vector loads of aligned rows).
+        xp = tl.load(xp_ptr + offs, mask=m & take)
+        x = tl.load(x_ptr + offs, mask=m & ~take)
+        tl.store(out_ptr + offs, tl.where(take, xp, x), mask=m)
 
 
 def _blocks(D: int) -> tuple[int, int, int]:

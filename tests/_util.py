@@ -105,12 +105,21 @@ def sm90_dtypes() -> tuple:
 
 
 def compile_sm90(
-    kernel, consts: dict, types: dict | None = None, *, ptr: str = "*i64", scalar: str = "i64", **options
+    kernel,
+    consts: dict,
+    types: dict | None = None,
+    *,
+    ptr: str = "*i64",
+    scalar: str = "i64",
+    aligned: bool = False,
+    **options,
 ):
     """Compile a Triton kernel for sm_90 without a GPU (in a run_offline_triton_compile script):
     ``consts`` are its constexpr arguments and ``types`` the types of named parameters; any
-    other parameter is ``ptr`` if its name ends in ``_ptr``, else ``scalar``. ``options`` go to
-    triton.compile (e.g. num_warps). Returns the compiled kernel."""
+    other parameter is ``ptr`` if its name ends in ``_ptr``, else ``scalar``. ``aligned``: every
+    pointer 16-byte aligned and every integer a multiple of 16, the specialisation Triton gives
+    a GPU launch with such arguments (the vector loads of large aligned tensors). ``options`` go
+    to triton.compile (e.g. num_warps). Returns the compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -121,8 +130,12 @@ def compile_sm90(
         return (types or {}).get(name, ptr if name.endswith("_ptr") else scalar)
 
     sig = {p.name: type_of(p.name) for p in kernel.params}
+    attrs = None
+    if aligned:
+        divisible = [i for i, t in enumerate(sig.values()) if t.startswith("*") or t in ("i32", "i64")]
+        attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
     return triton.compile(
-        ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=options or None
+        ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=options or None
     )
 
 

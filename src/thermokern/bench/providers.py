@@ -88,14 +88,23 @@ def eager_provider(fn: Fn, *, inplace: bool = False, exact: bool = True) -> Prov
 
 
 def compile_provider(
-    fn: Fn, *, inplace: bool = False, exact: bool = True, name: str = "compile", kind: str = "compiled"
+    fn: Callable[..., torch.Tensor],
+    *,
+    inplace: bool = False,
+    exact: bool = True,
+    name: str = "compile",
+    kind: str = "compiled",
+    args: Callable[[torch.Tensor], tuple] | None = None,
 ) -> Provider:
     """``compile`` (or ``name``): ``torch.compile(fn, dynamic=False)``, compiled afresh for
-    every case."""
+    every case; called as ``fn(x)``, or with ``args``, as ``fn(*args(x))`` with ``args`` run
+    outside the compiled code (a spec's lookup of the tensors it drew with ``x``, which
+    dynamo would guard on and recompile for every input copy)."""
 
     def make() -> Fn:
         torch._dynamo.reset()  # a fresh compile per case: honest compile times, no recompile limit
-        return torch.compile(fn, dynamic=False)
+        compiled = torch.compile(fn, dynamic=False)
+        return compiled if args is None else lambda x: compiled(*args(x))
 
     return Provider(name, make, kind=kind, compiled=True, inplace=inplace, exact=exact)
 

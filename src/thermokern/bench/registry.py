@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -162,6 +163,25 @@ def forward_spec(
     # OpSpec's fields in their order, up to ``modes``
     spec = (name, providers, make_input, no_grad, min_bytes, tensor_bytes, reference_chunks, shapes, dtypes)
     return OpSpec(*spec, params, ("fwd",), **fields)
+
+
+class PerInput:
+    """Tensors a spec draws with each input copy (its energy gradient, its proposal), found
+    again from the copy the op is called with: each of the copies the benchmark rotates through
+    has its own, so that none stays in cache while the inputs rotate. ``put`` with a copy as
+    ``make_input`` returns it; ``get`` with the tensor a provider receives (the runner passes
+    the very tensors make_input made, detached: the same storage). An entry goes with its input.
+    """
+
+    def __init__(self) -> None:
+        self._by_ptr: dict[int, Any] = {}
+
+    def put(self, x: torch.Tensor, value: Any) -> None:
+        self._by_ptr[x.data_ptr()] = value
+        weakref.finalize(x, self._by_ptr.pop, x.data_ptr(), None)
+
+    def get(self, x: torch.Tensor) -> Any:
+        return self._by_ptr[x.data_ptr()]
 
 
 OPS: dict[str, OpSpec] = {}

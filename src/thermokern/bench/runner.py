@@ -142,8 +142,10 @@ def make_calls(
     for t in leaves:
         t.requires_grad_(mode == "fwd+bwd")
     if mode == "fwd" and prov.inplace:
-        originals = [x.detach() for x in xs]
-        inputs = [x.clone() for x in originals]
+        # The op updates the tensors make_input made (a spec may find data it drew with an
+        # input from the input, PerInput), restored from pristine copies before every call.
+        inputs = [x.detach() for x in xs]
+        originals = [x.clone() for x in inputs]
 
         def prepare(i: int) -> None:  # every call starts from the original input
             inputs[i % len(inputs)].copy_(originals[i % len(inputs)])

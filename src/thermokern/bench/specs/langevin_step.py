@@ -11,33 +11,33 @@ import thermokern
 from thermokern import reference
 
 from ..providers import Provider, backends, compile_provider, eager_provider, thermokern_provider
-from ..registry import forward_spec, register, tensor_bytes
+from ..registry import PerInput, forward_spec, register, tensor_bytes
 
 STEP_SIZE = 0.01
 SIGMA = math.sqrt(2.0 * STEP_SIZE)  # T = 1
 CLAMP = (-1.0, 1.0)
 SEED, OFFSET = 0, 0
-_GRADS: dict[tuple, torch.Tensor] = {}  # (shape, dtype, device) -> the energy gradient
+_GRADS = PerInput()  # the energy gradient drawn with each input
 
 
 def energy_grad(x: torch.Tensor) -> torch.Tensor:
-    """The energy gradient drawn with inputs like ``x``."""
-    return _GRADS[(tuple(x.shape), x.dtype, str(x.device))]
+    """The energy gradient drawn with the input ``x``."""
+    return _GRADS.get(x)
 
 
 def make_input(shape, dtype, device, gen) -> torch.Tensor:
-    """x ~ U(-1, 1) (an EBM sample in the clamp range); its gradient ~ N(0, 1) is kept aside."""
+    """x ~ U(-1, 1) (an EBM sample in the clamp range) with its own gradient ~ N(0, 1)."""
     x = (torch.rand(shape, generator=gen, device=device, dtype=torch.float32) * 2 - 1).to(dtype)
-    key = (tuple(shape), dtype, str(device))
-    if key not in _GRADS:
-        _GRADS.clear()  # one case at a time
-        _GRADS[key] = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    _GRADS.put(x, torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype))
     return x
 
 
-def eager_(x: torch.Tensor) -> torch.Tensor:
+def _with_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x, energy_grad(x)
+
+
+def eager_(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The usual PyTorch sampler update, in place: three ops and a noise tensor."""
-    g = energy_grad(x)
     x.add_(-STEP_SIZE * g)
     x.add_(SIGMA * torch.randn_like(x))
     x.clamp_(*CLAMP)
@@ -63,8 +63,8 @@ def providers(device: str) -> tuple[list[Provider], list[str]]:
         provs += [thermokern_provider(b, _step), thermokern_provider(b, _step_, name=b + "_", inplace=True)]
     # eager/compile draw their noise from torch's generator: not comparable with the reference
     provs += [
-        eager_provider(eager_, inplace=True, exact=False),
-        compile_provider(eager_, inplace=True, exact=False),
+        eager_provider(lambda x: eager_(*_with_grad(x)), inplace=True, exact=False),
+        compile_provider(eager_, inplace=True, exact=False, args=_with_grad),
     ]
     notes += [
         (

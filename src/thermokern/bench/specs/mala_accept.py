@@ -18,17 +18,16 @@ from thermokern import reference
 from thermokern.ops.mala import mala_accept
 
 from ..providers import Provider, backends, compile_provider, eager_provider, thermokern_provider
-from ..registry import forward_spec, register, tensor_bytes
+from ..registry import PerInput, forward_spec, register, tensor_bytes
 
 STEP_SIZE = 0.01
 SEED, OFFSET = 0, 0
-# (shape, dtype, device) -> (x_prop, grad, grad_prop, energy, energy_prop), drawn with the input
-_ASIDE: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_ASIDE = PerInput()  # (x_prop, grad, grad_prop, energy, energy_prop) drawn with each input
 
 
 def aside(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(x_prop, grad, grad_prop, energy, energy_prop) drawn with inputs like ``x``."""
-    return _ASIDE[(tuple(x.shape), x.dtype, str(x.device))]
+    """(x_prop, grad, grad_prop, energy, energy_prop) drawn with the input ``x``."""
+    return _ASIDE.get(x)
 
 
 def _energy(x: torch.Tensor) -> torch.Tensor:
@@ -36,25 +35,28 @@ def _energy(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_input(shape, dtype, device, gen) -> torch.Tensor:
-    """Chains x ~ N(0, I); the proposal, the gradients and the energies are kept aside."""
-    x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    """Chains x ~ N(0, I), each copy with its own proposal, gradients and energies."""
+    x32 = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
     xi = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-    x_prop = x - STEP_SIZE * x + math.sqrt(2.0 * STEP_SIZE) * xi
-    _ASIDE.clear()  # one case at a time
-    _ASIDE[(tuple(shape), dtype, str(device))] = (
-        x_prop.to(dtype), x.to(dtype), x_prop.to(dtype), _energy(x), _energy(x_prop)
-    )  # fmt: skip
-    return x.to(dtype)
+    x_prop = x32 - STEP_SIZE * x32 + math.sqrt(2.0 * STEP_SIZE) * xi
+    x = x32.to(dtype)
+    # five distinct tensors (x32.to(float32) is x32 itself), as a sampler's are
+    grads = x32.to(dtype, copy=True), x_prop.to(dtype, copy=True)
+    _ASIDE.put(x, (x_prop.to(dtype, copy=True), grads[0], grads[1], _energy(x32), _energy(x_prop)))
+    return x
 
 
-def eager(x: torch.Tensor) -> torch.Tensor:
-    """The accept/reject as PyTorch code writes it."""
-    x_prop, g, g_prop, e, e_prop = aside(x)
+def _with_aside(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (x, *aside(x))
+
+
+def eager_accept(x, x_prop, g, g_prop, e, e_prop) -> torch.Tensor:
+    """The accept/reject as PyTorch code writes it: x_new."""
     log_q_fwd = -(x_prop - x + STEP_SIZE * g).square().flatten(1).sum(1) / (4.0 * STEP_SIZE)
     log_q_bwd = -(x - x_prop + STEP_SIZE * g_prop).square().flatten(1).sum(1) / (4.0 * STEP_SIZE)
     log_alpha = -(e_prop - e) + log_q_bwd - log_q_fwd
-    accept = torch.rand_like(log_alpha).log() <= log_alpha
-    return torch.where(accept.view(-1, *(1,) * (x.dim() - 1)), x_prop, x)
+    taken = torch.rand_like(log_alpha).log() <= log_alpha
+    return torch.where(taken.view(-1, *(1,) * (x.dim() - 1)), x_prop, x)
 
 
 def _thermokern(x: torch.Tensor, backend: str) -> torch.Tensor:
@@ -64,7 +66,8 @@ def _thermokern(x: torch.Tensor, backend: str) -> torch.Tensor:
 def providers(device: str) -> tuple[list[Provider], list[str]]:
     names, notes = backends(device)
     provs = [thermokern_provider(b, _thermokern) for b in names]
-    provs += [eager_provider(eager, exact=False), compile_provider(eager, exact=False)]
+    eager = eager_provider(lambda x: eager_accept(*_with_aside(x)), exact=False)
+    provs += [eager, compile_provider(eager_accept, exact=False, args=_with_aside)]
     notes += [
         "eager/compile draw their uniforms from torch's generator: no error column for them",
         "GB/s counts reading x, x', grad and grad' and writing x_new (5 N elements)",
