@@ -18,7 +18,8 @@
 #   bench       thermokern bench --quick --json/--plot into $OUT (the ops with targets first)
 #   bench_full  thermokern bench at the full shapes (GPU_CHECK_BENCH_ARGS adds flags)
 #   sgld        python bench/bench_optim.py: the SGLD optimizer step against the loop, foreach
-#               and compile (a multi-tensor op outside `thermokern bench`; ratios to the log)
+#               and compile (a multi-tensor op outside `thermokern bench`; ratios to the log,
+#               a line per case as it is measured; at most 60 s, before bench_full takes the rest)
 # pytest and the benchmark are stopped with SIGINT at their limit, so that pytest prints its
 # summary (and writes the junit XML) and the benchmark's JSON keeps what it measured.
 # Triton and Inductor compile caches live in build/ (ignored, kept between calls on a warm
@@ -251,7 +252,7 @@ ordered_ops() {
 }
 step_bench() { bench --quick $(ordered_ops); }
 step_bench_full() { bench $(ordered_ops); }
-step_sgld() { "$PY" bench/bench_optim.py 10; }
+step_sgld() { THERMOKERN_BENCH_DEVICE="$DEVICE" "$PY" bench/bench_optim.py 10; }
 
 # thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
 # triton paths through a one-rank group; several GPUs test the real merge).
@@ -269,7 +270,7 @@ export -f step_info step_build step_tests step_distributed step_memcheck step_ra
 
 # name -> cap (s), reserve for later steps (s), signal at the limit
 declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
-                [bench]=240 [bench_full]=420 [sgld]=120)
+                [bench]=240 [bench_full]=420 [sgld]=60)
 declare -A RESERVE=([info]=0 [build]=120 [tests]=70 [distributed]=0 [memcheck]=60 [racecheck]=0
                     [bench]=30 [bench_full]=0 [sgld]=0)
 declare -A SIG=([info]=TERM [build]=TERM [tests]=INT [distributed]=TERM [memcheck]=TERM

@@ -35,11 +35,17 @@ def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
+def _targets(c: int) -> torch.Tensor:
+    """Targets of 6 rows of ``c`` >= 37 classes: row 1 ignored (index -100), the first and the
+    last class, and one in the middle (in a later block than the first when c is large)."""
+    return torch.tensor([3, -100, 0, c - 1, 5, c // 2 + 1])
+
+
 def _rows(dtype: torch.dtype, temperatures: int, c: int = 37):
-    """Logits of 6 rows of ``c`` >= 37 classes, their targets (row 1 ignored, index -100) and
+    """Logits of 6 rows of ``c`` >= 37 classes, their targets (:func:`_targets`) and
     ``temperatures`` (1 or 6) inverse temperatures."""
     x = _logits(6, c, dtype)
-    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    target = _targets(c)
     inv_t = torch.rand(temperatures, dtype=acc_dtype(dtype)) + 0.5
     return x, target, inv_t
 
@@ -98,7 +104,7 @@ def test_token_logprobs_kernels(backend, dtype, c=37):
 
 def _row_bwd_cases(x, dtype):
     """(backward KernelOp, its arguments) of the three row ops on logits ``x``."""
-    target = torch.tensor([3, -100, 0, 36, 5, 1])
+    target = _targets(x.shape[1])
     acc = acc_dtype(dtype)
     inv_t = torch.rand(6, dtype=acc) + 0.5
     g, g2 = torch.randn(6, dtype=acc), torch.randn(6, dtype=acc)
