@@ -139,6 +139,17 @@ def compile_sm90(
     )
 
 
+def vector_accesses(compiled) -> tuple[int, int]:
+    """(vector loads, vector stores) in a compiled kernel's PTX: ``ld/st.global...v2/v4``, the
+    wide accesses a bandwidth-bound kernel needs (compile with ``aligned=True`` to get them)."""
+    import re
+
+    ptx = compiled.asm["ptx"]
+    return tuple(
+        len(re.findall(rf"{op}\.global(?:\.[a-z0-9]+)*\.v[24]\.b(?:16|32|64)", ptx)) for op in ("ld", "st")
+    )
+
+
 def spill_bytes(compiled) -> int | None:
     """Bytes of register spill stores of a kernel from :func:`compile_sm90`, by Triton's own
     ptxas (``None`` when this Triton has none)."""

@@ -648,7 +648,7 @@ def test_tolerance_table_covers_dtypes():
 
 _PTX_CHECK = r"""
 import triton.language as tl
-from _util import compile_sm90, sm90_dtypes, spill_bytes
+from _util import compile_sm90, sm90_dtypes, spill_bytes, vector_accesses
 from thermokern.kernels import langevin as tk
 
 common = {"seed_ptr": "*i64", "offset_ptr": "*i64", "n": "i64", "step_bits": "i64", "sigma_bits": "i64",
@@ -662,6 +662,8 @@ for backward in (False, True):
         assert set(types) | set(consts) == set(kernel.arg_names), kernel.arg_names  # every parameter typed here
         k = compile_sm90(kernel, consts, types, num_warps=tk._block_c()[1])
         assert not spill_bytes(k), (ty, backward)
+        aligned = compile_sm90(kernel, consts, types, num_warps=tk._block_c()[1], aligned=True)
+        assert all(vector_accesses(aligned)), (ty, backward)  # wide loads and stores
         ptx = k.asm["ptx"]
         assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty
         assert "sqrt.rn" in ptx, ty
@@ -674,14 +676,14 @@ print("ok")
 def test_triton_kernels_compile_for_sm90():
     """The Triton kernels lower to PTX for sm_90 without a GPU (a subprocess: the interpreter
     is on here), with correctly rounded division and square root and no approximate
-    log/sin/cos instructions (which would break the 1e-6 agreement of the normals), and
-    without register spills at their launch tile."""
+    log/sin/cos instructions (which would break the 1e-6 agreement of the normals), without
+    register spills at their launch tile, and with vector loads and stores on aligned tensors."""
     run_offline_triton_compile(_PTX_CHECK)
 
 
 _PTX_CHECK_MALA_SGLD = r"""
 import triton.language as tl
-from _util import compile_sm90, sm90_dtypes, spill_bytes
+from _util import compile_sm90, sm90_dtypes, spill_bytes, vector_accesses
 from thermokern.kernels import mala, sgld
 
 block_c, warps_c = mala._block_c()
@@ -695,6 +697,11 @@ for ty, acc_ty, acc in sm90_dtypes():
                      "seed_ptr": "*i64", "offset_ptr": "*i64", "chain_step_ptr": acc_ty, "chain_temp_ptr": acc_ty}
             k = compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty, num_warps=warps)
             assert not spill_bytes(k), ("mala_accept", ty, per_chain, d)
+        # long aligned chains: wide loads in both sweeps and wide stores
+        block_n, block_d, warps = mala._blocks(4096)
+        consts |= {"BLOCK_N": block_n, "BLOCK_D": block_d}
+        k = compile_sm90(mala._mala_accept_kernel, consts, types, ptr=ty, num_warps=warps, aligned=True)
+        assert all(vector_accesses(k)), ("mala_accept", ty, per_chain, vector_accesses(k))
     consts = {"ACC": acc, "BLOCK_C": block_c, "STEP_STRIDE": 1, "TEMP_STRIDE": 0}
     types = {"seed_ptr": "*i64", "offset_ptr": "*i64", "step_ptr": acc_ty, "temp_ptr": acc_ty}
     k = compile_sm90(mala._mala_proposal_kernel, consts, types, ptr=ty, num_warps=warps_c)
@@ -714,5 +721,6 @@ print("ok")
 def test_triton_mala_sgld_kernels_compile_for_sm90():
     """The MALA accept (with and without per-chain parameters), MALA proposal and SGLD
     multi-tensor kernels lower to sm_90 code without a GPU (the proposal's noise without
-    approximate square roots or logarithms), without register spills at their launch tiles."""
+    approximate square roots or logarithms), without register spills at their launch tiles,
+    and MALA accept with vector loads and stores on aligned chains."""
     run_offline_triton_compile(_PTX_CHECK_MALA_SGLD)

@@ -324,7 +324,7 @@ def test_triton_launches_on_the_tensors_device():
 
 
 _PTX_CHECK = r"""
-from _util import compile_sm90, sm90_dtypes, spill_bytes
+from _util import compile_sm90, sm90_dtypes, spill_bytes, vector_accesses
 from thermokern.kernels._common import OUTPUT_LOGP, OUTPUT_LOSS, OUTPUT_NONE, _block_and_warps, _row_bwd_kernel, _row_fwd_kernel
 
 none = {"OUTPUT": OUTPUT_NONE.value, "HAS_SMOOTHING": False, "HAS_ENTROPY": False, "HAS_Z_LOSS": False}
@@ -339,6 +339,11 @@ for ty, acc_ty, acc in sm90_dtypes():
         for kernel, c in ((_row_fwd_kernel, consts), (_row_bwd_kernel, bwd)):
             n = spill_bytes(compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps))
             assert not n, f"{kernel.fn.__name__} {ty} {flags}: {n} bytes of register spills"
+    # aligned rows (what a GPU launch on aligned logits compiles): wide loads, and wide stores
+    # of the gradient
+    for kernel, c in ((_row_fwd_kernel, consts), (_row_bwd_kernel, bwd)):
+        loads, stores = vector_accesses(compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps, aligned=True))
+        assert loads and (stores or kernel is _row_fwd_kernel), (kernel.fn.__name__, ty, loads, stores)
 print("ok")
 """
 
@@ -347,5 +352,6 @@ print("ok")
 def test_triton_entropy_kernels_compile_for_sm90():
     """The row kernels (entropy, cross-entropy, token log-probs) lower to sm_90 code without a
     GPU (the interpreter runs them here but does not type-check them as the compiler does),
-    without register spills at the tile they launch with."""
+    without register spills at the tile they launch with, and with vector loads and stores
+    when the logits are aligned."""
     run_offline_triton_compile(_PTX_CHECK)
