@@ -181,7 +181,7 @@ def test_partition_kernels(backend, dtype, shape):
     assert_close(gw, rw, dtype, grad=True)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_langevin_kernels(backend, dtype, n=1001):
     x = torch.randn(n, dtype=dtype)
@@ -303,7 +303,7 @@ def gpu_launch_sizes(monkeypatch):
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs triton (interpreter)")
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
 def test_triton_kernels_at_gpu_launch_sizes(gpu_launch_sizes, dtype):
     """Every Triton kernel against its contract at the launch sizes of a GPU, at shapes that
     need several blocks there: rows of 5000 classes (blocks of 4096; the in-place backwards

@@ -253,9 +253,10 @@ def langevin_step_bwd(
     grad_out, x, grad, seed, offset, step_size, noise_std, grad_clip=None, clamp_lo=None, clamp_hi=None
 ):
     """(grad_x, grad_grad): grad_out and -step_size grad_out where lo < v < hi (and, for the
-    latter, |grad| < grad_clip), 0 elsewhere; v is the unclamped step, noise included."""
+    latter, |grad| < grad_clip), 0 elsewhere; v is the unclamped step, noise included, in the
+    accumulation dtype (the value the forward clamps, before any rounding to a 16-bit x)."""
     acc = acc_dtype(x.dtype)
-    v = langevin_step(x, grad, seed, offset, step_size, noise_std, grad_clip).to(acc)
+    v = langevin_step(x.to(acc), grad.to(acc), seed, offset, step_size, noise_std, grad_clip)
     active = ~torch.isnan(v)
     if clamp_lo is not None:
         active &= v > clamp_lo
