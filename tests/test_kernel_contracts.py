@@ -27,6 +27,7 @@ from thermokern.ops.token_logprobs import token_logprobs_bwd, token_logprobs_fwd
 
 BACKENDS = [b for b in cpu_backends() if b != "reference"]
 DTYPES = [torch.float32, torch.float64]
+ALL_DTYPES = [*DTYPES, torch.bfloat16]
 
 
 def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
@@ -65,7 +66,7 @@ def _check_fwd(fwd, backend, args, inv_t, dtype):
     return got
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_entropy_kernels(backend, dtype, c=37):
     x, _, inv_t = _rows(dtype, 6, c)
@@ -75,7 +76,7 @@ def test_softmax_entropy_kernels(backend, dtype, c=37):
     assert_close(gx, softmax_entropy_bwd("reference", g, x, inv_t, *got), dtype, grad=True)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cross_entropy_kernels(backend, dtype, c=37):
     x, target, inv_t = _rows(dtype, 1, c)
@@ -88,7 +89,7 @@ def test_cross_entropy_kernels(backend, dtype, c=37):
     assert (gx[1] == 0).all()  # the ignored row
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_kernels(backend, dtype, c=37):
     x, target, inv_t = _rows(dtype, 6, c)
@@ -133,7 +134,7 @@ def _check_in_place(backend, dtype, device, c):
             bwd.twin(backend, *args[:at], strided, *args[at + 1 :])
 
 
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_in_place_backwards(backend, dtype):
     _check_in_place(backend, dtype, "cpu", 37)
@@ -142,13 +143,13 @@ def test_in_place_backwards(backend, dtype):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("c", [37, 1024], ids=str)  # the scalar and the vectorised CUDA paths
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
 def test_gpu_in_place_backwards(backend, dtype, c):
     _check_in_place(backend, dtype, "cuda", c)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(5, 40, 1), (3, 20, 6)], ids=str)
 def test_partition_kernels(backend, dtype, shape):
@@ -181,7 +182,7 @@ def test_partition_kernels(backend, dtype, shape):
     assert_close(gw, rw, dtype, grad=True)
 
 
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_langevin_kernels(backend, dtype, n=1001):
     x = torch.randn(n, dtype=dtype)
@@ -232,7 +233,7 @@ def _check_per_chain_mala(backend, dtype, device, shape):
 
 
 @pytest.mark.parametrize("shape", [(9, 33), (6, 3), (5,), (4, 2, 7)], ids=str)
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_chain_mala_kernels(backend, dtype, shape):
     _check_per_chain_mala(backend, dtype, "cpu", shape)
@@ -241,7 +242,7 @@ def test_per_chain_mala_kernels(backend, dtype, shape):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("shape", [(9, 33), (6, 3), (5,), (300, 1000)], ids=str)
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("backend", gpu_backends() or ["cuda"])
 def test_gpu_per_chain_mala_kernels(backend, dtype, shape):
     _check_per_chain_mala(backend, dtype, "cuda", shape)
@@ -303,7 +304,7 @@ def gpu_launch_sizes(monkeypatch):
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs triton (interpreter)")
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_triton_kernels_at_gpu_launch_sizes(gpu_launch_sizes, dtype):
     """Every Triton kernel against its contract at the launch sizes of a GPU, at shapes that
     need several blocks there: rows of 5000 classes (blocks of 4096; the in-place backwards
