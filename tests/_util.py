@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -71,6 +72,27 @@ def assert_close(
             f"{[actual[tuple(i)].item() for i in bad]} expected {[expected[tuple(i)].item() for i in bad]}; "
             f"max err {torch.nan_to_num(err, nan=float('inf')).max().item():.3g}"
         )
+
+
+@contextlib.contextmanager
+def gpu_launch_sizes():
+    """Within: the Triton launchers pick the block sizes, tiles and program counts they use on a
+    GPU instead of the interpreter's few large programs (every ``_interpreting`` of
+    thermokern.kernels answers False), while the kernels still run through the interpreter, so
+    that the GPU's multi-block loops, partial tiles and the backward's split of R run here."""
+    import importlib
+    import pkgutil
+
+    import pytest
+
+    from thermokern import kernels
+
+    with pytest.MonkeyPatch.context() as mp:
+        for info in pkgutil.iter_modules(kernels.__path__):
+            module = importlib.import_module(f"thermokern.kernels.{info.name}")
+            if hasattr(module, "_interpreting"):
+                mp.setattr(module, "_interpreting", lambda: False)
+        yield
 
 
 def run_offline_triton_compile(script: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _util import assert_close
+from _util import assert_close, gpu_launch_sizes
 from conftest import cpu_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,6 +72,16 @@ def test_fuzz_triton(case):
     _run("triton", case)
 
 
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_fuzz_triton_gpu_launch_sizes(case):
+    """The Triton kernels at the block sizes they launch with on a GPU (rows of 4100: two
+    blocks of 4096), through the interpreter."""
+    with gpu_launch_sizes():
+        _run("triton", case)
+
+
 # ----------------------------------------------------------------------------- logsumexp
 @st.composite
 def lse_cases(draw):
@@ -121,3 +131,13 @@ def test_fuzz_logsumexp_cpu(case):
 @given(lse_cases())
 def test_fuzz_logsumexp_triton(case):
     _run_lse("triton", case)
+
+
+@pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lse_cases())
+def test_fuzz_logsumexp_triton_gpu_launch_sizes(case):
+    """The partition kernels at the tiles and program counts they launch with on a GPU (column
+    tiles, the backward's split of R), through the interpreter."""
+    with gpu_launch_sizes():
+        _run_lse("triton", case)

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from _util import assert_close
+from _util import assert_close, gpu_launch_sizes
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 from thermokern._dtypes import acc_dtype
@@ -286,39 +286,23 @@ def test_mala_and_sgld_kernels(backend, sgld_shapes=((5, 7), (300,))):
 
 
 # ----------------------------------------------------------------------------- GPU launch sizes
-@pytest.fixture
-def gpu_launch_sizes(monkeypatch):
-    """The Triton launchers pick the block sizes, tiles and program counts they use on a GPU
-    instead of the interpreter's few large programs (every ``_interpreting`` of
-    thermokern.kernels answers False), while the kernels still run through the interpreter:
-    the GPU's multi-block loops, partial tiles and the backward's split of R run here."""
-    import importlib
-    import pkgutil
-
-    from thermokern import kernels
-
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module(f"thermokern.kernels.{info.name}")
-        if hasattr(module, "_interpreting"):
-            monkeypatch.setattr(module, "_interpreting", lambda: False)
-
-
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs triton (interpreter)")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-def test_triton_kernels_at_gpu_launch_sizes(gpu_launch_sizes, dtype):
+def test_triton_kernels_at_gpu_launch_sizes(dtype):
     """Every Triton kernel against its contract at the launch sizes of a GPU, at shapes that
     need several blocks there: rows of 5000 classes (blocks of 4096; the in-place backwards
     too), partition rows of 5000 and columns of 37 (tiles of 16 columns, the backward's R split
     over a second grid axis), 3001 Langevin elements and 9000 MALA ones (programs of 1024),
     chains of 3000 (tiles of 2048) and of 3 (many chains per program), SGLD tensors of 3000, 17
     and 1000 elements."""
-    test_softmax_entropy_kernels("triton", dtype, c=5000)
-    test_cross_entropy_kernels("triton", dtype, c=5000)
-    test_token_logprobs_kernels("triton", dtype, c=5000)
-    _check_in_place("triton", dtype, "cpu", 5000)
-    for shape in ((2, 5000, 1), (2, 300, 37)):
-        test_partition_kernels("triton", dtype, shape)
-    test_langevin_kernels("triton", dtype, n=3001)
-    for shape in ((3, 3000), (300, 3)):
-        _check_per_chain_mala("triton", dtype, "cpu", shape)
-    test_mala_and_sgld_kernels("triton", sgld_shapes=((3000,), (17,), (1000,)))
+    with gpu_launch_sizes():
+        test_softmax_entropy_kernels("triton", dtype, c=5000)
+        test_cross_entropy_kernels("triton", dtype, c=5000)
+        test_token_logprobs_kernels("triton", dtype, c=5000)
+        _check_in_place("triton", dtype, "cpu", 5000)
+        for shape in ((2, 5000, 1), (2, 300, 37)):
+            test_partition_kernels("triton", dtype, shape)
+        test_langevin_kernels("triton", dtype, n=3001)
+        for shape in ((3, 3000), (300, 3)):
+            _check_per_chain_mala("triton", dtype, "cpu", shape)
+        test_mala_and_sgld_kernels("triton", sgld_shapes=((3000,), (17,), (1000,)))
