@@ -35,6 +35,20 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
+def _gpu_launch_sizes():
+    """THERMOKERN_TEST_GPU_SIZES=1: every test runs the Triton kernels at the launch sizes of a
+    GPU (through the interpreter, _util.gpu_launch_sizes), e.g. ``pytest tests -k triton``
+    (about 3.5 minutes here); CI runs the contract and fuzz tests at those sizes only."""
+    if os.environ.get("THERMOKERN_TEST_GPU_SIZES", "0") in ("", "0"):
+        yield
+        return
+    from _util import gpu_launch_sizes
+
+    with gpu_launch_sizes():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _seed(request):
     """A fresh but reproducible seed per test (derived from its id)."""
     seed = int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
