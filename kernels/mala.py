@@ -6,9 +6,9 @@ elements in (BLOCK_N, BLOCK_D) tiles: the first sweep accumulates, per chain,
 ``S = sum (2 (x - x') + eta (g' - g)) (g + g')``; then ``log alpha = -((E' - E) + S / 4) / T``,
 the chain's uniform (word ``c % 4`` of ``tl.randint4x(seed, offset + ceil(numel / 4) + c // 4)``,
 after the proposal's counters) and the decision ``log u <= log alpha``; the second sweep copies
-x' or x (only that one is read) into x_new. See [Note: MALA acceptance] in csrc/include/thermokern/mala.h; log u is
-``-1/2`` times the same ``-2 ln u`` series as the Langevin noise (kernels/langevin.py), so
-every backend sees the same uniforms. BLOCK_N is 1 for long chains (one program per chain)
+x' or x (only that one is read) into x_new. See [Note: MALA acceptance] in
+csrc/include/thermokern/mala.h; log u is ``-1/2`` times the same ``-2 ln u`` series as the
+Langevin noise (kernels/langevin.py), so every backend sees the same uniforms. BLOCK_N is 1 for long chains (one program per chain)
 and grows for short ones (2-D toy samples), so that a program still has work for its lanes.
 Per-chain parameters ([Note: per-chain MALA parameters] in csrc/thermokern.cpp) are read at
 ``chain * STRIDE`` (STRIDE 0: one value for every chain).
@@ -91,8 +91,8 @@ def _mala_accept_kernel(
     for d0 in range(0, D, BLOCK_D):
         m = cmask[:, None] & (d0 + cols < D)
         offs = rows + d0 + cols
-        # Each chain reads only what it writes (two predicated loads, not a pointer select,
-        # keep the vector loads of aligned rows).
+        # Each chain reads only what it writes: two predicated loads (a pointer select would
+        # lose the vector loads of aligned rows).
         xp = tl.load(xp_ptr + offs, mask=m & take)
         x = tl.load(x_ptr + offs, mask=m & ~take)
         tl.store(out_ptr + offs, tl.where(take, xp, x), mask=m)
