@@ -8,8 +8,9 @@ the chain's uniform (word ``c % 4`` of ``tl.randint4x(seed, offset + ceil(numel 
 after the proposal's counters) and the decision ``log u <= log alpha``; the second sweep copies
 x' or x (only that one is read) into x_new. See [Note: MALA acceptance] in
 csrc/include/thermokern/mala.h; log u is ``-1/2`` times the same ``-2 ln u`` series as the
-Langevin noise (kernels/langevin.py), so every backend sees the same uniforms. BLOCK_N is 1 for long chains (one program per chain)
-and grows for short ones (2-D toy samples), so that a program still has work for its lanes.
+Langevin noise (kernels/langevin.py), so every backend sees the same uniforms. BLOCK_N is 1
+for long chains (one program per chain) and grows for short ones (2-D toy samples), so that a
+program still has work for its lanes.
 Per-chain parameters ([Note: per-chain MALA parameters] in csrc/thermokern.cpp) are read at
 ``chain * STRIDE`` (STRIDE 0: one value for every chain).
 
