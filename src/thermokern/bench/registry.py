@@ -159,10 +159,20 @@ def forward_spec(
 ) -> OpSpec:
     """The OpSpec of an op timed forward only, with no upstream gradient (a sampler update, a
     whole sampling run); ``fields`` sets the rest (``elementwise``, ``has_reference``)."""
-    no_grad = lambda x, gen: None
-    # OpSpec's fields in their order, up to ``modes``
-    spec = (name, providers, make_input, no_grad, min_bytes, tensor_bytes, reference_chunks, shapes, dtypes)
-    return OpSpec(*spec, params, ("fwd",), **fields)
+    return OpSpec(
+        name=name,
+        providers=providers,
+        make_input=make_input,
+        make_grad=lambda x, gen: None,
+        min_bytes=min_bytes,
+        input_bytes=tensor_bytes,
+        reference_chunks=reference_chunks,
+        default_shapes=shapes,
+        default_dtypes=dtypes,
+        params=params,
+        modes=("fwd",),
+        **fields,
+    )
 
 
 class PerInput:

@@ -41,13 +41,13 @@ def targeted_logits(shape, dtype, device, gen) -> torch.Tensor:
 
 def acc_row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """An upstream gradient ~ N(0, 1) per row, in float32 (for the ops whose per-row output is
-    float32 whatever the logits' dtype: the losses and log-probs)."""
+    float32 whatever the input's dtype: the losses and log-probs, the heads' too)."""
     return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32)
 
 
 def row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """An upstream gradient ~ N(0, 1) of one value per row, in ``x``'s dtype."""
-    return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
+    return acc_row_grad(x, gen).to(x.dtype)
 
 
 def row_min_bytes(shape, dtype, mode) -> int:

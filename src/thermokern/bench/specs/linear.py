@@ -41,7 +41,7 @@ from ..providers import (
     thermokern_provider,
 )
 from ..registry import OpSpec, register
-from ._rows import LOGIT_SCALE, logit_dtypes
+from ._rows import LOGIT_SCALE, acc_row_grad, logit_dtypes
 
 ENTROPY_WEIGHT = 0.1
 DIMS = ("tokens", "hidden", "vocab")
@@ -115,11 +115,6 @@ def min_bytes(shape, dtype, mode) -> int:
 def scalar_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The upstream gradient of a mean loss: 1 (``loss.backward()``), float32 like the loss."""
     return torch.ones((), device=x.device, dtype=torch.float32)
-
-
-def row_grad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """An upstream gradient ~ N(0, 1) per token, in float32 (the log-probs are float32)."""
-    return torch.randn(x.shape[:-1], generator=gen, device=x.device, dtype=torch.float32)
 
 
 def shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
@@ -314,7 +309,7 @@ def _spec(name: str, providers, rows_fn, reduced: bool, params: dict) -> OpSpec:
             name=name,
             providers=providers,
             make_input=make_input,
-            make_grad=scalar_grad if reduced else row_grad,
+            make_grad=scalar_grad if reduced else acc_row_grad,
             min_bytes=min_bytes,
             input_bytes=input_bytes,
             reference_chunks=lambda x, grad, mode: _reference_chunks(x, grad, mode, rows_fn, reduced),
