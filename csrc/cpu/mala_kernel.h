@@ -116,10 +116,9 @@ void proposal(const MalaProposalArgs& a, int64_t ctr_begin, int64_t ctr_end) {
     for (int64_t j = 0; j < ne;) {  // one run of coefficients per chain
       const int64_t chain = (e0 + j) / a.row;
       const int64_t end = std::min(ne, (chain + 1) * a.row - e0);
-      const double eta = static_cast<double>(step[chain * a.step_stride]);
-      const double t = static_cast<double>(temp[chain * a.temp_stride]);
-      std::fill(neg_eta + j, neg_eta + end, static_cast<acc_t>(-eta));
-      std::fill(sigma + j, sigma + end, static_cast<acc_t>(std::sqrt(2.0 * eta * t)));
+      const auto co = mala_proposal_coeffs(step[chain * a.step_stride], temp[chain * a.temp_stride]);
+      std::fill(neg_eta + j, neg_eta + end, co.neg_eta);
+      std::fill(sigma + j, sigma + end, co.sigma);
       j = end;
     }
   };

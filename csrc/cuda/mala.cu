@@ -22,7 +22,6 @@
 
 #include "common.cuh"
 #include "thermokern/mala.h"
-#include "thermokern/philox.h"
 #include "thermokern/mala_plan.h"
 
 namespace thermokern::cuda {
@@ -141,10 +140,10 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
                                      int64_t row, ChainParamView<acc_t> step,
                                      ChainParamView<acc_t> temp) {
   for_each_counter<acc_t>(seed_ptr, offset_ptr, numel, true, [&](int64_t c, const Normal4<acc_t>& z) {
-    // The chain's coefficients, formed again only where its four elements cross into the next
-    // chain (a 64-bit division and a double sqrt per chain run, not per element).
+    // The chain's coefficients, formed again only where the counter's four elements cross into
+    // the next chain (a 64-bit division and a double sqrt per counter and chain, not per element).
     int64_t chain_end = 0;
-    acc_t neg_eta = 0, sigma = 0;
+    ProposalCoeffs<acc_t> co{};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int64_t e = 4 * c + k;
@@ -152,12 +151,10 @@ __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (n
       if (e >= chain_end) {
         const int64_t chain = e / row;
         chain_end = (chain + 1) * row;
-        const double eta = static_cast<double>(step.of(chain, acc_t(0)));
-        neg_eta = static_cast<acc_t>(-eta);
-        sigma = static_cast<acc_t>(sqrt(2.0 * eta * static_cast<double>(temp.of(chain, acc_t(0)))));
+        co = mala_proposal_coeffs(step.of(chain, acc_t(0)), temp.of(chain, acc_t(0)));
       }
-      const acc_t v = static_cast<acc_t>(x[e]) + neg_eta * static_cast<acc_t>(grad[e]);
-      out[e] = static_cast<scalar_t>(v + sigma * z.v[k]);
+      const acc_t v = static_cast<acc_t>(x[e]) + co.neg_eta * static_cast<acc_t>(grad[e]);
+      out[e] = static_cast<scalar_t>(v + co.sigma * z.v[k]);
     }
   });
 }

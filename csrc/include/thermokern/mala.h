@@ -37,6 +37,20 @@ TK_INLINE T chain_value(const T* values, int64_t stride, int64_t c, T fallback) 
   return values != nullptr ? values[c * stride] : fallback;
 }
 
+// A chain's proposal coefficients, -eta and sigma = sqrt(2 eta T), formed in double from its
+// step size and temperature (in the accumulation type T) and rounded to T: every backend
+// (the CPU and CUDA kernels, Triton's kernel, the reference) forms them so, bit for bit.
+template <typename T>
+struct ProposalCoeffs {
+  T neg_eta, sigma;
+};
+template <typename T>
+TK_INLINE ProposalCoeffs<T> mala_proposal_coeffs(T step, T temperature) {
+  const double eta = static_cast<double>(step);
+  const double sigma = detail::sqrt_rn(2.0 * eta * static_cast<double>(temperature));
+  return {static_cast<T>(-eta), static_cast<T>(sigma)};
+}
+
 // Counters used by one MALA step on `numel` elements in `chains` chains.
 TK_INLINE uint64_t mala_counters(int64_t numel, int64_t chains) {
   return static_cast<uint64_t>((numel + 3) / 4) + static_cast<uint64_t>((chains + 3) / 4);
