@@ -2,7 +2,7 @@
 # GPU check for thermokern on a machine with an NVIDIA GPU and its own PyTorch (no venv made).
 #
 #   bash bench/gpu_check.sh                                    # call 1 of a lease
-#   GPU_CHECK_STEPS="memcheck racecheck sgld bench_full" bash bench/gpu_check.sh   # call 2
+#   GPU_CHECK_STEPS="bench_full ncu memcheck racecheck sgld" bash bench/gpu_check.sh   # call 2
 #   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh               # rehearsal on a CPU machine
 #
 # Steps (run in the order of GPU_CHECK_STEPS; each under `timeout`, later steps run even when
@@ -19,13 +19,19 @@
 #   bench_full  thermokern bench at the full shapes (GPU_CHECK_BENCH_ARGS adds flags)
 #   sgld        python bench/bench_optim.py: the SGLD optimizer step against the loop, foreach
 #               and compile (a multi-tensor op outside `thermokern bench`; ratios to the log,
-#               a line per case as it is measured; at most 60 s, before bench_full takes the rest)
+#               a line per case as it is measured; at most 60 s)
+#   ncu         Nsight Compute on one launch of each target op per provider and a copy of its
+#               input (bench/ncu_targets.py; GPU_CHECK_NCU_ARGS adds its flags, default
+#               16384x131072 bf16): a table of time, DRAM bytes and GB/s against the copy,
+#               throughput, occupancy and registers, to the log and ncu.csv. After bench_full,
+#               whose torch.compile of the same shapes it then finds in the Inductor cache.
 # pytest and the benchmark are stopped with SIGINT at their limit, so that pytest prints its
 # summary (and writes the junit XML) and the benchmark's JSON keeps what it measured.
 # Triton and Inductor compile caches live in build/ (ignored, kept between calls on a warm
 # machine), so later steps and calls do not compile the same kernels again.
-# Everything goes to $OUT: gpu_check.log, tests.xml, <gpu>-<stamp>.json/.png (at most 8 files,
-# the device tool's limit). The exit status is 1 when any step failed or was skipped.
+# Everything goes to $OUT: gpu_check.log, tests.xml, <gpu>-<stamp>.json/.png, ncu.csv and
+# ncu-order.json (at most 8 files, the device tool's limit). The exit status is 1 when any step
+# failed or was skipped. A step's reserve for the steps after it applies only when some follow.
 #
 # The device image (the device tool's KINDS.md: torch 2.11, Triton 3.6, Python 3.12, no
 # internet) lists no expecttest (not needed by opcheck in torch 2.11 or 2.14) and no setuptools
@@ -47,8 +53,11 @@
 #                          it fits, so name the ops too, e.g. "--dtype bfloat16 --shape
 #                          16384x131072 --op softmax_entropy --op entropy_regularized_cross_entropy
 #                          --op token_logprobs --op logsumexp --op langevin_step"
+#   GPU_CHECK_NCU_ARGS     extra bench/ncu_targets.py arguments (e.g. "--op logsumexp --shape
+#                          4096x131072")
 #   GPU_CHECK_DEVICE       cuda (default) or cpu: rehearse the steps on a machine without a GPU
-#                          (no sanitizer; sanitize_cases and the benchmark on CPU tensors)
+#                          (no sanitizer or profiler; sanitize_cases, ncu_targets and the
+#                          benchmark on CPU tensors)
 
 set -u
 set -o pipefail
@@ -254,6 +263,25 @@ step_bench() { bench --quick $(ordered_ops); }
 step_bench_full() { bench $(ordered_ops); }
 step_sgld() { THERMOKERN_BENCH_DEVICE="$DEVICE" "$PY" bench/bench_optim.py 10; }
 
+step_ncu() {
+    local ncu rep="$ROOT/build/ncu/targets" order="$OUT/ncu-order.json"
+    if [[ "$DEVICE" != cuda ]]; then
+        # shellcheck disable=SC2086
+        "$PY" bench/ncu_targets.py --device cpu --shape 256x4096 --dtype float32 --providers cpu,cpu_ \
+            --order "$order" ${GPU_CHECK_NCU_ARGS:-}
+        return
+    fi
+    ncu="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
+    [[ -x "$ncu" ]] || { echo "ncu: not found"; return 1; }
+    mkdir -p "$(dirname "$rep")"
+    # shellcheck disable=SC2086
+    "$ncu" --clock-control none --profile-from-start off -f -o "$rep" \
+        --metrics "$("$PY" bench/ncu_targets.py --metrics)" \
+        "$PY" bench/ncu_targets.py --order "$order" ${GPU_CHECK_NCU_ARGS:-} || return 1
+    "$ncu" --import "$rep.ncu-rep" --csv --page raw --print-units base > "$OUT/ncu.csv" || return 1
+    "$PY" bench/ncu_targets.py --summarize "$OUT/ncu.csv" --order "$order"
+}
+
 # thermokern.distributed over NCCL: one rank per GPU (a single GPU still runs the cuda and
 # triton paths through a one-rank group; several GPUs test the real merge).
 step_distributed() {
@@ -266,24 +294,28 @@ step_distributed() {
 
 export TARGET_OPS
 export -f step_info step_build step_tests step_distributed step_memcheck step_racecheck \
-    step_bench step_bench_full step_sgld sanitize bench ordered_ops
+    step_bench step_bench_full step_sgld step_ncu sanitize bench ordered_ops
 
 # name -> cap (s), reserve for later steps (s), signal at the limit
 declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
-                [bench]=240 [bench_full]=420 [sgld]=60)
+                [bench]=240 [bench_full]=420 [sgld]=60 [ncu]=120)
 declare -A RESERVE=([info]=0 [build]=120 [tests]=70 [distributed]=0 [memcheck]=60 [racecheck]=0
-                    [bench]=30 [bench_full]=0 [sgld]=0)
+                    [bench]=30 [bench_full]=120 [sgld]=0 [ncu]=60)
 declare -A SIG=([info]=TERM [build]=TERM [tests]=INT [distributed]=TERM [memcheck]=TERM
-                [racecheck]=TERM [bench]=INT [bench_full]=INT [sgld]=TERM)
+                [racecheck]=TERM [bench]=INT [bench_full]=INT [sgld]=TERM [ncu]=TERM)
 
 echo "thermokern gpu_check $(date -Is) in $ROOT on $DEVICE; steps: $STEPS; budget ${BUDGET_S}s; log: $LOG"
-for step in $STEPS; do
+read -r -a STEP_LIST <<< "$STEPS"
+for i in "${!STEP_LIST[@]}"; do
+    step="${STEP_LIST[$i]}"
     if [[ -z "${CAP[$step]:-}" ]]; then
         echo "gpu_check: unknown step '$step' (known: ${!CAP[*]})"
         FAILED=1
         continue
     fi
-    run_step "$step" "${CAP[$step]}" "${RESERVE[$step]}" "${SIG[$step]}" "step_$step"
+    reserve="${RESERVE[$step]}"
+    ((i + 1 == ${#STEP_LIST[@]})) && reserve=0  # no step after it to keep time for
+    run_step "$step" "${CAP[$step]}" "$reserve" "${SIG[$step]}" "step_$step"
 done
 
 echo
