@@ -156,6 +156,7 @@ step_info() {
     echo "--- nvcc: $(command -v nvcc || echo missing)"
     nvcc --version 2>/dev/null | tail -2
     echo "--- compute-sanitizer: $(command -v compute-sanitizer || echo missing)"
+    echo "--- ncu: $(command -v ncu || echo 'not on PATH') $(ncu --version 2>/dev/null | tail -1)"
     echo "--- CPUs: $(nproc), memory: $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}')"
     "$PY" - <<'EOF'
 import importlib.metadata as md, platform, torch
@@ -271,8 +272,9 @@ step_ncu() {
             --order "$order" ${GPU_CHECK_NCU_ARGS:-}
         return
     fi
-    ncu="$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")"
-    [[ -x "$ncu" ]] || { echo "ncu: not found"; return 1; }
+    ncu="$(command -v ncu || ls -d "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu /usr/local/cuda*/nsight-compute*/ncu \
+        /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+    [[ -n "$ncu" && -x "$ncu" ]] || { echo "ncu: not found on PATH nor in the toolkit"; return 1; }
     mkdir -p "$(dirname "$rep")"
     # shellcheck disable=SC2086
     "$ncu" --clock-control none --profile-from-start off -f -o "$rep" \
