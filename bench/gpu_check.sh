@@ -23,8 +23,7 @@
 #   ncu         Nsight Compute on one launch of each target op per provider and a copy of its
 #               input (bench/ncu_targets.py; GPU_CHECK_NCU_ARGS adds its flags, default
 #               16384x131072 bf16): a table of time, DRAM bytes and GB/s against the copy,
-#               throughput, occupancy and registers, to the log and ncu.csv. After bench_full,
-#               whose torch.compile of the same shapes it then finds in the Inductor cache.
+#               throughput, occupancy and registers, to the log and ncu.csv (at most 90 s)
 # pytest and the benchmark are stopped with SIGINT at their limit, so that pytest prints its
 # summary (and writes the junit XML) and the benchmark's JSON keeps what it measured.
 # Triton and Inductor compile caches live in build/ (ignored, kept between calls on a warm
@@ -300,9 +299,9 @@ export -f step_info step_build step_tests step_distributed step_memcheck step_ra
 
 # name -> cap (s), reserve for later steps (s), signal at the limit
 declare -A CAP=([info]=30 [build]=240 [tests]=300 [distributed]=60 [memcheck]=150 [racecheck]=120
-                [bench]=240 [bench_full]=420 [sgld]=60 [ncu]=120)
+                [bench]=240 [bench_full]=420 [sgld]=60 [ncu]=90)
 declare -A RESERVE=([info]=0 [build]=120 [tests]=70 [distributed]=0 [memcheck]=60 [racecheck]=0
-                    [bench]=30 [bench_full]=120 [sgld]=0 [ncu]=60)
+                    [bench]=30 [bench_full]=90 [sgld]=0 [ncu]=0)
 declare -A SIG=([info]=TERM [build]=TERM [tests]=INT [distributed]=TERM [memcheck]=TERM
                 [racecheck]=TERM [bench]=INT [bench_full]=INT [sgld]=TERM [ncu]=TERM)
 

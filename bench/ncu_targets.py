@@ -9,12 +9,12 @@ Run by ``bench/gpu_check.sh``'s ``ncu`` step::
     python bench/ncu_targets.py --summarize $OUT/ncu.csv --order $OUT/ncu-order.json
 
 Each (op, provider) is the benchmark's own call (``thermokern.bench``: the spec's input, its
-parameters, the provider's function), run once untimed first (Triton and Inductor compile
-then), then once between ``torch.cuda.profiler.start()`` and ``stop()`` after a marker kernel
+parameters, the provider's function), run once untimed first (Triton compiles then), then once
+between ``torch.cuda.profiler.start()`` and ``stop()`` after a marker kernel
 (``torch.cuda._sleep``, ``spin_kernel`` in the profile): the summary splits the profiled
 kernels at the markers and names each group from the ``--order`` file, which lists the groups
-in launch order. ``copy`` is ``dst.copy_(src)`` of the op's input, the bandwidth the issue's
-targets are stated against.
+in launch order. ``copy`` is ``dst.copy_(src)`` of the op's input, the bandwidth the GPU
+targets (issue 12) are stated against.
 
 The summary table gives, per group: its kernels, their summed duration, the DRAM bytes moved
 (also as a multiple of the input's bytes: a row op that reads its input once moves 1x, the copy
@@ -57,13 +57,10 @@ METRICS = {
 
 
 def default_providers(provs: Sequence[bench.Provider]) -> list[bench.Provider]:
-    """thermokern's backends (each in-place twin too), peers (Liger, quack) and ``compile``:
-    not eager (many small kernels) nor thermokern inside a compiled model."""
-    return [
-        p
-        for p in provs
-        if (p.kind in ("thermokern", "external") and "+" not in p.name) or p.name == "compile"
-    ]
+    """thermokern's backends (each in-place twin too) and peers (Liger, quack); not eager (many
+    small kernels), torch.compile (its compile would take most of the step; name it in
+    ``--providers`` to see its kernels) nor thermokern inside a compiled model."""
+    return [p for p in provs if p.kind in ("thermokern", "external") and "+" not in p.name]
 
 
 def _profiled(device: str, run) -> None:
@@ -204,9 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--device", default="cuda", help="cuda (default), or cpu for a rehearsal without the profiler"
     )
-    p.add_argument(
-        "--providers", help="comma-separated provider names (default: thermokern's, peers', compile)"
-    )
+    p.add_argument("--providers", help="comma-separated provider names (default: thermokern's and peers')")
     p.add_argument(
         "--order", help="JSON file of the profiled groups in launch order (written, or read by --summarize)"
     )

@@ -123,10 +123,10 @@ def test_cpu_rehearsal_writes_the_order(tmp_path):
         ncu_targets.main([*argv, "--op", "no_such_op"])
 
 
-def test_default_providers_are_the_kernels_and_compile():
+def test_default_providers_are_the_kernels():
     from thermokern import bench
 
     kinds = {"cuda": "thermokern", "cuda_": "thermokern", "cuda+compile": "thermokern", "liger": "external",
              "eager": "baseline", "compile": "compiled"}  # fmt: skip
     provs = [bench.Provider(name, lambda: None, kind=kind) for name, kind in kinds.items()]
-    assert [p.name for p in ncu_targets.default_providers(provs)] == ["cuda", "cuda_", "liger", "compile"]
+    assert [p.name for p in ncu_targets.default_providers(provs)] == ["cuda", "cuda_", "liger"]
