@@ -20,7 +20,7 @@
 #   sgld        python bench/bench_optim.py: the SGLD optimizer step against the loop, foreach
 #               and compile (a multi-tensor op outside `thermokern bench`; ratios to the log,
 #               a line per case as it is measured; at most 60 s)
-#   ncu         Nsight Compute on one launch of each target op per provider and a copy of its
+#   ncu         Nsight Compute on one launch of each of TARGET_OPS per provider and a copy of its
 #               input (bench/ncu_targets.py; GPU_CHECK_NCU_ARGS adds its flags, default
 #               16384x131072 bf16): a table of time, DRAM bytes and GB/s against the copy,
 #               throughput, occupancy and registers, to the log and ncu.csv (at most 90 s)
@@ -264,11 +264,13 @@ step_bench_full() { bench $(ordered_ops); }
 step_sgld() { THERMOKERN_BENCH_DEVICE="$DEVICE" "$PY" bench/bench_optim.py 10; }
 
 step_ncu() {
-    local ncu rep="$ROOT/build/ncu/targets" order="$OUT/ncu-order.json"
+    local ncu op rep="$ROOT/build/ncu/targets" order="$OUT/ncu-order.json" ops=()
+    # the target ops, unless GPU_CHECK_NCU_ARGS names its own
+    [[ " ${GPU_CHECK_NCU_ARGS:-} " == *" --op"* ]] || for op in $TARGET_OPS; do ops+=(--op "$op"); done
     if [[ "$DEVICE" != cuda ]]; then
         # shellcheck disable=SC2086
         "$PY" bench/ncu_targets.py --device cpu --shape 256x4096 --dtype float32 --providers cpu,cpu_ \
-            --order "$order" ${GPU_CHECK_NCU_ARGS:-}
+            ${ops[@]+"${ops[@]}"} --order "$order" ${GPU_CHECK_NCU_ARGS:-}
         return
     fi
     ncu="$(command -v ncu || ls -d "${CUDA_HOME:-/usr/local/cuda}"/bin/ncu /usr/local/cuda*/nsight-compute*/ncu \
@@ -278,7 +280,7 @@ step_ncu() {
     # shellcheck disable=SC2086
     "$ncu" --clock-control none --profile-from-start off -f -o "$rep" \
         --metrics "$("$PY" bench/ncu_targets.py --metrics)" \
-        "$PY" bench/ncu_targets.py --order "$order" ${GPU_CHECK_NCU_ARGS:-} || return 1
+        "$PY" bench/ncu_targets.py ${ops[@]+"${ops[@]}"} --order "$order" ${GPU_CHECK_NCU_ARGS:-} || return 1
     "$ncu" --import "$rep.ncu-rep" --csv --page raw --print-units base > "$OUT/ncu.csv" || return 1
     "$PY" bench/ncu_targets.py --summarize "$OUT/ncu.csv" --order "$order"
 }

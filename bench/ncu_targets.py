@@ -1,10 +1,10 @@
 """Where the time goes in the ops with GPU targets: one launch of each (op, provider) under
 Nsight Compute, against a device-to-device copy of the input's size in the same profile.
 
-Run by ``bench/gpu_check.sh``'s ``ncu`` step::
+Run by ``bench/gpu_check.sh``'s ``ncu`` step, on the ops of its TARGET_OPS::
 
     ncu --clock-control none --profile-from-start off --metrics <METRICS> -o build/ncu/targets \
-        python bench/ncu_targets.py --order $OUT/ncu-order.json
+        python bench/ncu_targets.py --op softmax_entropy --op logsumexp ... --order $OUT/ncu-order.json
     ncu --import build/ncu/targets.ncu-rep --csv --page raw --print-units base > $OUT/ncu.csv
     python bench/ncu_targets.py --summarize $OUT/ncu.csv --order $OUT/ncu-order.json
 
@@ -40,7 +40,6 @@ import torch
 
 from thermokern import bench
 
-TARGET_OPS = ("softmax_entropy", "entropy_regularized_cross_entropy", "logsumexp", "langevin_step")
 MARKER = "spin_kernel"  # torch.cuda._sleep's kernel
 # What the summary reads, in ncu's names; gpu_check.sh passes the same list to --metrics.
 METRICS = {
@@ -63,10 +62,10 @@ def default_providers(provs: Sequence[bench.Provider]) -> list[bench.Provider]:
     return [p for p in provs if p.kind in ("thermokern", "external") and "+" not in p.name]
 
 
-def _profiled(device: str, run) -> None:
+def _profiled(on_cuda: bool, run) -> None:
     """``run()`` inside the profiler's range after a marker kernel (on CUDA); just ``run()``
     elsewhere."""
-    if torch.device(device).type != "cuda":
+    if not on_cuda:
         run()
         return
     torch.cuda.synchronize()
@@ -80,6 +79,7 @@ def _profiled(device: str, run) -> None:
 def profile(ops: Iterable[str], shape, dtype, device: str, names: Sequence[str] | None) -> list[dict]:
     """Run and profile every (op, provider); the groups in launch order."""
     gen = torch.Generator(device=device).manual_seed(0)
+    on_cuda = torch.device(device).type == "cuda"
     groups: list[dict] = []
     for op in ops:
         spec = bench.OPS[op]
@@ -89,7 +89,7 @@ def profile(ops: Iterable[str], shape, dtype, device: str, names: Sequence[str] 
         chosen = default_providers(provs) if names is None else [p for p in provs if p.name in names]
         input_bytes = x.numel() * x.element_size()
         dst = torch.empty_like(x)
-        _profiled(device, functools.partial(dst.copy_, x.detach()))
+        _profiled(on_cuda, functools.partial(dst.copy_, x.detach()))
         groups.append({"op": op, "provider": "copy", "input_bytes": input_bytes})
         del dst
         for prov in chosen:
@@ -97,11 +97,11 @@ def profile(ops: Iterable[str], shape, dtype, device: str, names: Sequence[str] 
             prepare(0)
             call(0)  # compiles and autotunes outside the profile
             prepare(0)  # restores an in-place provider's input, outside the profile
-            _profiled(device, lambda call=call: call(0))
+            _profiled(on_cuda, lambda call=call: call(0))
             groups.append({"op": op, "provider": prov.name, "input_bytes": input_bytes})
             print(f"ncu_targets: {op} {prov.name} done", flush=True)
         del x, leaves
-        if torch.device(device).type == "cuda":
+        if on_cuda:
             torch.cuda.empty_cache()
     return groups
 
@@ -193,9 +193,7 @@ def format_summary(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--op", action="append", help=f"an op to profile (repeat; default {', '.join(TARGET_OPS)})"
-    )
+    p.add_argument("--op", action="append", help="an op to profile (repeat)")
     p.add_argument("--shape", default="16384x131072", help="input shape (default 16384x131072)")
     p.add_argument("--dtype", default="bfloat16", help="input dtype (default bfloat16)")
     p.add_argument(
@@ -219,12 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.summarize, newline="") as f:
             print(format_summary(summarize(read_kernels(f), groups)))
         return 0
-    ops = args.op or list(TARGET_OPS)
-    unknown = [op for op in ops if op not in bench.OPS]
-    if unknown:
-        p.error(f"--op: unknown {unknown}; known: {', '.join(bench.OPS)}")
+    unknown = [op for op in args.op or () if op not in bench.OPS]
+    if not args.op or unknown:
+        p.error(f"--op: expected one or more of {', '.join(bench.OPS)}, got {args.op}")
     names = args.providers.split(",") if args.providers else None
-    groups = profile(ops, bench.parse_shape(args.shape), bench.parse_dtype(args.dtype), args.device, names)
+    groups = profile(
+        args.op, bench.parse_shape(args.shape), bench.parse_dtype(args.dtype), args.device, names
+    )
     with open(args.order, "w") as f:
         json.dump(groups, f, indent=1)
     print(f"ncu_targets: {len(groups)} groups profiled; order in {args.order}")
