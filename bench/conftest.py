@@ -171,7 +171,8 @@ def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
         x = xs[0]
         grad = spec.make_grad(x, gen)
         leaves = spec.leaves(x) if spec.leaves is not None else ()
-        prepare, call, inputs = bench.make_calls(provider, mode, xs, grad, leaves)
+        calls = bench.make_calls(provider, mode, xs, grad, leaves)
+        prepare, call = calls.prepare, calls.call
         cuda = x.is_cuda
 
         def sync():
@@ -197,7 +198,7 @@ def op_benchmark(benchmark, bench_device, bench_rounds, copy_gbps):
 
         if provider.exact and spec.has_reference:
             prepare(0)
-            value = bench.result_of_call(mode, call, inputs, leaves)
+            value = bench.result_of_call(mode, calls, leaves)
             err = bench.max_abs_err(value, spec.reference(x, grad, mode))
             extra["max_abs_err"] = err
             del value

@@ -59,7 +59,7 @@ def default_providers(provs: Sequence[bench.Provider]) -> list[bench.Provider]:
     """thermokern's backends (each in-place twin too) and peers (Liger, quack); not eager (many
     small kernels), torch.compile (its compile would take most of the step; name it in
     ``--providers`` to see its kernels) nor thermokern inside a compiled model."""
-    return [p for p in provs if p.kind in ("thermokern", "external") and "+" not in p.name]
+    return [p for p in provs if p.kind in ("thermokern", "external") and not p.compiled]
 
 
 def _profiled(on_cuda: bool, run) -> None:
@@ -87,17 +87,19 @@ def profile(ops: Iterable[str], shape, dtype, device: str, names: Sequence[str] 
         leaves = spec.leaves(x) if spec.leaves is not None else ()
         provs, _ = spec.providers(device)
         chosen = default_providers(provs) if names is None else [p for p in provs if p.name in names]
-        input_bytes = x.numel() * x.element_size()
+        input_bytes = spec.input_bytes(shape, dtype)
         dst = torch.empty_like(x)
         _profiled(on_cuda, functools.partial(dst.copy_, x.detach()))
         groups.append({"op": op, "provider": "copy", "input_bytes": input_bytes})
         del dst
         for prov in chosen:
-            prepare, call, _ = bench.make_calls(prov, "fwd", [x], None, leaves)
-            prepare(0)
-            call(0)  # compiles and autotunes outside the profile
-            prepare(0)  # restores an in-place provider's input, outside the profile
-            _profiled(on_cuda, lambda call=call: call(0))
+            calls = bench.make_calls(prov, "fwd", [x], None, leaves)
+            calls.prepare(0)
+            calls.call(0)  # compiles and autotunes outside the profile
+            calls.prepare(0)  # restores an in-place provider's input, outside the profile
+            _profiled(on_cuda, functools.partial(calls.call, 0))
+            if calls.restore is not None:
+                calls.restore()
             groups.append({"op": op, "provider": prov.name, "input_bytes": input_bytes})
             print(f"ncu_targets: {op} {prov.name} done", flush=True)
         del x, leaves

@@ -56,6 +56,45 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     assert "softmax_entropy" in table and "langevin_step" in table and "32x1000" in table
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["reference-kept", "reference-in-chunks"])
+def test_in_place_providers_are_measured_against_the_original_input(monkeypatch, kept):
+    """``cpu_`` updates the case's own input copies: its error is against the float64 step of
+    the original input, whether the reference is kept or recomputed after the call, and the
+    provider after it starts from the original input too."""
+    from thermokern.bench import runner
+
+    if not kept:
+        monkeypatch.setattr(runner, "free_bytes", lambda device: 0)
+    result = bench.run(
+        ops=["langevin_step"],
+        shapes=["64x1000"],
+        quick=True,
+        progress=False,
+        out=None,
+        providers=["cpu_", "cpu"],
+    )
+    errors = {r["provider"]: r["max_abs_err"] for r in result["rows"]}
+    assert set(errors) == {"cpu_", "cpu"}
+    assert all(err < 1e-6 for err in errors.values()), errors
+
+
+def test_in_place_calls_restore_the_inputs():
+    spec = bench.OPS["langevin_step"]
+    gen = torch.Generator().manual_seed(0)
+    xs = [spec.make_input((8, 100), torch.float32, "cpu", gen) for _ in range(3)]
+    before = [x.clone() for x in xs]
+    (prov,) = [p for p in spec.providers("cpu")[0] if p.name == "cpu_"]
+    calls = bench.make_calls(prov, "fwd", xs, None)
+    for i in range(5):
+        calls.prepare(i)
+        calls.call(i)
+    value = bench.result_of_call("fwd", calls)
+    assert not torch.equal(value, before[0])  # the step, kept apart from the input
+    calls.call(1)
+    calls.restore()
+    assert all(torch.equal(x, b) for x, b in zip(xs, before, strict=True))
+
+
 def test_tiny_linear_head_benchmark_run():
     ops = ["linear_cross_entropy", "linear_entropy_regularized_cross_entropy", "linear_token_logprobs"]
     result = bench.run(

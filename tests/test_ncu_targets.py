@@ -130,5 +130,8 @@ def test_default_providers_are_the_kernels():
 
     kinds = {"cuda": "thermokern", "cuda_": "thermokern", "cuda+compile": "thermokern", "liger": "external",
              "eager": "baseline", "compile": "compiled"}  # fmt: skip
-    provs = [bench.Provider(name, lambda: None, kind=kind) for name, kind in kinds.items()]
+    provs = [
+        bench.Provider(name, lambda: None, kind=kind, compiled="compile" in name)
+        for name, kind in kinds.items()
+    ]
     assert [p.name for p in ncu_targets.default_providers(provs)] == ["cuda", "cuda_", "liger"]

@@ -27,13 +27,14 @@ from .memory import PeakMemory
 from .providers import Provider
 from .registry import MODES, OPS, OpSpec, label, parse_dtype, parse_shape, register
 from .report import format_table, plot
-from .runner import SCHEMA, make_calls, max_abs_err, result_of_call, run
+from .runner import SCHEMA, Calls, make_calls, max_abs_err, result_of_call, run
 from .timing import measure_copy, n_copies
 
 __all__ = [
     "MODES",
     "OPS",
     "SCHEMA",
+    "Calls",
     "OpSpec",
     "PeakMemory",
     "Provider",

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import torch
 
@@ -122,14 +122,23 @@ class _Reference:
         return worst
 
 
+class Calls(NamedTuple):
+    """One provider's calls on one case (:func:`make_calls`)."""
+
+    prepare: Callable[[int], None]
+    call: Callable[[int], Any]
+    inputs: list[torch.Tensor]
+    restore: Callable[[], None] | None
+
+
 def make_calls(
     prov: Provider,
     mode: str,
     xs: Sequence[torch.Tensor],
     grad: torch.Tensor | None,
     leaves: Sequence[torch.Tensor] = (),
-) -> tuple[Callable[[int], None], Callable[[int], Any], list[torch.Tensor]]:
-    """Build ``(prepare, call, inputs)`` for one provider and mode.
+) -> Calls:
+    """Build ``(prepare, call, inputs, restore)`` for one provider and mode.
 
     ``call(i)`` runs the op on input copy ``i % len(xs)`` (``fwd``: returns the output;
     ``fwd+bwd``: forward then ``.backward(grad)``, the gradient lands in ``inputs[i].grad``);
@@ -137,13 +146,17 @@ def make_calls(
     input of an in-place provider). ``leaves`` (the op's other differentiable tensors,
     :attr:`OpSpec.leaves`, shared by the input copies) require grad in ``fwd+bwd`` only, and
     ``prepare`` clears their gradients too.
+
+    An in-place provider updates ``xs`` themselves (a spec finds what it drew with an input
+    from the input's storage, :class:`PerInput`); ``restore()`` puts every copy back as it was,
+    for what reads ``xs`` after the provider (the reference, the next provider). ``restore`` is
+    None for the other providers.
     """
     fn = prov.make()
     for t in leaves:
         t.requires_grad_(mode == "fwd+bwd")
+    restore = None
     if mode == "fwd" and prov.inplace:
-        # The op updates the tensors make_input made (a spec may find data it drew with an
-        # input from the input, PerInput), restored from pristine copies before every call.
         inputs = [x.detach() for x in xs]
         originals = [x.clone() for x in inputs]
 
@@ -152,6 +165,10 @@ def make_calls(
 
         def call(i: int):
             return fn(inputs[i % len(inputs)])
+
+        def restore() -> None:
+            for x, original in zip(inputs, originals, strict=True):
+                x.copy_(original)
 
     elif mode == "fwd":
         inputs = [x.detach() for x in xs]
@@ -176,18 +193,23 @@ def make_calls(
 
     else:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    return prepare, call, inputs
+    return Calls(prepare, call, inputs, restore)
 
 
 def result_of_call(
-    mode: str, call: Callable[[int], Any], inputs: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor] = ()
+    mode: str, calls: Calls, leaves: Sequence[torch.Tensor] = ()
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """Run ``call(0)`` once and return what the error is measured on: the output, or the input
-    gradient (with ``leaves``: the tuple of the input's and the leaves' gradients, nothing
-    allocated; :func:`max_abs_err` joins them)."""
-    out = call(0)
+    """Run ``calls.call(0)`` once and return what the error is measured on: the output, or the
+    input gradient (with ``leaves``: the tuple of the input's and the leaves' gradients,
+    nothing allocated; :func:`max_abs_err` joins them). An in-place provider's output (its
+    input copy, updated) comes back as a copy, and its inputs restored."""
+    out = calls.call(0)
     if mode == "fwd":
+        if calls.restore is not None:
+            out = out.clone()
+            calls.restore()
         return out
+    inputs = calls.inputs
     return (inputs[0].grad, *(t.grad for t in leaves)) if leaves else inputs[0].grad
 
 
@@ -205,7 +227,8 @@ def _measure_provider(
     """Time one provider on one case; returns the row's measured fields."""
     row: dict[str, Any] = {}
     leaves = spec.leaves(xs[0]) if spec.leaves is not None else ()
-    prepare, call, inputs = make_calls(prov, mode, xs, grad, leaves)
+    calls = make_calls(prov, mode, xs, grad, leaves)
+    prepare, call = calls.prepare, calls.call
 
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     warmup = st.warmup
@@ -222,13 +245,15 @@ def _measure_provider(
     # one untimed call for the error and the peak extra memory
     prepare(0)
     mem.start()
-    value = result_of_call(mode, call, inputs, leaves)
+    value = result_of_call(mode, calls, leaves)
     row["peak_mem_mib"] = mem.stop()
     row["max_abs_err"] = ref.max_abs_err(value) if (ref is not None and prov.exact) else None
     del value
     prepare(0)
     times = time_calls(call, prepare, device, st)
     prepare(0)
+    if calls.restore is not None:
+        calls.restore()  # the next provider starts from the same inputs
     row.update(summary(times))
     return row
 
