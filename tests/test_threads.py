@@ -60,9 +60,17 @@ def _row_cases():
     }
 
 
-def _reduction_cases():
-    rows = torch.randn(6, 20000) * 4  # few long rows: split over the threads and merged
-    cols = torch.randn(3, 2000, 37) * 4
+def _partition_cases():
+    rows = torch.randn(6, 20000) * 4  # few long rows (a task per output row)
+    cols = torch.randn(3, 2000, 37) * 4  # a reduction over a middle dimension (column tiles)
+    return {
+        "logsumexp rows": lambda: _grads(lambda x: thermokern.logsumexp(x, -1, backend="cpu"), rows),
+        "logsumexp cols": lambda: _grads(lambda x: thermokern.logsumexp(x, 1, backend="cpu"), cols),
+        "thermo_stats": lambda: thermokern.thermo_stats(rows, -1, temperature=0.7, backend="cpu"),
+    }
+
+
+def _blas_cases():
     h, w = torch.randn(300, 64), torch.randn(5000, 64) / 8
     t = torch.randint(0, 5000, (300,))
     return {
@@ -70,9 +78,6 @@ def _reduction_cases():
         "linear_cross_entropy": lambda: _grads(
             lambda h, w: thermokern.linear_cross_entropy(h, w, t, entropy_weight=0.2, backend="cpu"), h, w
         ),
-        "logsumexp rows": lambda: _grads(lambda x: thermokern.logsumexp(x, -1), rows),
-        "logsumexp cols": lambda: _grads(lambda x: thermokern.logsumexp(x, 1), cols),
-        "thermo_stats": lambda: thermokern.thermo_stats(rows, -1, temperature=0.7),
     }
 
 
@@ -84,10 +89,11 @@ def _sampler_cases():
     kw = {"seed": 3, "offset": 5}
 
     def sgld():
-        params = [torch.nn.Parameter(torch.ones(1000, 37)), torch.nn.Parameter(torch.ones(3))]
+        # 50,001 Philox counters: several tasks of the kernel's grain (16,384 counters)
+        params = [torch.nn.Parameter(torch.ones(1000, 200)), torch.nn.Parameter(torch.ones(3))]
         for p in params:
             p.grad = torch.full_like(p, 0.5)
-        thermokern.optim.SGLD(params, lr=1e-3, seed=9).step()
+        thermokern.optim.SGLD(params, lr=1e-3, seed=9, backend="cpu").step()
         return tuple(p.detach() for p in params)
 
     return {
@@ -104,22 +110,22 @@ def _sampler_cases():
     }
 
 
-@pytest.mark.parametrize("case", list(_row_cases()) + list(_sampler_cases()))
+@pytest.mark.parametrize("case", list(_row_cases()) + list(_partition_cases()) + list(_sampler_cases()))
 def test_same_bits_at_any_thread_count(case):
-    """Per-row and per-element kernels: the work splits by rows or counters, each computed the
-    same way wherever it runs, so the bits are the same."""
-    fn = (_row_cases() | _sampler_cases())[case]
+    """The kernels split their work by rows, output rows or column tiles, or Philox counters,
+    each computed the same way wherever it runs (a reduction is never split): the same bits."""
+    fn = (_row_cases() | _partition_cases() | _sampler_cases())[case]
     first, *rest = _each_thread_count(fn)
     for other in rest:
         for a, b in zip(first, other, strict=True):
             assert torch.equal(a, b), case
 
 
-@pytest.mark.parametrize("case", list(_reduction_cases()))
+@pytest.mark.parametrize("case", list(_blas_cases()))
 def test_close_at_any_thread_count(case):
-    """Reductions whose rows split over the threads (and merge in another order), and the BLAS
-    matmuls of the language-model head: equal to rounding."""
-    first, *rest = _each_thread_count(_reduction_cases()[case])
+    """The language-model head, whose chunk matmuls are the BLAS's (their splits may follow the
+    thread count): equal to rounding."""
+    first, *rest = _each_thread_count(_blas_cases()[case])
     for other in rest:
         for a, b in zip(first, other, strict=True):
             assert_close(b, a.double(), torch.float32)
