@@ -497,8 +497,10 @@ from thermokern.kernels import partition as tk
 spills = []
 for (ty, acc_ty, acc), dtype in zip(sm90_dtypes(), (torch.float32, torch.bfloat16, torch.float64), strict=True):
     # The launch configurations on a GPU: large R and I, tiles of _cols_tile elements.
+    assert not tk._interpreting()
     fwd_r, fwd_i, fwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=False))
     bwd_r, bwd_i, bwd_w = tk._cols_blocks(1000, 100000, 1000, tk._cols_tile(dtype, backward=True))
+    row_r, row_w = tk._block_and_warps(1 << 20)  # long rows
     for extras in (False, True):  # weight and mask (strided), or neither
         for idx in ("i64", "i32"):  # sizes as Triton passes them past 2^31, and below
             stats = {"scale_ptr": acc_ty, "shift_ptr": acc_ty, "sum_ptr": acc_ty, "m1_ptr": acc_ty, "m2_ptr": acc_ty}
@@ -508,12 +510,13 @@ for (ty, acc_ty, acc), dtype in zip(sm90_dtypes(), (torch.float32, torch.bfloat1
             tile_idx = tl.int64 if idx == "i64" else tl.int32
             cases = (
                 (tk._partition_fwd_rows_kernel, stats,
-                 {"SCALE_STRIDE": 1, "NEGATE": True, "MOMENTS": True, "BLOCK_R": 1024}, 4),
+                 {"SCALE_STRIDE": 1, "NEGATE": True, "MOMENTS": True, "BLOCK_R": row_r}, row_w),
                 (tk._partition_fwd_cols_kernel, stats,
                  {"SCALE_STRIDE": 1, "NEGATE": False, "MOMENTS": True, "BLOCK_R": fwd_r, "BLOCK_I": fwd_i,
                   "TILE_IDX": tile_idx}, fwd_w),
                 (tk._partition_bwd_rows_kernel, grads,
-                 {"SCALE_STRIDE": 1, "NEGATE": True, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": 1024}, 4),
+                 {"SCALE_STRIDE": 1, "NEGATE": True, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": row_r},
+                 row_w),
                 (tk._partition_bwd_cols_kernel, grads,
                  {"SCALE_STRIDE": 0, "NEGATE": False, "WEIGHT_GRAD": extras, "NCOEF": 3, "BLOCK_R": bwd_r,
                   "BLOCK_I": bwd_i, "TILE_IDX": tile_idx}, bwd_w),
