@@ -196,6 +196,21 @@ def spill_bytes(compiled) -> int:
     return int(re.search(r"(\d+) bytes spill stores", r.stdout + r.stderr).group(1))
 
 
+def counters(t: torch.Tensor) -> int:
+    """Philox counters a tensor takes (4 elements each)."""
+    return (t.numel() + 3) // 4
+
+
+def counter_starts(params) -> tuple[list[int], int]:
+    """The first Philox counter of each tensor when they take consecutive counters (as SGLD's
+    tensors do), and the number of counters they take in all."""
+    starts, s = [], 0
+    for p in params:
+        starts.append(s)
+        s += counters(p)
+    return starts, s
+
+
 def triton_randint4x(seed: int, offset: int, n: int) -> torch.Tensor:
     """Triton's own ``tl.randint4x(seed, offset + i)`` for i < n (a Python int seed, as users
     call it), run through a kernel on CPU tensors: an (n, 4) int64 tensor of the uint32 words."""

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from _util import assert_close, gpu_launch_sizes
+from _util import assert_close, counter_starts, gpu_launch_sizes
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 
 from thermokern._dtypes import acc_dtype
@@ -274,9 +274,7 @@ def test_mala_and_sgld_kernels(backend, sgld_shapes=((5, 7), (300,))):
     params = [torch.randn(shape) for shape in sgld_shapes]
     ref_params = [p.clone() for p in params]
     grads = [torch.randn_like(p) for p in params]
-    starts = [0]
-    for p in params[:-1]:
-        starts.append(starts[-1] + (p.numel() + 3) // 4)  # disjoint counters per tensor
+    starts, _ = counter_starts(params)  # disjoint counters per tensor
     sgld = (torch.tensor(3), torch.tensor(100), starts, 0.01, 0.2, 0.1)
     seed, offset, starts, lr, sigma, wd = sgld
     sgld_step_kernel(backend, params, grads, seed, offset, starts, lr, sigma, wd)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from _util import DTYPES, assert_close
+from _util import DTYPES, assert_close, counter_starts, counters
 from conftest import HAS_GPU, cpu_backends, gpu_backends
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -29,20 +29,6 @@ LARGE = (301, 223)
 
 # Normals across backends: 1e-6 relative (float32 series ~3e-7), plus an absolute floor.
 NOISE_TOL = {torch.float32: (1e-7, 1e-6), torch.float64: (1e-14, 1e-12)}
-
-
-def _counters(t: torch.Tensor) -> int:
-    return (t.numel() + 3) // 4
-
-
-def _counter_starts(params) -> tuple[list[int], int]:
-    """The first Philox counter of each param when they take consecutive counters, and the
-    number of counters they take in all."""
-    starts, s = [], 0
-    for p in params:
-        starts.append(s)
-        s += _counters(p)
-    return starts, s
 
 
 def _make_params(shapes, dtype, *, non_contiguous=(), scale=1.0):
@@ -96,7 +82,7 @@ def test_fused_step_matches_per_tensor_reference(backend, dtype):
         backend=backend,
     )
     everything = params + extra
-    starts, total = _counter_starts(everything)
+    starts, total = counter_starts(everything)
     for step in range(2):
         grads = []
         for i, p in enumerate(everything):
@@ -152,7 +138,7 @@ def test_noise_is_langevin_noise_at_each_params_counters(backend, dtype):
     for p in params:
         want = reference.langevin_noise(p.numel(), 0xDEADBEEF, start).reshape(p.shape)
         torch.testing.assert_close(p.detach().double(), want, atol=atol, rtol=rtol)
-        start += _counters(p)
+        start += counters(p)
 
 
 def test_cpu_bit_identical_to_langevin_step_(cpu_isa):
@@ -169,7 +155,7 @@ def test_cpu_bit_identical_to_langevin_step_(cpu_isa):
                 x, g, step_size=0.01, temperature=2.0, seed=77, offset=40 + start, backend="cpu"
             )
             want.append(x)
-            start += _counters(p)
+            start += counters(p)
         opt = SGLD(params, lr=0.01, temperature=2.0, seed=77, backend="cpu")
         opt.load_state_dict({**opt.state_dict(), "rng": {"seed": 77, "offset": 40}})
         for p, g in zip(params, grads, strict=True):
@@ -185,7 +171,7 @@ def test_cpu_tasks_split_tensors(cpu_isa, dtype):
     several small ones; every element still gets its own counter."""
     params = _make_params([(7,), LARGE, (3, 5), LARGE, (2,)], dtype, non_contiguous={1})
     grads = [torch.randn_like(p) for p in params]
-    starts, _ = _counter_starts(params)
+    starts, _ = counter_starts(params)
     want = _expected_step(params, grads, starts, lr=0.03, temperature=1.0, wd=0.5, seed=3, offset=0)
     opt = SGLD(params, lr=0.03, weight_decay=0.5, seed=3, backend="cpu")
     for p, g in zip(params, grads, strict=True):
@@ -611,7 +597,7 @@ def test_gpu_matches_cpu(backend, dtype):
     shapes = [*SHAPES, LARGE, (1 << 18,)]
     params = _make_params(shapes, dtype, non_contiguous={2})
     grads = [torch.randn_like(p) for p in params]
-    starts, s = _counter_starts(params)
+    starts, s = counter_starts(params)
     want = _expected_step(params, grads, starts, lr=0.02, temperature=0.8, wd=0.3, seed=13, offset=0)
     dev = [torch.nn.Parameter(p.detach().cuda()) for p in params]
     dev[2] = torch.nn.Parameter(params[2].detach().t().contiguous().cuda().t())
@@ -631,7 +617,7 @@ def test_gpu_matches_cpu(backend, dtype):
     opt.step()
     for p, w in zip(dev, want, strict=True):
         assert_close(p.detach().cpu(), w, dtype)
-    assert opt.noise_offset == s + _counters(unaligned)
+    assert opt.noise_offset == s + counters(unaligned)
 
 
 def test_docstring_example():
