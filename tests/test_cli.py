@@ -41,13 +41,14 @@ def test_tiny_benchmark_run_writes_json_and_table(tmp_path):
     rows = data["rows"]
     assert {r["provider"] for r in rows} == {"cpu", "eager"}
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    # the eager samplers draw torch's own noise: not comparable with the reference
+    inexact = {("langevin_step", "eager"), ("mala_accept", "eager")}
     for r in rows:
         assert r["median_ms"] > 0, r
         if not bench.OPS[r["op"]].has_reference:
             continue  # a sampler's output is random: no error column
-        exact = {p.name: p.exact for p in bench.OPS[r["op"]].providers("cpu")[0]}
-        if not exact[r["provider"]]:
-            assert r["max_abs_err"] is None, r  # torch's own noise: not comparable
+        if (r["op"], r["provider"]) in inexact:
+            assert r["max_abs_err"] is None, r
         else:
             assert r["max_abs_err"] < 1e-4, r
     assert {r["mode"] for r in rows if r["op"] in ("langevin_step", "mala_accept")} == {"fwd"}
