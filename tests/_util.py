@@ -172,6 +172,19 @@ def vector_accesses(compiled) -> tuple[int, int]:
     )
 
 
+def triton_nvidia_tool(name: str) -> str | None:
+    """The path of a CUDA tool Triton ships (``ptxas``, ``cuobjdump``; the CUDA toolkit's may be
+    absent), or None without Triton or the tool."""
+    import os
+
+    try:
+        import triton
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else None
+
+
 def spill_bytes(compiled) -> int:
     """Bytes of register spill stores of a kernel from :func:`compile_sm90`, by Triton's own
     ptxas (a Triton without one raises, which run_offline_triton_compile reports as a skip)."""
@@ -180,11 +193,9 @@ def spill_bytes(compiled) -> int:
     import subprocess
     import tempfile
 
-    import triton
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        raise FileNotFoundError(f"no ptxas at {ptxas}")
+    ptxas = triton_nvidia_tool("ptxas")
+    if ptxas is None:
+        raise FileNotFoundError("no ptxas in Triton's backends/nvidia/bin")
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:

@@ -3,11 +3,11 @@ the extension's fatbinary (cuobjdump, no GPU needed)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
 import pytest
+from _util import triton_nvidia_tool
 
 from thermokern import _backend
 
@@ -15,21 +15,14 @@ _C = _backend._C
 STACK_LIMIT = 64  # bytes: a few values spilled around the loops, never an array
 
 
-def _cuobjdump() -> str | None:
-    """The cuobjdump that Triton ships (the CUDA toolkit's may be absent)."""
-    try:
-        import triton
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    return path if os.path.exists(path) else None
-
-
 def resource_usage(arch: str) -> dict[str, dict[str, int]]:
     """{kernel (mangled): {"REG": .., "STACK": .., "SHARED": .., "LOCAL": ..}} of thermokern._C's
     kernels for ``arch`` (e.g. "sm_90")."""
     out = subprocess.run(
-        [_cuobjdump(), "-res-usage", _C.__file__], capture_output=True, text=True, check=True
+        [triton_nvidia_tool("cuobjdump"), "-res-usage", _C.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     usage: dict[str, dict[str, int]] = {}
     current_arch = function = None
@@ -44,8 +37,8 @@ def resource_usage(arch: str) -> dict[str, dict[str, int]]:
     return usage
 
 
-@pytest.mark.skipif(_C is None or not _C.cuda_compiled(), reason="the CUDA kernels were not compiled")
-@pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (Triton's) here")
+@pytest.mark.skipif(not _backend.cuda_compiled(), reason="the CUDA kernels were not compiled")
+@pytest.mark.skipif(triton_nvidia_tool("cuobjdump") is None, reason="no cuobjdump (Triton's) here")
 def test_cuda_kernels_keep_their_data_in_registers():
     """Every kernel, for every compiled arch: no local-memory array and a stack frame of at
     most STACK_LIMIT bytes (a kernel whose loop spills pays local-memory traffic on every
