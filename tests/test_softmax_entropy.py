@@ -339,11 +339,11 @@ for ty, acc_ty, acc in sm90_dtypes():
         for kernel, c in ((_row_fwd_kernel, consts), (_row_bwd_kernel, bwd)):
             n = spill_bytes(compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps))
             assert not n, f"{kernel.fn.__name__} {ty} {flags}: {n} bytes of register spills"
-    # aligned rows (what a GPU launch on aligned logits compiles): wide loads, and wide stores
-    # of the gradient
-    for kernel, c in ((_row_fwd_kernel, consts), (_row_bwd_kernel, bwd)):
-        loads, stores = vector_accesses(compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps, aligned=True))
-        assert loads and (stores or kernel is _row_fwd_kernel), (kernel.fn.__name__, ty, loads, stores)
+            # aligned rows (what a GPU launch on aligned logits compiles): wide loads, and wide
+            # stores of the gradient
+            aligned = compile_sm90(kernel, c, types, ptr=acc_ty, num_warps=warps, aligned=True)
+            loads, stores = vector_accesses(aligned)
+            assert loads and (stores or kernel is _row_fwd_kernel), (kernel.fn.__name__, ty, flags, loads, stores)
 print("ok")
 """
 
