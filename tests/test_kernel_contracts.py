@@ -38,7 +38,8 @@ def _logits(n: int, c: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _targets(c: int) -> torch.Tensor:
     """Targets of 6 rows of ``c`` >= 37 classes: row 1 ignored (index -100), the first and the
-    last class, and one in the middle (in a later block than the first when c is large)."""
+    last class (the last class in a later block than the first when a row spans blocks), and
+    one in the middle."""
     return torch.tensor([3, -100, 0, c - 1, 5, c // 2 + 1])
 
 
