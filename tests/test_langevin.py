@@ -668,6 +668,10 @@ for backward in (False, True):
         assert "lg2.approx" not in ptx and "sin.approx" not in ptx and "cos.approx" not in ptx, ty
         assert "sqrt.rn" in ptx, ty
         assert ("div.rn.f32" if acc == tl.float32 else "div.rn.f64") in ptx, ty
+# the Philox words kernel (philox_words: the noise stream's uniforms, for the tests)
+types = {"out_ptr": "*i32", "seed_ptr": "*i64", "offset_ptr": "*i64", "n_ctr": "i64"}
+k = compile_sm90(tk._philox_words_kernel, {"BLOCK_C": tk._block_c()[0]}, types, num_warps=tk._block_c()[1])
+assert not spill_bytes(k), "philox_words"
 print("ok")
 """
 
