@@ -22,7 +22,10 @@ def logits(shape, dtype, device, gen) -> torch.Tensor:
     return x.to(dtype)
 
 
-_TARGETS: dict[tuple, torch.Tensor] = {}  # (shape, device) -> targets, made with the logits
+# (shape, device) -> targets, made with the logits: the copies of one case share the last
+# copy's (a target is 8 bytes a row, not worth a copy each, unlike PerInput's side tensors), and
+# a lookup by shape stays constant for torch.compile, which the baselines call it under.
+_TARGETS: dict[tuple, torch.Tensor] = {}
 
 
 def target(x: torch.Tensor) -> torch.Tensor:
