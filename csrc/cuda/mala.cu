@@ -129,8 +129,8 @@ void launch(const MalaPlan& p) {
 }
 
 // mala_proposal: one thread per Philox counter (grid-stride), its four elements each with its
-// chain's -eta_c and sigma_c = sqrt(2 eta_c T_c) (in double, as the CPU kernel), formed in
-// langevin_step's order: x - eta g, then + sigma n.
+// chain's -eta_c and sigma_c = sqrt(2 eta_c T_c) (mala_proposal_coeffs, shared with the CPU
+// kernel), formed in langevin_step's order: x - eta g, then + sigma n.
 template <typename scalar_t, typename acc_t>
 __global__ void mala_proposal_kernel(const scalar_t* __restrict__ x,       // (numel,)
                                      const scalar_t* __restrict__ grad,    // (numel,)
