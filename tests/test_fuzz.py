@@ -15,12 +15,16 @@ from thermokern import reference
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
+# Reduced sizes that span several blocks of a GPU launch (4096 classes or rows per block).
+GPU_BLOCK_SIZES = [17, 4097, 4100, 8193]
+
+
 @st.composite
-def cases(draw):
+def cases(draw, sizes=(1, 2, 3, 17, 64, 255, 2047, 2049, 4100)):
     ndim = draw(st.integers(1, 3))
     shape = [draw(st.integers(1, 6)) for _ in range(ndim)]
     dim = draw(st.integers(-ndim, ndim - 1))
-    shape[dim] = draw(st.sampled_from([1, 2, 3, 17, 64, 255, 2047, 2049, 4100]))
+    shape[dim] = draw(st.sampled_from(sizes))
     dtype = draw(st.sampled_from(DTYPES))
     temperature = draw(st.floats(0.05, 20.0))
     scale = draw(st.sampled_from([0.1, 1.0, 10.0, 100.0]))
@@ -74,21 +78,21 @@ def test_fuzz_triton(case):
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases())
+@given(cases(GPU_BLOCK_SIZES))
 def test_fuzz_triton_gpu_launch_sizes(case):
-    """The Triton kernels at the block sizes they launch with on a GPU (rows of 4100: two
-    blocks of 4096), through the interpreter."""
+    """The Triton kernels at the block sizes they launch with on a GPU (rows of up to 8193: up
+    to three blocks of 4096), through the interpreter."""
     with gpu_launch_sizes():
         _run("triton", case)
 
 
 # ----------------------------------------------------------------------------- logsumexp
 @st.composite
-def lse_cases(draw):
+def lse_cases(draw, sizes=(1, 2, 17, 255, 2049, 4100)):
     ndim = draw(st.integers(1, 3))
     shape = [draw(st.integers(1, 5)) for _ in range(ndim)]
     dim = draw(st.integers(-ndim, ndim - 1))
-    shape[dim] = draw(st.sampled_from([1, 2, 17, 255, 2049, 4100]))
+    shape[dim] = draw(st.sampled_from(sizes))
     dtype = draw(st.sampled_from(DTYPES))
     scale = draw(st.sampled_from([0.1, 1.0, 30.0, 300.0]))
     specials = draw(st.sampled_from([0.0, 0.0, 0.05]))
@@ -135,7 +139,7 @@ def test_fuzz_logsumexp_triton(case):
 
 @pytest.mark.skipif("triton" not in cpu_backends(), reason="needs triton (interpreter)")
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lse_cases())
+@given(lse_cases(GPU_BLOCK_SIZES))
 def test_fuzz_logsumexp_triton_gpu_launch_sizes(case):
     """The partition kernels at the tiles and program counts they launch with on a GPU (column
     tiles, the backward's split of R), through the interpreter."""
