@@ -168,7 +168,8 @@ def vector_accesses(compiled) -> tuple[int, int]:
 
     ptx = compiled.asm["ptx"]
     return tuple(
-        len(re.findall(rf"{op}\.global(?:\.[A-Za-z0-9_:]+)*\.v[24]\.b(?:16|32|64)", ptx)) for op in ("ld", "st")
+        len(re.findall(rf"{op}\.global(?:\.[A-Za-z0-9_:]+)*\.v[24]\.b(?:16|32|64)", ptx))
+        for op in ("ld", "st")
     )
 
 
